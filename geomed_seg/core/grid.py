@@ -113,22 +113,22 @@ class GeoGrid:
     def bounds(self) -> tuple[float, float, float, float]:
         """``(left, bottom, right, top)`` of the four corners' envelope in CRS units."""
         h, w = self.shape
-        xs, ys = zip(*(self.transform * c for c in ((0, 0), (w, 0), (0, h), (w, h))), strict=True)
+        xs, ys = zip(*(self.transform @ c for c in ((0, 0), (w, 0), (0, h), (w, h))), strict=True)
         return (min(xs), min(ys), max(xs), max(ys))
 
     def window(self, slices: Sequence[slice]) -> GeoGrid:
         """Return the exact sub-grid of array slices ``(rows, cols)``."""
         rows, cols = normalise_slices(slices, self.shape)
-        transform = self.transform * Affine.translation(cols.start, rows.start)
+        transform = self.transform @ Affine.translation(cols.start, rows.start)
         return GeoGrid(self.crs, transform, (rows.stop - rows.start, cols.stop - cols.start))
 
     def xy(self, row: float, col: float) -> tuple[float, float]:
         """Map coordinates of pixel ``(row, col)``'s centre."""
-        return self.transform * (col + 0.5, row + 0.5)
+        return self.transform @ (col + 0.5, row + 0.5)
 
     def rowcol(self, x: float, y: float) -> tuple[float, float]:
         """Fractional ``(row, col)`` of map point ``(x, y)`` (pixel centres at ``.0``)."""
-        col, row = ~self.transform * (x, y)
+        col, row = ~self.transform @ (x, y)
         return (row - 0.5, col - 0.5)
 
     def almost_equals(self, other: object, rtol: float = 1e-9, atol_px: float = 1e-6) -> bool:
@@ -302,7 +302,9 @@ class VoxelGrid:
             return False
         return bool(
             np.allclose(self.affine[:3, 3], other.affine[:3, 3], atol=atol_mm, rtol=0)
-            and np.allclose(self.affine[:3, :3], other.affine[:3, :3], atol=max(atol_mm, 1e-6), rtol=0)
+            and np.allclose(
+                self.affine[:3, :3], other.affine[:3, :3], atol=max(atol_mm, 1e-6), rtol=0
+            )
         )
 
     def describe(self) -> str:

@@ -75,7 +75,9 @@ class Image:
                 f"array spatial shape {tuple(self.data.shape[1:])} != grid shape {self.grid.shape}"
             )
         if self.mask is not None and tuple(self.mask.shape) != tuple(self.grid.shape):
-            raise GeometryError(f"mask shape {tuple(self.mask.shape)} != grid shape {self.grid.shape}")
+            raise GeometryError(
+                f"mask shape {tuple(self.mask.shape)} != grid shape {self.grid.shape}"
+            )
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -99,7 +101,9 @@ class Image:
             arr = arr.rechunk(chunks)
         dims = RASTER_DIMS if isinstance(grid, GeoGrid) else VOLUME_DIMS
         coords = {dims[0]: list(channel_names)} if channel_names is not None else None
-        return cls(xr.DataArray(arr, dims=dims, coords=coords), grid, nodata, None, dict(attrs or {}))
+        return cls(
+            xr.DataArray(arr, dims=dims, coords=coords), grid, nodata, None, dict(attrs or {})
+        )
 
     # -- shape and dims -----------------------------------------------------------------
     @property
@@ -174,15 +178,23 @@ class Image:
     def rechunk(self, chunks: Any) -> Image:
         """Return the same image with new dask chunks (channel-first tuple or dict by dim)."""
         mask = self.mask
-        data = self.data.chunk(chunks) if isinstance(chunks, dict) else self.data.copy(
-            data=self.darray.rechunk(chunks)
+        data = (
+            self.data.chunk(chunks)
+            if isinstance(chunks, dict)
+            else self.data.copy(data=self.darray.rechunk(chunks))
         )
         if mask is not None:
             spatial = data.chunks[1:]
-            mask = mask.copy(data=(mask.data if isinstance(mask.data, da.Array) else da.asarray(mask.data)).rechunk(spatial))
+            mask = mask.copy(
+                data=(
+                    mask.data if isinstance(mask.data, da.Array) else da.asarray(mask.data)
+                ).rechunk(spatial)
+            )
         return replace(self, data=data, mask=mask)
 
-    def with_data(self, data: Any, *, nodata: float | None = None, attrs: dict | None = None) -> Image:
+    def with_data(
+        self, data: Any, *, nodata: float | None = None, attrs: dict | None = None
+    ) -> Image:
         """Return a new image on the same grid holding ``data`` (channel-first or spatial)."""
         return Image.from_array(
             data, self.grid, nodata=nodata, attrs=self.attrs if attrs is None else attrs

@@ -36,7 +36,9 @@ class ClassInfo:
         if self.color is not None:
             c = tuple(int(v) for v in self.color)
             if len(c) not in (3, 4) or not all(0 <= v <= 255 for v in c):
-                raise InvalidInputError(f"class {self.name!r}: colour {self.color} is not RGB(A) 0..255")
+                raise InvalidInputError(
+                    f"class {self.name!r}: colour {self.color} is not RGB(A) 0..255"
+                )
             object.__setattr__(self, "color", c)
 
 
