@@ -28,7 +28,9 @@ def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Return ``path`` as a Path; raise :class:`OutputExistsError` if it exists and not ``overwrite``."""
     p = Path(path)
     if p.exists() and not overwrite:
-        raise OutputExistsError(f"{p}: output exists; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(
+            f"{p}: output exists; pass overwrite=True (--overwrite) to replace it"
+        )
     if not p.parent.exists():
         raise WriteError(f"{p}: folder {p.parent} does not exist")
     return p
