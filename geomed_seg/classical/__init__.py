@@ -1,0 +1,1 @@
+"""Classical baselines: spectral indices and scene-wide thresholds, streamed over chunks."""

@@ -1,0 +1,85 @@
+"""``geomed-seg info`` and ``geomed-seg convert``: thin shells over ``open_image``/``write_image``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from geomed_seg.cli import app
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        return "\n".join("[" + ", ".join(_fmt(v) for v in row) + "]" for row in value)
+    if isinstance(value, list):
+        return "(" + ", ".join(_fmt(v) for v in value) + ")"
+    return str(value)
+
+
+def _render(summary: dict[str, Any], path: str) -> Table:
+    table = Table(title=path, show_header=False, title_justify="left")
+    table.add_column("field", style="bold cyan")
+    table.add_column("value")
+    for key, value in summary.items():
+        if key == "crs" and value is not None:
+            ident = f"EPSG:{value['epsg']}" if value["epsg"] else "custom"
+            table.add_row("crs", f"{ident} — {value['name']} (units: {value['linear_units']})")
+        elif key == "stats":
+            for i, s in enumerate(value):
+                table.add_row(
+                    f"stats[{i}]",
+                    f"min {_fmt(s['min'])}  max {_fmt(s['max'])}  mean {_fmt(s['mean'])}  valid {s['valid']}",
+                )
+        else:
+            table.add_row(key, _fmt(value))
+    return table
+
+
+@app.command()
+def info(
+    path: Path = typer.Argument(
+        ..., help="GeoTIFF/COG/VRT, NIfTI, DICOM folder or file, or Zarr store."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    stats: bool = typer.Option(
+        False, "--stats", help="Also compute per-channel min/max/mean (streamed)."
+    ),
+    series: str | None = typer.Option(
+        None, "--series", help="DICOM series UID, index or description."
+    ),
+) -> None:
+    """Describe an image: format, dims, shape, dtype, chunks, nodata and geometry."""
+    from geomed_seg.core.describe import describe
+    from geomed_seg.io.registry import detect_format, open_image
+
+    image = open_image(path, series=series)
+    summary = {"format": detect_format(path), **describe(image, stats=stats)}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        Console().print(_render(summary, str(path)))
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="Input image."),
+    dst: Path = typer.Argument(..., help="Output: .tif (COG), .nii/.nii.gz or .zarr."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    series: str | None = typer.Option(
+        None, "--series", help="DICOM series UID, index or description."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
+) -> None:
+    """Convert between formats keeping geometry (DICOM → NIfTI, GeoTIFF → COG/Zarr, NIfTI ↔ Zarr)."""
+    from geomed_seg.io.convert import convert_image
+
+    out = convert_image(src, dst, overwrite=overwrite, series=series)
+    if not quiet:
+        Console(stderr=True).print(f"wrote {out}")

@@ -1,0 +1,106 @@
+"""A JSON-serialisable summary of an :class:`Image` (what ``geomed-seg info`` prints).
+
+Statistics are streamed with dask (one pass, chunk by chunk), so ``--stats`` works on files
+larger than memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from geomed_seg.core.grid import GeoGrid
+from geomed_seg.core.image import Image
+
+
+def _crs_summary(crs: Any) -> dict[str, Any] | None:
+    if crs is None:
+        return None
+    epsg = crs.to_epsg()
+    name = crs.to_dict().get("proj") if epsg is None else None
+    try:
+        from pyproj import CRS as ProjCRS  # rasterio ships PROJ; pyproj comes with rioxarray
+
+        name = ProjCRS.from_user_input(crs.to_wkt()).name
+    except Exception:  # noqa: BLE001 - a name is cosmetic; fall back to the WKT below
+        pass
+    return {"epsg": epsg, "name": name, "wkt": crs.to_wkt(), "linear_units": crs.linear_units}
+
+
+def describe(image: Image, *, stats: bool = False) -> dict[str, Any]:
+    """Return a summary dict of ``image``: dims, shape, dtype, chunks, nodata and geometry.
+
+    With ``stats=True`` also per-channel min/max/mean over valid samples (streamed).
+    Geometry: rasters give CRS (EPSG or WKT name), the GDAL-order geotransform
+    ``(c, a, b, f, d, e)`` and resolution; volumes give the 4×4 RAS affine, spacing (x, y, z)
+    in mm, origin, orientation codes and whether the grid is oblique.
+    """
+    out: dict[str, Any] = {
+        "kind": image.kind,
+        "dims": list(image.data.dims),
+        "shape": list(image.shape),
+        "dtype": str(image.dtype),
+        "chunks": [list(c) if len(set(c)) > 1 else [c[0]] for c in image.chunks],
+        "nodata": None if image.nodata is None else float(image.nodata),
+        "has_mask": image.mask is not None,
+        "channel_names": image.channel_names,
+    }
+    grid = image.grid
+    if isinstance(grid, GeoGrid):
+        t = grid.transform
+        out.update(
+            crs=_crs_summary(grid.crs),
+            transform_gdal=[t.c, t.a, t.b, t.f, t.d, t.e],
+            resolution=list(grid.res),
+            bounds=list(grid.bounds),
+            rotated=not grid.is_rectilinear,
+        )
+    else:
+        out.update(
+            affine=grid.affine.tolist(),
+            spacing_xyz_mm=list(grid.spacing),
+            origin_ras_mm=list(grid.origin),
+            orientation="".join(grid.axcodes),
+            oblique=grid.is_oblique,
+        )
+    for key in ("source", "format", "band_names"):
+        if key in image.attrs:
+            out[key] = image.attrs[key]
+    if stats:
+        out["stats"] = channel_stats(image)
+    return out
+
+
+def channel_stats(image: Image) -> list[dict[str, float]]:
+    """Per-channel ``min``, ``max``, ``mean`` and ``valid`` count over valid samples (streamed)."""
+    arr = image.darray
+    valid = image.valid_mask()
+    data = arr.astype(np.float64)
+    if image.nodata is not None and not np.isnan(image.nodata):
+        per_channel_valid = arr != image.nodata
+    else:
+        per_channel_valid = da.isfinite(data)
+    per_channel_valid = per_channel_valid & valid[None]
+    masked = da.ma.masked_array(data, mask=~per_channel_valid)
+    axes = tuple(range(1, arr.ndim))
+    mins, maxs, means, counts = dask.compute(
+        masked.min(axis=axes),
+        masked.max(axis=axes),
+        masked.mean(axis=axes),
+        per_channel_valid.sum(axis=axes),
+    )
+    rows = []
+    for i in range(arr.shape[0]):
+        count = int(counts[i])
+        rows.append(
+            {
+                "min": float(mins[i]) if count else float("nan"),
+                "max": float(maxs[i]) if count else float("nan"),
+                "mean": float(means[i]) if count else float("nan"),
+                "valid": count,
+            }
+        )
+    return rows
