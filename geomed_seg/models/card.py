@@ -1,0 +1,436 @@
+"""Model cards: everything needed to run a checkpoint correctly, as validated data.
+
+A :class:`ModelCard` travels with the weights (``card.json`` beside ``model.safetensors``, or
+inside the safetensors metadata). It says which architecture to build, how many bands the
+model reads and in which order, how to normalise them, which classes (names, colours) the
+output channels are, what geometry (spacing) the model was trained at, and the sliding-window
+defaults. Classes and label conventions live here, never in code.
+
+Output channel ``k`` of the model is ``classes[k]`` (classes sorted by index), so a BraTS
+model may write labels ``{0, 1, 2, 4}`` from four output channels.
+
+Pure pydantic + numpy: no torch import, so cards can be read and exported fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from geomed_seg.core.labels import ClassInfo
+from geomed_seg.errors import InvalidInputError, ModelError
+
+#: Schema of the STAC Machine Learning Model extension this module exports.
+MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
+CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MeanStd(_Strict):
+    """Per-band z-score: ``(x - mean[c]) / std[c]`` (units of the input samples)."""
+
+    type: Literal["meanstd"] = "meanstd"
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _check(self) -> MeanStd:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        if any(not s > 0 for s in self.std):
+            raise ValueError(f"std must be > 0, got {self.std}")
+        return self
+
+
+class Percentile(_Strict):
+    """Per-sample, per-channel percentile clip then scale to ``[0, 1]``.
+
+    Same as MONAI ``ScaleIntensityRangePercentiles(low, high, 0, 1, clip=True,
+    channel_wise=True)``. Percentiles are computed per window, so prefer ``meanstd`` for
+    tiled rasters where window-to-window consistency matters.
+    """
+
+    type: Literal["percentile"] = "percentile"
+    low: float = Field(1.0, ge=0, le=100)
+    high: float = Field(99.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> Percentile:
+        if not self.low < self.high:
+            raise ValueError(f"percentile low {self.low} must be < high {self.high}")
+        return self
+
+
+class NoNormalisation(_Strict):
+    """Samples are fed to the model as float32, unchanged."""
+
+    type: Literal["none"] = "none"
+
+
+Normalisation = Annotated[MeanStd | Percentile | NoNormalisation, Field(discriminator="type")]
+
+
+class ClassSpec(_Strict):
+    """One output class: label value, name and display colour ``(r, g, b[, a])`` 0..255."""
+
+    index: int = Field(ge=0, le=65535)
+    name: str
+    color: tuple[int, ...] | None = None
+
+    @field_validator("color")
+    @classmethod
+    def _rgb(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (len(v) not in (3, 4) or not all(0 <= c <= 255 for c in v)):
+            raise ValueError(f"colour {v} is not RGB(A) 0..255")
+        return v
+
+    def to_class_info(self) -> ClassInfo:
+        return ClassInfo(self.index, self.name, self.color)
+
+
+class TrainingInfo(_Strict):
+    """How the weights were obtained (free text; metrics are ``name -> value``)."""
+
+    dataset: str | None = None
+    notes: str = ""
+    weak_labels: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    pretrained: bool = False
+
+
+class ModelCard(_Strict):
+    """Validated description of a segmentation model (see module docstring).
+
+    ``spacing`` is the sample size the model was trained at, in array order ((y, x) for
+    rasters, (z, y, x) for volumes) and in ``spacing_unit`` (``"m"`` for rasters, ``"mm"``
+    for volumes). ``roi_size`` is the default window in array order (pixels/voxels).
+    """
+
+    format_version: Literal[1] = 1
+    name: str
+    description: str = ""
+    architecture: str
+    architecture_kwargs: dict[str, Any] = Field(default_factory=dict)
+    spatial_dims: Literal[2, 3]
+    in_channels: int = Field(ge=1)
+    band_names: list[str] | None = None
+    normalisation: Normalisation = Field(default_factory=NoNormalisation)
+    spacing: list[float] | None = None
+    spacing_unit: Literal["m", "mm"] | None = None
+    classes: list[ClassSpec] = Field(min_length=1)
+    ignore_index: int | None = None
+    nodata_label: int | None = None
+    roi_size: list[int]
+    overlap: float = Field(0.25, ge=0, lt=1)
+    mode: Literal["gaussian", "constant"] = "gaussian"
+    training: TrainingInfo = Field(default_factory=TrainingInfo)
+    licence: str | None = None
+    weights_sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        n = self.in_channels
+        if self.band_names is not None and len(self.band_names) != n:
+            raise ValueError(f"band_names has {len(self.band_names)} names for in_channels={n}")
+        if isinstance(self.normalisation, MeanStd) and len(self.normalisation.mean) not in (1, n):
+            raise ValueError(
+                f"normalisation has {len(self.normalisation.mean)} means for in_channels={n}"
+            )
+        for what, seq in (("roi_size", self.roi_size), ("spacing", self.spacing)):
+            if seq is not None and len(seq) != self.spatial_dims:
+                raise ValueError(f"{what} {seq} must have {self.spatial_dims} values (array order)")
+        if any(r < 1 for r in self.roi_size):
+            raise ValueError(f"roi_size {self.roi_size} must be positive")
+        indices = [c.index for c in self.classes]
+        if indices != sorted(set(indices)):
+            raise ValueError(f"class indices must be unique and sorted, got {indices}")
+        if self.nodata_label is not None and self.nodata_label in indices:
+            raise ValueError(f"nodata_label {self.nodata_label} is also a class index")
+        return self
+
+    # -- derived values ----------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Number of output channels of the model."""
+        return len(self.classes)
+
+    def class_infos(self) -> list[ClassInfo]:
+        """Return the classes as :class:`~geomed_seg.core.labels.ClassInfo` (for writers)."""
+        return [c.to_class_info() for c in self.classes]
+
+    def channel_to_label(self) -> np.ndarray:
+        """Return the lookup table ``label = table[argmax channel]`` (uint16)."""
+        return np.array([c.index for c in self.classes], dtype=np.uint16)
+
+    # -- normalisation -----------------------------------------------------------------
+    def normalise(self, batch: np.ndarray) -> np.ndarray:
+        """Return ``batch`` normalised as the model expects, as float32.
+
+        Parameters
+        ----------
+        batch : numpy.ndarray
+            ``(N, C, *spatial)``: N windows, C bands/channels in card order, then (y, x) or
+            (z, y, x). Any numeric dtype.
+        """
+        x = np.asarray(batch, dtype=np.float32)
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise InvalidInputError(
+                f"model {self.name!r}: batch shape {x.shape} is not (N, {self.in_channels}, "
+                f"{', '.join(['...'] * self.spatial_dims)})"
+            )
+        norm = self.normalisation
+        bshape = (1, -1) + (1,) * self.spatial_dims
+        if isinstance(norm, MeanStd):
+            mean = np.asarray(norm.mean, dtype=np.float32).reshape(bshape)
+            std = np.asarray(norm.std, dtype=np.float32).reshape(bshape)
+            return ((x - mean) / std).astype(np.float32, copy=False)
+        if isinstance(norm, Percentile):
+            flat = x.reshape(x.shape[0], x.shape[1], -1)
+            lo, hi = np.percentile(flat, [norm.low, norm.high], axis=-1)
+            lo, hi = lo[..., None], hi[..., None]
+            span = hi - lo
+            # constant windows: MONAI returns x - lo (zeros); avoid dividing by zero likewise
+            scaled = np.where(
+                span > 0, (np.clip(flat, lo, hi) - lo) / np.where(span > 0, span, 1), flat - lo
+            )
+            return scaled.reshape(x.shape).astype(np.float32, copy=False)
+        return x
+
+    # -- compatibility -----------------------------------------------------------------
+    def check_image(self, image: Any, source: str | os.PathLike | None = None) -> None:
+        """Raise :class:`ModelError` unless ``image`` (an :class:`~geomed_seg.core.image.Image`) fits.
+
+        Checks raster vs volume against ``spatial_dims`` and the band/channel count.
+        """
+        where = f"{source}: " if source is not None else ""
+        ndim = len(image.spatial_shape)
+        if ndim != self.spatial_dims:
+            kind = "raster" if ndim == 2 else "volume"
+            raise ModelError(
+                f"{where}model {self.name!r} is {self.spatial_dims}D but the input is a {ndim}D {kind}"
+            )
+        if image.n_channels != self.in_channels:
+            names = f" ({', '.join(self.band_names)})" if self.band_names else ""
+            raise ModelError(
+                f"{where}input has {image.n_channels} bands/channels but model {self.name!r} "
+                f"expects {self.in_channels}{names}"
+            )
+
+    # -- serialisation -----------------------------------------------------------------
+    def to_json(self, indent: int | None = 2) -> str:
+        """Return the card as JSON text (stable key order)."""
+        return self.model_dump_json(indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | os.PathLike = "<card>") -> ModelCard:
+        """Validate ``data``; raise :class:`ModelError` naming ``source`` and the bad fields."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'card'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            raise ModelError(f"{source}: invalid model card ({problems})") from exc
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str | os.PathLike = "<card>") -> ModelCard:
+        """Parse JSON text into a card; raise :class:`ModelError` on bad JSON or fields."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{source}: model card is not valid JSON ({exc})") from exc
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ModelCard:
+        """Read a ``card.json`` file."""
+        p = Path(path)
+        try:
+            text = p.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"{p}: cannot read model card ({exc.strerror or exc})") from exc
+        return cls.from_json(text, p)
+
+    def to_stac_mlm(
+        self,
+        item_id: str | None = None,
+        bbox: list[float] | None = None,
+        *,
+        weights_href: str = "model.safetensors",
+        total_parameters: int | None = None,
+        framework_version: str | None = None,
+        accelerator: str | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, Any]:
+        """Return a STAC Item (dict) describing this model with the MLM extension (v1.4).
+
+        Parameters
+        ----------
+        item_id : str, optional
+            Item id (default: the card name).
+        bbox : list of float, optional
+            ``[west, south, east, north]`` in WGS84 degrees where the model applies; the Item
+            then gets a polygon geometry, otherwise ``geometry`` is ``null``.
+        weights_href : str
+            Link to the weights, for the ``weights`` asset (roles ``mlm:model``, ``mlm:weights``).
+        total_parameters : int, optional
+            ``mlm:total_parameters`` (e.g. from :class:`~geomed_seg.models.checkpoint.LoadedModel`).
+        framework_version : str, optional
+            torch version; looked up from the installed distribution when not given.
+        accelerator : str, optional
+            ``mlm:accelerator`` (``"cuda"``, ``"amd64"``) or ``None``: runs on any device.
+        """
+        return _stac_item(
+            self,
+            item_id,
+            bbox,
+            weights_href,
+            total_parameters,
+            framework_version,
+            accelerator,
+            batch_size,
+        )
+
+
+def _value_scaling(card: ModelCard) -> list[dict[str, Any]] | None:
+    norm = card.normalisation
+    if isinstance(norm, MeanStd):
+        return [
+            {"type": "z-score", "mean": m, "stddev": s}
+            for m, s in zip(norm.mean, norm.std, strict=True)
+        ]
+    if isinstance(norm, Percentile):
+        # data-dependent (per-window percentiles): not a fixed MLM scaling, so a processing ref
+        return [
+            {
+                "type": "processing",
+                "format": "python",
+                "expression": "geomed_seg.models.card:ModelCard.normalise",
+                "description": f"per-channel clip to percentiles {norm.low}-{norm.high}, scale to [0, 1]",
+            }
+        ]
+    return None
+
+
+def _stac_item(
+    card: ModelCard,
+    item_id: str | None,
+    bbox: list[float] | None,
+    href: str,
+    total_parameters: int | None,
+    framework_version: str | None,
+    accelerator: str | None,
+    batch_size: int | None,
+) -> dict[str, Any]:
+    if framework_version is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            framework_version = version("torch")
+        except PackageNotFoundError:
+            framework_version = None
+    spatial = ["height", "width"] if card.spatial_dims == 2 else ["depth", "height", "width"]
+    bands = card.band_names or [f"channel_{i}" for i in range(card.in_channels)]
+    classes = []
+    for c in card.classes:
+        entry: dict[str, Any] = {"value": c.index, "name": c.name}
+        if c.color is not None:
+            entry["color_hint"] = "".join(f"{v:02X}" for v in c.color[:3])
+        classes.append(entry)
+    props: dict[str, Any] = {
+        "datetime": None,
+        "description": card.description,
+        "mlm:name": card.name,
+        "mlm:architecture": card.architecture,
+        "mlm:tasks": ["semantic-segmentation"],
+        "mlm:framework": "pytorch",
+        "mlm:framework_version": framework_version,
+        "mlm:accelerator": accelerator,
+        "mlm:accelerator_constrained": False,
+        "mlm:pretrained": card.training.pretrained,
+        "mlm:input": [
+            {
+                "name": "image",
+                "bands": bands,
+                "input": {
+                    "shape": [-1, card.in_channels, *card.roi_size],
+                    "dim_order": ["batch", "channel", *spatial],
+                    "data_type": "float32",
+                },
+                "value_scaling": _value_scaling(card),
+                "resize_type": None,
+                "pre_processing_function": None,
+            }
+        ],
+        "mlm:output": [
+            {
+                "name": "logits",
+                "tasks": ["semantic-segmentation"],
+                "result": {
+                    "shape": [-1, card.num_classes, *card.roi_size],
+                    "dim_order": ["batch", "class", *spatial],
+                    "data_type": "float32",
+                },
+                "classification:classes": classes,
+                "post_processing_function": None,
+            }
+        ],
+        "mlm:hyperparameters": {
+            "roi_size": card.roi_size,
+            "overlap": card.overlap,
+            "mode": card.mode,
+            **({"nodata_label": card.nodata_label} if card.nodata_label is not None else {}),
+            **({"ignore_index": card.ignore_index} if card.ignore_index is not None else {}),
+        },
+    }
+    if total_parameters is not None:
+        props["mlm:total_parameters"] = int(total_parameters)
+    if batch_size is not None:
+        props["mlm:batch_size_suggestion"] = int(batch_size)
+    if card.licence:
+        props["license"] = card.licence
+    geometry = None
+    if bbox is not None:
+        w, s, e, n = (float(v) for v in bbox)
+        geometry = {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+    asset: dict[str, Any] = {
+        "href": href,
+        "type": "application/octet-stream; framework=pytorch; application=safetensors",
+        "title": f"{card.name} weights (safetensors)",
+        "roles": ["mlm:model", "mlm:weights", "weights", "data"],
+        "mlm:artifact_type": "safetensors",
+    }
+    item: dict[str, Any] = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [MLM_SCHEMA, CLASSIFICATION_SCHEMA],
+        "id": item_id or card.name,
+        "geometry": geometry,
+        "properties": props,
+        "links": [],
+        "assets": {"weights": asset},
+    }
+    if bbox is not None:
+        item["bbox"] = [float(v) for v in bbox]
+    return item
+
+
+__all__ = [
+    "ClassSpec",
+    "MLM_SCHEMA",
+    "MeanStd",
+    "ModelCard",
+    "NoNormalisation",
+    "Normalisation",
+    "Percentile",
+    "TrainingInfo",
+]
