@@ -1,0 +1,186 @@
+"""NIfTI adapter against nibabel: data, affine and header geometry after round trips."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import nibabel.testing
+import numpy as np
+import pytest
+
+from geomed_seg.core.grid import VoxelGrid
+from geomed_seg.core.image import Image
+from geomed_seg.errors import (
+    InvalidInputError,
+    OutputExistsError,
+    ReadError,
+    UnsupportedFormatError,
+)
+from geomed_seg.io.nifti import open_nifti, write_nifti
+
+NIB_DATA = Path(nibabel.testing.data_path)
+
+
+def _as_ours(arr: np.ndarray) -> np.ndarray:
+    """nibabel (i, j, k[, t]) -> our (channel, z, y, x)."""
+    arr = arr if arr.ndim == 4 else arr[..., None]
+    return arr.transpose(3, 2, 1, 0)
+
+
+def _same_geometry(a: nib.Nifti1Image, b: nib.Nifti1Image) -> None:
+    for getter in ("get_qform", "get_sform"):
+        fa, ca = getattr(a.header, getter)(coded=True)
+        fb, cb = getattr(b.header, getter)(coded=True)
+        assert ca == cb
+        if fa is None:
+            assert fb is None
+        else:
+            np.testing.assert_array_equal(fa, fb)
+    np.testing.assert_array_equal(a.header["pixdim"], b.header["pixdim"])
+    assert a.header["xyzt_units"] == b.header["xyzt_units"]
+    for key in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "srow_x", "srow_y", "srow_z"):
+        np.testing.assert_array_equal(a.header[key], b.header[key])
+
+
+def test_mni_matches_nibabel(mni_t1_path: Path) -> None:
+    img = open_nifti(mni_t1_path)
+    ref = nib.load(mni_t1_path)
+    assert img.data.dims == ("channel", "z", "y", "x")
+    assert img.dtype == ref.get_data_dtype()
+    np.testing.assert_array_equal(img.compute(), _as_ours(np.asarray(ref.dataobj)))
+    np.testing.assert_array_equal(img.grid.affine, ref.affine)
+    assert img.grid.shape == ref.shape[::-1]
+    # a voxel's world position agrees with nibabel's affine applied to (i, j, k)
+    assert img.grid.world(5, 7, 11) == pytest.approx(
+        tuple(nib.affines.apply_affine(ref.affine, (11, 7, 5)))
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["anatomical.nii", "example4d.nii.gz", "standard.nii.gz", "example_nifti2.nii.gz"]
+)
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_round_trip_keeps_header_geometry(name: str, suffix: str, tmp_path: Path) -> None:
+    src = nib.load(NIB_DATA / name)
+    img = open_nifti(NIB_DATA / name)
+    assert img.n_channels == (src.shape[3] if src.ndim == 4 else 1)
+    np.testing.assert_array_equal(img.compute(), _as_ours(np.asarray(src.dataobj)))
+    out = write_nifti(img, tmp_path / f"out{suffix}")
+    back = nib.load(out)
+    assert back.shape == src.shape
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(src.dataobj))
+    _same_geometry(back, src)
+    np.testing.assert_array_equal(back.affine, src.affine)
+
+
+def test_mni_round_trip(mni_t1_path: Path, tmp_path: Path) -> None:
+    src = nib.load(mni_t1_path)
+    out = write_nifti(open_nifti(mni_t1_path), tmp_path / "mni.nii.gz")
+    back = nib.load(out)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(src.dataobj))
+    _same_geometry(back, src)
+
+
+def test_oblique_4d_is_oblique_and_channels() -> None:
+    img = open_nifti(NIB_DATA / "example4d.nii.gz")
+    assert img.grid.is_oblique
+    assert img.n_channels == 2
+    assert img.attrs["nifti"]["qform_code"] == 1 and img.attrs["nifti"]["sform_code"] == 1
+
+
+def test_qform_only_survives(tmp_path: Path) -> None:
+    aff = np.array([[0, 0, 2.0, -10], [-1.5, 0, 0, 20], [0, 3.0, 0, 5], [0, 0, 0, 1]])
+    nimg = nib.Nifti1Image(np.arange(60, dtype=np.int16).reshape(3, 4, 5), None)
+    nimg.header.set_qform(aff, code=1)
+    nimg.header.set_sform(np.eye(4), code=0)
+    nib.save(nimg, tmp_path / "q.nii")
+    src = nib.load(tmp_path / "q.nii")
+    img = open_nifti(tmp_path / "q.nii")
+    np.testing.assert_allclose(img.grid.affine, aff, atol=1e-6)
+    back = nib.load(write_nifti(img, tmp_path / "back.nii"))
+    assert back.header.get_sform(coded=True)[1] == 0
+    _same_geometry(back, src)
+
+
+def test_scaled_data_are_float_as_nibabel() -> None:
+    src = nib.load(NIB_DATA / "functional.nii")
+    img = open_nifti(NIB_DATA / "functional.nii")
+    np.testing.assert_allclose(img.compute(), _as_ours(src.get_fdata()), rtol=1e-6)
+
+
+def test_five_d_vector_gives_channels(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).random((4, 5, 6, 1, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2, 2, 1])), tmp_path / "v.nii.gz")
+    img = open_nifti(tmp_path / "v.nii.gz")
+    assert img.shape == (3, 6, 5, 4)
+    np.testing.assert_array_equal(img.compute(), data[:, :, :, 0].transpose(3, 2, 1, 0))
+    back = nib.load(write_nifti(img, tmp_path / "w.nii.gz"))
+    assert back.shape == data.shape
+    np.testing.assert_array_equal(back.get_fdata(dtype=np.float32), data)
+
+
+def test_labels_new_grid_and_chunks(tmp_path: Path) -> None:
+    img = open_nifti(NIB_DATA / "anatomical.nii", chunks=(1, 10, 20, 20))
+    assert img.chunks[1] == (10, 10, 5) and img.chunks[3] == (20, 13)
+    labels = (img.darray > 100).astype("int64")
+    aff = np.array(img.grid.affine)
+    aff[:3, 3] += (1.5, -2.0, 3.0)
+    out_img = Image.from_array(labels, VoxelGrid(aff, img.grid.shape), attrs=img.attrs)
+    back = nib.load(write_nifti(out_img, tmp_path / "lab.nii.gz", dtype="uint8"))
+    assert back.get_data_dtype() == np.uint8
+    assert back.header["cal_min"] == 0 and back.header["cal_max"] == 1
+    slope, inter = back.header["scl_slope"], back.header["scl_inter"]
+    assert (np.isnan(slope) or slope == 1) and (np.isnan(inter) or inter == 0)
+    np.testing.assert_allclose(back.affine, aff, atol=1e-5)
+    assert back.header.get_sform(coded=True)[1] == 2  # code kept from the source, new matrix
+    np.testing.assert_array_equal(np.asarray(back.dataobj), labels.compute()[0].transpose(2, 1, 0))
+
+
+def test_write_errors(mni_t1_path: Path, tmp_path: Path) -> None:
+    img = open_nifti(mni_t1_path).sel_window((slice(0, 4), slice(0, 4), slice(0, 4)))
+    write_nifti(img, tmp_path / "a.nii")
+    with pytest.raises(OutputExistsError):
+        write_nifti(img, tmp_path / "a.nii")
+    big = img.with_data(img.darray.astype("int32") + 1000)
+    with pytest.raises(InvalidInputError, match="do not fit"):
+        write_nifti(big, tmp_path / "b.nii", dtype="uint8")
+    assert not (tmp_path / "b.nii").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii"]
+
+
+def test_truncated_gz(mni_t1_path: Path, tmp_path: Path) -> None:
+    raw = mni_t1_path.read_bytes()
+    bad = tmp_path / "cut.nii.gz"
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ReadError, match="cut.nii.gz"):
+        open_nifti(bad).compute()
+
+
+def test_truncated_gz_data_region(tmp_path: Path) -> None:
+    """A gz stream that ends cleanly but holds too few bytes is caught too."""
+    raw = (NIB_DATA / "anatomical.nii").read_bytes()
+    bad = tmp_path / "short.nii.gz"
+    bad.write_bytes(gzip.compress(raw[: len(raw) - 100]))
+    with pytest.raises(ReadError, match="short.nii.gz.*truncated"):
+        open_nifti(bad)
+
+
+def test_truncated_nii(tmp_path: Path) -> None:
+    raw = (NIB_DATA / "anatomical.nii").read_bytes()
+    bad = tmp_path / "cut.nii"
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ReadError, match="cut.nii: truncated"):
+        open_nifti(bad)
+
+
+def test_zero_text_missing(tmp_path: Path) -> None:
+    (tmp_path / "zero.nii").write_bytes(b"")
+    with pytest.raises(ReadError, match="zero.nii: empty"):
+        open_nifti(tmp_path / "zero.nii")
+    (tmp_path / "text.nii").write_text("not an image\n" * 40)
+    with pytest.raises(UnsupportedFormatError, match="text.nii"):
+        open_nifti(tmp_path / "text.nii")
+    with pytest.raises(ReadError, match="nope.nii: file not found"):
+        open_nifti(tmp_path / "nope.nii")
