@@ -1,0 +1,1 @@
+"""Synthetic data built on real anatomy (phantoms), clearly labelled as synthetic."""
