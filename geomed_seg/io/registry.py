@@ -1,0 +1,286 @@
+"""Format registry: which adapter opens or writes a path, by magic bytes first, suffix second.
+
+Built-in formats: GeoTIFF/COG/BigTIFF and GDAL VRT (:mod:`geomed_seg.io.geotiff`), NIfTI-1/2
+plain or gzipped (:mod:`geomed_seg.io.nifti`), DICOM files, folders and file lists
+(:mod:`geomed_seg.io.dicom`), Zarr v3 stores (:mod:`geomed_seg.io.zarr`). Adapter modules are
+imported only when used, so ``geomed-seg info`` on a GeoTIFF never imports nibabel or pydicom.
+
+Third parties add formats through the entry-point group ``geomed_seg.adapters``; each entry
+point loads an :class:`Adapter` (or a zero-argument callable returning one)::
+
+    [project.entry-points."geomed_seg.adapters"]
+    myformat = "my_pkg.geomed:ADAPTER"
+
+Magic bytes are checked first (built-ins, then plug-ins), then suffixes, as xarray and
+nibabel resolve their backends.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import import_module, metadata
+from pathlib import Path
+from typing import Any
+
+from geomed_seg.core.image import Image
+from geomed_seg.errors import InvalidInputError, ReadError, UnsupportedFormatError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "geomed_seg.adapters"
+_HEAD_BYTES = 352  # NIfTI-1 magic sits at byte 344
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One format: how to recognise, open and (optionally) write it.
+
+    Parameters
+    ----------
+    name : str
+        Format name returned by :func:`detect_format`.
+    open : callable or "module:function"
+        ``open(path, chunks=None, **kw) -> Image``.
+    write : callable or "module:function", optional
+        ``write(image, path, *, overwrite=False, **kw) -> Path``.
+    suffixes : tuple of str
+        Lower-case suffixes, longest first where they overlap (``".nii.gz"``).
+    sniff : callable, optional
+        ``sniff(path, head) -> bool`` with ``head`` the first 352 bytes (b"" for folders).
+    """
+
+    name: str
+    open: Callable[..., Image] | str
+    write: Callable[..., Path] | str | None = None
+    suffixes: tuple[str, ...] = ()
+    sniff: Callable[[Path, bytes], bool] | None = field(default=None, compare=False)
+
+
+def _resolve(ref: Callable | str) -> Callable:
+    if callable(ref):
+        return ref
+    module, _, name = ref.partition(":")
+    return getattr(import_module(module), name)
+
+
+# -- magic bytes ----------------------------------------------------------------------------
+def _is_tiff(path: Path, head: bytes) -> bool:
+    return head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _is_vrt(path: Path, head: bytes) -> bool:
+    return head.lstrip()[:11] == b"<VRTDataset"
+
+
+def _nifti_magic(head: bytes) -> bool:
+    return head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] in (b"n+2\x00", b"ni2\x00")
+
+
+def _is_nifti(path: Path, head: bytes) -> bool:
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as f:
+                return _nifti_magic(f.read(_HEAD_BYTES))
+        except (OSError, EOFError):
+            return False
+    return _nifti_magic(head)
+
+
+def _is_dicom_file(path: Path, head: bytes) -> bool:
+    return head[128:132] == b"DICM"
+
+
+def _is_dicom_folder(path: Path, head: bytes) -> bool:
+    if not path.is_dir():
+        return False
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))[:16]
+    return any(p.suffix.lower() == ".dcm" or _is_dicom_file(p, _head(p)) for p in files)
+
+
+def _is_zarr(path: Path, head: bytes) -> bool:
+    return path.is_dir() and (path / "zarr.json").is_file()
+
+
+BUILTIN: tuple[Adapter, ...] = (
+    Adapter(
+        "geotiff",
+        "geomed_seg.io.geotiff:open_geotiff",
+        "geomed_seg.io.geotiff:write_geotiff",
+        (".tif", ".tiff", ".gtiff"),
+        _is_tiff,
+    ),
+    Adapter("vrt", "geomed_seg.io.geotiff:open_geotiff", None, (".vrt",), _is_vrt),
+    Adapter(
+        "nifti",
+        "geomed_seg.io.nifti:open_nifti",
+        "geomed_seg.io.nifti:write_nifti",
+        (".nii.gz", ".nii"),
+        _is_nifti,
+    ),
+    Adapter(
+        "zarr",
+        "geomed_seg.io.zarr:open_zarr",
+        "geomed_seg.io.zarr:write_zarr",
+        (".zarr",),
+        _is_zarr,
+    ),
+    Adapter("dicom", "geomed_seg.io.dicom:open_dicom", None, (".dcm",), _is_dicom_file),
+    Adapter("dicom-folder", "geomed_seg.io.dicom:open_dicom", None, (), _is_dicom_folder),
+)
+
+_RUNTIME: list[Adapter] = []
+
+
+def _entry_points() -> Sequence[Any]:
+    return tuple(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+@lru_cache(maxsize=1)
+def _plugins() -> tuple[Adapter, ...]:
+    found = []
+    for ep in _entry_points():
+        obj = ep.load()
+        adapter = obj if isinstance(obj, Adapter) else obj()
+        if not isinstance(adapter, Adapter):
+            raise InvalidInputError(
+                f"entry point {ep.name!r} in {ENTRY_POINT_GROUP} is not an Adapter"
+            )
+        found.append(adapter)
+    return tuple(found)
+
+
+def register_adapter(adapter: Adapter) -> None:
+    """Add ``adapter`` for this process (after built-ins and entry points)."""
+    _RUNTIME.append(adapter)
+
+
+def adapters() -> tuple[Adapter, ...]:
+    """Return every known adapter: built-ins, entry-point plug-ins, runtime registrations."""
+    return (*BUILTIN, *_plugins(), *_RUNTIME)
+
+
+def _head(path: Path) -> bytes:
+    if not path.is_file():
+        return b""
+    with open(path, "rb") as f:
+        return f.read(_HEAD_BYTES)
+
+
+def _supported() -> str:
+    sufs = sorted({s for a in adapters() for s in a.suffixes})
+    return f"supported: {', '.join(sufs)}, DICOM folders"
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise ReadError(f"{path}: no such file or folder")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ReadError(f"{path}: file is empty (0 bytes)")
+
+
+def _by_suffix(path: Path, writable: bool = False) -> Adapter | None:
+    name = path.name.lower()
+    for adapter in adapters():
+        if writable and adapter.write is None:
+            continue
+        if any(name.endswith(s) for s in adapter.suffixes):
+            return adapter
+    return None
+
+
+def _find(path: Path) -> Adapter:
+    _check_exists(path)
+    head = _head(path)
+    for adapter in adapters():
+        if adapter.sniff is not None and adapter.sniff(path, head):
+            return adapter
+    adapter = _by_suffix(path)
+    if adapter is None:
+        kind = "folder" if path.is_dir() else f"file starting with {head[:8]!r}"
+        raise UnsupportedFormatError(f"{path}: unknown format ({kind}); {_supported()}")
+    log.debug("%s: no magic bytes matched; using suffix -> %s", path, adapter.name)
+    return adapter
+
+
+def detect_format(path: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
+    """Return the format name of ``path``: ``"geotiff"``, ``"vrt"``, ``"nifti"``, ``"dicom"``,
+    ``"zarr"`` (a DICOM folder or list of files is ``"dicom"``) or a plug-in's name.
+
+    Raises
+    ------
+    ReadError
+        Missing path or empty file.
+    UnsupportedFormatError
+        Neither magic bytes nor suffix match a known format.
+    """
+    if isinstance(path, list | tuple):
+        return "dicom"
+    name = _find(Path(path)).name
+    return "dicom" if name == "dicom-folder" else name
+
+
+def open_image(
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    chunks: Any = None,
+    series: str | None = None,
+    **kw: Any,
+) -> Image:
+    """Return a lazy :class:`Image` of ``path`` with its geometry, whatever the format.
+
+    Parameters
+    ----------
+    path : path-like or list of path-like
+        A file, a folder (DICOM series, Zarr store) or a list of DICOM files.
+    chunks : optional
+        Adapter chunk spec (channel-first); default: the format's native blocks.
+    series : str, optional
+        DICOM SeriesInstanceUID (or index) when a folder holds several series.
+    **kw
+        Passed to the adapter's ``open`` (e.g. ``resample=True`` for DICOM).
+    """
+    if isinstance(path, list | tuple):
+        paths = [Path(p) for p in path]
+        for p in paths:
+            _check_exists(p)
+        return _resolve(BUILTIN[-1].open)(paths, series=series, chunks=chunks, **kw)
+    p = Path(path)
+    adapter = _find(p)
+    if adapter.name.startswith("dicom"):
+        return _resolve(adapter.open)(p, series=series, chunks=chunks, **kw)
+    if series is not None:
+        raise InvalidInputError(
+            f"{p}: series={series!r} applies to DICOM only; this is {adapter.name}"
+        )
+    return _resolve(adapter.open)(p, chunks=chunks, **kw)
+
+
+def write_image(
+    image: Image, path: str | os.PathLike, *, overwrite: bool = False, **kw: Any
+) -> Path:
+    """Write ``image`` in the format of ``path``'s suffix; return the written path.
+
+    ``.tif``/``.tiff`` → Cloud-Optimised GeoTIFF, ``.nii``/``.nii.gz`` → NIfTI, ``.zarr`` → Zarr
+    v3 (plus plug-ins' suffixes). ``**kw`` go to the writer (e.g. ``classes=``, ``dtype=``).
+    """
+    p = Path(path)
+    adapter = _by_suffix(p, writable=True)
+    if adapter is None:
+        sufs = sorted({s for a in adapters() if a.write is not None for s in a.suffixes})
+        raise UnsupportedFormatError(f"{p}: cannot write this suffix; writable: {', '.join(sufs)}")
+    return Path(_resolve(adapter.write)(image, p, overwrite=overwrite, **kw))
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Adapter",
+    "adapters",
+    "detect_format",
+    "open_image",
+    "register_adapter",
+    "write_image",
+]
