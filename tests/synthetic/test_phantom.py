@@ -31,7 +31,7 @@ def test_compartments_nested_inside_brain_and_contrasts(t1):
     img = p.image.compute()
     assert p.image.channel_names == list(SEQUENCES)
     assert {1, 2, 3} <= set(np.unique(lab))
-    mask = brain_mask(np.asarray(t1.darray[0].compute())[::3, ::3, ::3])
+    mask = brain_mask(np.asarray(t1.darray[0].compute(), dtype=np.float32)[::3, ::3, ::3])
     assert not (lab[~mask] > 0).any()
     # necrosis (1) is enclosed by enhancing tumour (3) + oedema: its dilation stays in the tumour
     assert (lab[ndimage.binary_dilation(lab == 1)] > 0).all()
