@@ -1,0 +1,294 @@
+"""``evaluate``: score a label prediction against a reference, for one pair or two folders.
+
+Overlap scores come from one streamed pass (:mod:`.overlap`); surface distances
+(:mod:`.surface`) and BraTS regions (:mod:`.brats`) are computed per class / region on the
+in-memory labels, cropped to the objects. Grids must agree (``GeometryError`` naming both
+otherwise) unless ``resample_to="reference"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geomed_seg.core.grid import GeoGrid
+from geomed_seg.core.image import Image
+from geomed_seg.core.labels import ClassInfo, parse_classes
+from geomed_seg.errors import InvalidInputError
+from geomed_seg.metrics.align import align_to_reference
+from geomed_seg.metrics.brats import RegionResult, brats_metrics
+from geomed_seg.metrics.overlap import EmptyRule, OverlapResult, overlap_metrics
+from geomed_seg.metrics.surface import SurfaceScores, surface_metrics
+
+logger = logging.getLogger(__name__)
+
+ImageLike = Image | str | os.PathLike
+
+
+@dataclass
+class EvaluationResult:
+    """Everything measured on one prediction/reference pair."""
+
+    overlap: OverlapResult
+    surface: dict[int, SurfaceScores] = field(default_factory=dict)
+    brats: list[RegionResult] = field(default_factory=list)
+    spacing: tuple[float, ...] = ()
+    distance_unit: str = "px"
+    pred_path: str | None = None
+    ref_path: str | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat dict per class (overlap + surface), then one per BraTS region."""
+        out = []
+        for row in self.overlap.rows():
+            s = self.surface.get(row["index"])
+            if s is not None:
+                row.update({k: v for k, v in s.to_dict().items()})
+            out.append({"kind": "class", **row})
+        out.extend({"kind": "region", **r.row()} for r in self.brats)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly nested dict."""
+        return {
+            "pred": self.pred_path,
+            "ref": self.ref_path,
+            "overlap": self.overlap.to_dict(),
+            "surface": {str(k): v.to_dict() for k, v in self.surface.items()},
+            "brats": [r.row() for r in self.brats],
+            "spacing": list(self.spacing),
+            "distance_unit": self.distance_unit,
+        }
+
+
+def _open(x: ImageLike) -> Image:
+    if isinstance(x, Image):
+        return x
+    from geomed_seg.io.registry import open_image
+
+    return open_image(x)
+
+
+def _sample_size(grid) -> tuple[float, str, tuple[float, ...], str]:
+    """Return (area or volume of one sample, its unit, spacing in array order, distance unit)."""
+    if isinstance(grid, GeoGrid):
+        x_res, y_res = grid.res
+        crs = grid.crs
+        metres = False
+        if crs is not None and crs.is_projected:
+            try:
+                metres = crs.linear_units_factor[1] == 1.0
+            except Exception:  # noqa: BLE001 - pyproj cannot say: keep CRS units
+                metres = False
+        unit = "m" if metres else "crs"
+        return grid.pixel_area, ("m2" if metres else "crs_units2"), (y_res, x_res), unit
+    return grid.voxel_volume, "mm3", tuple(grid.spacing_zyx), "mm"
+
+
+def _labels(img: Image) -> Any:
+    if img.n_channels != 1:
+        raise InvalidInputError(f"label images need one channel/band, got {img.n_channels}")
+    return img.darray[0]
+
+
+def evaluate(
+    pred: ImageLike,
+    ref: ImageLike,
+    *,
+    classes: str | Iterable | None = None,
+    ignore_index: int | None = None,
+    tversky: tuple[float, float] = (0.5, 0.5),
+    surface: bool = False,
+    tolerance: float = 1.0,
+    brats: str | None = None,
+    lesion_wise: bool = False,
+    resample_to: str | None = None,
+    empty: EmptyRule = "brats",
+    brats_protocol: str = "panoptica",
+) -> EvaluationResult:
+    """Return overlap (and optionally surface / BraTS) scores of ``pred`` against ``ref``.
+
+    Parameters
+    ----------
+    pred, ref : Image or path
+        Single-channel label images (paths opened with :func:`geomed_seg.io.registry.open_image`).
+    classes : str, mapping or ClassInfo list, optional
+        ``"0:background,1:water"``; default: every label found.
+    ignore_index : int, optional
+        Reference label excluded from all scores (the reference's nodata is always excluded).
+    tversky : (alpha, beta)
+        False-positive and false-negative weights of the Tversky index.
+    surface : bool
+        Also compute HD, HD95, ASSD and NSD (MONAI conventions) for every non-zero class.
+    tolerance : float
+        NSD tolerance in the grid's distance unit (mm for volumes, m for projected rasters).
+    brats : {"legacy", "2023", "2024"} or card name, optional
+        Also compute BraTS region metrics as brats-evaluation (volumes only).
+    lesion_wise : bool
+        With ``brats``: lesion detection and lesion-wise scores.
+    resample_to : {None, "reference"}
+        Resample the prediction (nearest) onto the reference grid instead of raising.
+    empty : {"brats", "nan"}
+        Overlap score of a class absent from both.
+    brats_protocol : {"panoptica", "brats2023"}
+        Lesion-wise protocol (see :mod:`geomed_seg.metrics.brats`).
+    """
+    pred_img, ref_img = _open(pred), _open(ref)
+    pred_img = align_to_reference(pred_img, ref_img, resample_to)
+    infos: list[ClassInfo] = parse_classes(classes)
+    sample, area_unit, spacing, dist_unit = _sample_size(ref_img.grid)
+    valid = None
+    if ref_img.nodata is not None or ref_img.mask is not None:
+        valid = ref_img.valid_mask()
+    p_lab, r_lab = _labels(pred_img), _labels(ref_img)
+    ov = overlap_metrics(
+        p_lab,
+        r_lab,
+        labels=[c.index for c in infos] or None,
+        names=[c.name for c in infos] or None,
+        valid=valid,
+        ignore_index=ignore_index,
+        tversky=tversky,
+        empty=empty,
+        sample_size=sample,
+        area_unit=area_unit,
+    )
+    result = EvaluationResult(ov, spacing=spacing, distance_unit=dist_unit)
+    result.pred_path = None if isinstance(pred, Image) else str(pred)
+    result.ref_path = None if isinstance(ref, Image) else str(ref)
+    if surface or brats:
+        p_np = np.asarray(p_lab.compute())
+        r_np = np.asarray(r_lab.compute())
+        if valid is not None or ignore_index is not None:
+            keep = np.ones(r_np.shape, bool) if valid is None else np.asarray(valid.compute())
+            if ignore_index is not None:
+                keep &= r_np != ignore_index
+            p_np = np.where(keep, p_np, 0)
+            r_np = np.where(keep, r_np, 0)
+        if surface:
+            for label in ov.labels:
+                if label == 0:
+                    continue
+                result.surface[label] = surface_metrics(
+                    p_np == label, r_np == label, spacing, tolerance=tolerance
+                )
+        if brats:
+            if ref_img.kind != "volume":
+                raise InvalidInputError("BraTS metrics need volumes (NIfTI/DICOM), got a raster")
+            result.brats = brats_metrics(
+                p_np,
+                r_np,
+                spacing,
+                convention=brats,
+                lesion_wise=lesion_wise,
+                protocol=brats_protocol,  # type: ignore[arg-type]
+            )
+    return result
+
+
+# -- folders ----------------------------------------------------------------------------
+_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff", ".zarr", ".dcm", ".nrrd", ".mha")
+
+
+def _case_name(p: Path) -> str:
+    name = p.name
+    for s in _SUFFIXES:
+        if name.lower().endswith(s):
+            return name[: -len(s)]
+    return p.stem
+
+
+def _listing(folder: Path) -> dict[str, Path]:
+    return {_case_name(p): p for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+@dataclass
+class FolderResult:
+    """Per-case results of two folders paired by file name, plus what could not be paired."""
+
+    cases: dict[str, EvaluationResult]
+    missing_pred: list[str]
+    missing_ref: list[str]
+
+    @property
+    def complete(self) -> bool:
+        """True when every reference has a prediction and vice versa."""
+        return not self.missing_pred and not self.missing_ref
+
+    def case_rows(self) -> list[dict[str, Any]]:
+        """One row per case and class/region."""
+        return [{"case": c, **row} for c, res in self.cases.items() for row in res.rows()]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Mean, std and median over cases of every numeric column, per class/region."""
+        groups: dict[tuple, list[dict]] = {}
+        for row in self.case_rows():
+            key = (
+                row["kind"],
+                row.get("index", row.get("region")),
+                row.get("name", row.get("region")),
+            )
+            groups.setdefault(key, []).append(row)
+        out = []
+        for (kind, _key, name), rows in groups.items():
+            for stat, fn in (("mean", np.nanmean), ("std", np.nanstd), ("median", np.nanmedian)):
+                entry: dict[str, Any] = {"kind": kind, "name": name, "stat": stat, "n": len(rows)}
+                for col, v in rows[0].items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and col != "index":
+                        vals = np.array([r[col] for r in rows], dtype=float)
+                        finite = vals[~np.isnan(vals)]
+                        entry[col] = float(fn(finite)) if finite.size else math.nan
+                out.append(entry)
+        return out
+
+
+def evaluate_folder(
+    pred_dir: str | os.PathLike,
+    ref_dir: str | os.PathLike,
+    *,
+    max_workers: int | None = None,
+    **kwargs: Any,
+) -> FolderResult:
+    """Evaluate every reference in ``ref_dir`` against the prediction of the same case name.
+
+    Files pair by name without format suffix (``case1.nii.gz`` ↔ ``case1.nii.gz`` or
+    ``case1.tif``); cases present on one side only are listed in ``missing_pred`` /
+    ``missing_ref``, never silently skipped. Cases run in parallel threads; ``kwargs`` go to
+    :func:`evaluate`.
+    """
+    pdir, rdir = Path(pred_dir), Path(ref_dir)
+    for d in (pdir, rdir):
+        if not d.is_dir():
+            raise InvalidInputError(f"{d}: not a folder")
+    preds, refs = _listing(pdir), _listing(rdir)
+    names = [n for n in refs if n in preds]
+    if not names:
+        raise InvalidInputError(f"{pdir} and {rdir}: no case names in common")
+
+    def one(name: str) -> EvaluationResult:
+        return evaluate(preds[name], refs[name], **kwargs)
+
+    workers = max_workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, names))
+    return FolderResult(
+        cases=dict(zip(names, results, strict=True)),
+        missing_pred=sorted(set(refs) - set(preds)),
+        missing_ref=sorted(set(preds) - set(refs)),
+    )
+
+
+def rows_to_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Union of keys in first-seen order (CSV header)."""
+    cols: list[str] = []
+    for r in rows:
+        cols.extend(k for k in r if k not in cols)
+    return cols

@@ -1,0 +1,171 @@
+"""Render evaluation results: rich table, JSON, CSV, Markdown, and a confusion-matrix plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from geomed_seg.errors import InvalidInputError
+from geomed_seg.metrics.evaluate import EvaluationResult, FolderResult, rows_to_columns
+
+FORMATS = ("table", "json", "csv", "md")
+
+#: Columns shown in the table / Markdown views (CSV and JSON keep everything).
+_CLASS_COLS = ("index", "name", "dice", "iou", "tversky", "precision", "recall", "specificity",
+               "ref_area", "pred_area", "hd", "hd95", "assd", "nsd")  # fmt: skip
+_REGION_COLS = ("region", "global_dsc", "global_nsd", "global_hd95", "tp", "fp", "fn", "f1",
+                "lesionwise_dsc_mean", "lesionwise_nsd_mean", "lesionwise_hd95_mean")  # fmt: skip
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def _tables(result: EvaluationResult | FolderResult) -> list[tuple[str, list[str], list[dict]]]:
+    if isinstance(result, FolderResult):
+        rows = result.summary()
+        cols = ["kind", "name", "stat", "n", "dice", "iou", "hd95", "global_dsc", "global_hd95",
+                "lesionwise_dsc_mean", "f1"]  # fmt: skip
+        cols = [c for c in cols if any(c in r for r in rows)]
+        return [("summary over cases", cols, rows)]
+    rows = result.rows()
+    cls = [r for r in rows if r["kind"] == "class"]
+    reg = [r for r in rows if r["kind"] == "region"]
+    out = [("classes", [c for c in _CLASS_COLS if any(c in r for r in cls)], cls)]
+    if reg:
+        out.append(("BraTS regions", list(_REGION_COLS), reg))
+    return out
+
+
+def render(result: EvaluationResult | FolderResult, fmt: str = "table") -> str:
+    """Return ``result`` as text in ``fmt`` (table, json, csv or md)."""
+    if fmt not in FORMATS:
+        raise InvalidInputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "json":
+        if isinstance(result, FolderResult):
+            data: Any = {
+                "cases": {k: v.to_dict() for k, v in result.cases.items()},
+                "summary": result.summary(),
+                "missing_pred": result.missing_pred,
+                "missing_ref": result.missing_ref,
+            }
+        else:
+            data = result.to_dict()
+        return json.dumps(_deep_clean(data), indent=2)
+    if fmt == "csv":
+        rows = result.case_rows() if isinstance(result, FolderResult) else result.rows()
+        return to_csv(rows)
+    if fmt == "md":
+        parts = []
+        for title, cols, rows in _tables(result):
+            parts.append(f"**{title}**\n")
+            parts.append("| " + " | ".join(cols) + " |")
+            parts.append("|" + "---|" * len(cols))
+            parts.extend("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows)
+            parts.append("")
+        parts.extend(_extra_lines(result))
+        return "\n".join(parts)
+    return _rich_table(result)
+
+
+def _deep_clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _deep_clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_deep_clean(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        try:
+            x = x.item()
+        except (ValueError, AttributeError):
+            pass
+    return _clean(x)
+
+
+def _extra_lines(result: EvaluationResult | FolderResult) -> list[str]:
+    lines = []
+    if isinstance(result, FolderResult):
+        lines.append(f"cases evaluated: {len(result.cases)}")
+        if result.missing_pred:
+            lines.append(f"MISSING prediction for: {', '.join(result.missing_pred)}")
+        if result.missing_ref:
+            lines.append(f"MISSING reference for: {', '.join(result.missing_ref)}")
+    else:
+        s = result.overlap.summary()
+        lines.append(" ".join(f"{k}={_fmt(v)}" for k, v in s.items()))
+        lines.append(f"areas in {result.overlap.area_unit}; distances in {result.distance_unit}")
+    return lines
+
+
+def _rich_table(result: EvaluationResult | FolderResult) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=200, force_terminal=False, color_system=None)
+    for title, cols, rows in _tables(result):
+        table = Table(title=title)
+        for c in cols:
+            table.add_column(
+                c, justify="right" if c not in ("name", "region", "kind", "stat") else "left"
+            )
+        for r in rows:
+            table.add_row(*(_fmt(r.get(c, "")) for c in cols))
+        console.print(table)
+    for line in _extra_lines(result):
+        console.print(line)
+    return buf.getvalue()
+
+
+def to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows as CSV text (header = union of keys)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=rows_to_columns(rows), extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _fmt(v) if isinstance(v, float) else v for k, v in r.items()})
+    return buf.getvalue()
+
+
+def plot(result: EvaluationResult, path: str | os.PathLike) -> None:
+    """Save a PNG with the row-normalised confusion matrix and per-class Dice / IoU bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ov = result.overlap
+    n = len(ov.labels)
+    conf = ov.confusion[:, :n].astype(float)
+    norm = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4.5))
+    im = a0.imshow(norm, cmap="viridis", vmin=0, vmax=1)
+    a0.set_xticks(range(n), ov.names, rotation=45, ha="right")
+    a0.set_yticks(range(n), ov.names)
+    a0.set_xlabel("prediction")
+    a0.set_ylabel("reference")
+    a0.set_title("confusion (row-normalised)")
+    fig.colorbar(im, ax=a0)
+    x = np.arange(n)
+    a1.bar(x - 0.2, [c.dice for c in ov.classes], 0.4, label="Dice")
+    a1.bar(x + 0.2, [c.iou for c in ov.classes], 0.4, label="IoU")
+    a1.set_xticks(x, ov.names, rotation=45, ha="right")
+    a1.set_ylim(0, 1)
+    a1.legend()
+    a1.set_title("per-class scores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
