@@ -11,7 +11,6 @@ import logging
 import sys
 from importlib import import_module
 
-import click
 import typer
 
 from geomed_seg import __version__
@@ -65,23 +64,24 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit code (2 for user errors, 1 for bugs)."""
+    """Run the CLI; return the exit code (2 for user errors and usage errors, 1 for bugs).
+
+    typer runs in standalone mode so it reports its own usage errors (exit 2); only our
+    :class:`GeomedSegError` is turned into one line here.
+    """
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="geomed-seg", standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except GeomedSegError as exc:
         if _STATE["debug"]:
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except click.exceptions.Abort:
-        print("error: aborted", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
         return 130
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return 2
     return 0
 
 
@@ -90,5 +90,7 @@ def run() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":
-    run()
+if __name__ == "__main__":  # ``python -m geomed_seg.cli``: use the package module's app
+    from geomed_seg.cli import run as _run
+
+    _run()

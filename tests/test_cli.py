@@ -69,7 +69,11 @@ def test_convert_geotiff_to_cog_keeps_geometry(capsys, landsat_path, tmp_path):
     with rasterio.open(landsat_path) as a, rasterio.open(out) as b:
         assert a.crs == b.crs and a.transform == b.transform
         assert np.array_equal(a.read(), b.read())
-        assert b.profile["tiled"] and b.overviews(1)
+        assert b.profile["tiled"]
+    from rio_cogeo.cogeo import cog_validate
+
+    is_valid, errors, _ = cog_validate(str(out))
+    assert is_valid, errors
 
 
 def _bad_inputs(tmp_path, landsat_path, mni_t1_path):

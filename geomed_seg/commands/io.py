@@ -15,7 +15,7 @@ from geomed_seg.cli import app
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.12g}"
     if isinstance(value, list) and value and isinstance(value[0], list):
         return "\n".join("[" + ", ".join(_fmt(v) for v in row) + "]" for row in value)
     if isinstance(value, list):
