@@ -1,0 +1,1 @@
+"""Instances and panoptic segmentation: tiled connected components, tables, Mask R-CNN, SAM."""
