@@ -1,0 +1,196 @@
+"""DICOM adapter against SimpleITK, pydicom and nibabel (geometry after LPS->RAS, pixel values)."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.data import get_testdata_file
+
+from geomed_seg.errors import GeometryError, InvalidInputError, ReadError
+from geomed_seg.io.dicom import open_dicom
+from geomed_seg.io.nifti import write_nifti
+from tests.io.dicom_data import (
+    make_series,
+    oblique_orientation,
+    pixel_positions,
+    read_back,
+    slice_positions,
+)
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _sitk_affine_ras(img: sitk.Image) -> np.ndarray:
+    """Independent nibabel-style affine of a SimpleITK image: RAS = diag(-1,-1,1) LPS."""
+    aff = np.eye(4)
+    aff[:3, :3] = np.asarray(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
+    aff[:3, 3] = img.GetOrigin()
+    return LPS_TO_RAS @ aff
+
+
+def _sitk_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_pydicom_single_files(name: str) -> None:
+    path = get_testdata_file(name)
+    ds = pydicom.dcmread(path)
+    expected = ds.pixel_array * float(ds.get("RescaleSlope", 1)) + float(
+        ds.get("RescaleIntercept", 0)
+    )
+    img = open_dicom(path)
+    assert img.shape == (1, 1, ds.Rows, ds.Columns)
+    np.testing.assert_array_equal(img.compute()[0, 0], expected)
+    ref = sitk.ReadImage(path)
+    np.testing.assert_allclose(img.grid.affine, _sitk_affine_ras(ref), atol=1e-6)
+    assert img.attrs["dicom"]["sop_instance_uids"] == [ds.SOPInstanceUID]
+    assert img.attrs["dicom"]["modality"] == ds.Modality
+
+
+@pytest.mark.parametrize(
+    "orientation", [(1.0, 0, 0, 0, 1, 0), oblique_orientation(), (0, 1.0, 0, 0, 0, -1)]
+)
+def test_series_matches_simpleitk(orientation: tuple, tmp_path: Path) -> None:
+    files, values = make_series(tmp_path / "s", orientation=orientation, rescale=(2.0, -1024.0))
+    img = open_dicom(tmp_path / "s")
+    ref = _sitk_series(tmp_path / "s")
+    np.testing.assert_allclose(img.grid.affine, _sitk_affine_ras(ref), atol=1e-6)
+    np.testing.assert_array_equal(img.compute()[0], sitk.GetArrayFromImage(ref))
+    np.testing.assert_array_equal(img.compute()[0], values * 2 - 1024)
+    assert img.dtype == np.int16
+    assert img.attrs["dicom"]["files"] == [str(f) for f in files]  # spatial, not name order
+    assert img.grid.spacing == pytest.approx((0.8, 0.9, 2.5))
+    # first voxel sits at the first slice's ImagePositionPatient (LPS -> RAS)
+    ipp = np.array(pydicom.dcmread(files[0]).ImagePositionPatient, dtype=float)
+    np.testing.assert_allclose(img.grid.origin, ipp * (-1, -1, 1), atol=1e-5)
+
+
+def test_files_list_and_rescale_float(tmp_path: Path) -> None:
+    files, values = make_series(tmp_path / "s", rescale=(0.5, 1.25))
+    img = open_dicom(list(reversed(files)))
+    assert img.dtype == np.float32
+    np.testing.assert_allclose(img.compute()[0], values * 0.5 + 1.25)
+
+
+def test_dicom_to_nifti_affine(tmp_path: Path) -> None:
+    make_series(tmp_path / "s", orientation=oblique_orientation(30, -15))
+    out = write_nifti(open_dicom(tmp_path / "s"), tmp_path / "s.nii.gz")
+    back = nib.load(out)
+    ref = _sitk_series(tmp_path / "s")
+    np.testing.assert_allclose(back.affine, _sitk_affine_ras(ref), atol=1e-4)
+    np.testing.assert_array_equal(
+        np.asarray(back.dataobj).transpose(2, 1, 0), sitk.GetArrayFromImage(ref)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"uneven": True}, "uneven slice spacing"),
+        ({"missing": (3,)}, "missing slice"),
+        ({"tilt": 12.0}, "gantry tilt"),
+    ],
+)
+def test_irregular_series_raise(kwargs: dict, match: str, tmp_path: Path) -> None:
+    make_series(tmp_path / "s", **kwargs)
+    with pytest.raises(GeometryError, match=match) as err:
+        open_dicom(tmp_path / "s")
+    assert str(tmp_path / "s") in str(err.value) and "resample=True" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"uneven": True}, {"missing": (3,)}, {"tilt": 12.0}, {"tilt": -8.0, "missing": (2,)}]
+)
+def test_resample_gives_regular_grid(kwargs: dict, tmp_path: Path) -> None:
+    """A world-linear ramp must be reproduced exactly at every resampled voxel inside the data."""
+    shape, spacing = (7, 16, 10), (0.8, 0.9, 2.5)
+    orientation, origin = oblique_orientation(), (-20.0, -30.0, 40.0)
+    pos = slice_positions(
+        shape[0],
+        spacing,
+        orientation,
+        origin,
+        **{k: v for k, v in kwargs.items() if k != "missing"},
+    )
+    world = pixel_positions(pos, spacing, orientation, shape[1], shape[2])
+    ramp = np.rint(100 + world @ np.array([3.0, -2.0, 5.0]) * 4)
+    make_series(tmp_path / "s", shape, spacing, orientation, origin, values=ramp, **kwargs)
+    img = open_dicom(tmp_path / "s", resample=True)
+    assert img.attrs["dicom"]["resampled"]
+    assert img.grid.spacing == pytest.approx(spacing)
+    got = img.compute()[0].astype(float)
+    # expected value at each output voxel from its RAS position (independent of the reader)
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in img.grid.shape), indexing="ij")
+    ijk = np.stack([xx, yy, zz, np.ones_like(xx)], axis=-1).astype(float)
+    lps = (ijk @ img.grid.affine.T)[..., :3] * (-1, -1, 1)
+    expected = 100 + lps @ np.array([3.0, -2.0, 5.0]) * 4
+    # tilted slices drift up to 3.5 rows: rows near the edges are filled from outside
+    inside = (slice(None), slice(5, -5), slice(None))
+    np.testing.assert_allclose(got[inside], expected[inside], atol=0.6)
+
+
+def test_mixed_orientation_and_sizes(tmp_path: Path) -> None:
+    make_series(tmp_path / "a", series_uid="1.2.3.4")
+    files, _ = make_series(tmp_path / "b", series_uid="1.2.3.4", orientation=oblique_orientation())
+    shutil.copy(files[0], tmp_path / "a" / "odd.dcm")
+    with pytest.raises(GeometryError, match="mixed orientations"):
+        open_dicom(tmp_path / "a")
+    files, _ = make_series(tmp_path / "c", shape=(2, 8, 12), series_uid="1.2.3.5")
+    make_series(tmp_path / "d", series_uid="1.2.3.5")
+    with pytest.raises(GeometryError, match="mixed image sizes"):
+        open_dicom([*files, *(tmp_path / "d").iterdir()])
+
+
+def test_two_series_need_choice(tmp_path: Path) -> None:
+    make_series(tmp_path / "x" / "one", series_uid="1.2.826.0.1.1", description="T1 axial")
+    make_series(
+        tmp_path / "x" / "two", shape=(4, 8, 10), series_uid="1.2.826.0.1.2", description="FLAIR"
+    )
+    (tmp_path / "x" / "notes.txt").write_text("not dicom")
+    with pytest.raises(InvalidInputError, match="2 DICOM series") as err:
+        open_dicom(tmp_path / "x")
+    msg = str(err.value)
+    assert (
+        "1.2.826.0.1.1" in msg and "1.2.826.0.1.2" in msg and "FLAIR" in msg and "--series" in msg
+    )
+    assert open_dicom(tmp_path / "x", series="1.2.826.0.1.2").grid.shape[0] == 4
+    assert open_dicom(tmp_path / "x", series="flair").grid.shape[0] == 4
+    assert open_dicom(tmp_path / "x", series=1).grid.shape[0] == 6
+    with pytest.raises(InvalidInputError, match="matches none"):
+        open_dicom(tmp_path / "x", series="DWI")
+
+
+def test_no_dicom(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("hello")
+    with pytest.raises(InvalidInputError, match="no DICOM"):
+        open_dicom(tmp_path)
+    with pytest.raises(ReadError, match="missing"):
+        open_dicom(tmp_path / "missing")
+
+
+def test_enhanced_multiframe_matches_series(tmp_path: Path) -> None:
+    files, values = make_series(tmp_path / "mr", modality="MR", orientation=oblique_orientation())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mf = hd.legacy.LegacyConvertedEnhancedMRImage(read_back(files), hd.UID(), 2, hd.UID(), 1)
+    mf.save_as(tmp_path / "mf.dcm")
+    assert int(pydicom.dcmread(tmp_path / "mf.dcm").NumberOfFrames) == len(files)
+    multi = open_dicom(tmp_path / "mf.dcm")
+    series = open_dicom(tmp_path / "mr")
+    assert multi.shape == (1, len(files), 8, 10)
+    np.testing.assert_array_equal(multi.compute(), series.compute())
+    np.testing.assert_allclose(multi.grid.affine, series.grid.affine, atol=1e-5)
+    np.testing.assert_allclose(
+        series.grid.affine, _sitk_affine_ras(_sitk_series(tmp_path / "mr")), atol=1e-6
+    )
