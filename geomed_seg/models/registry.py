@@ -162,6 +162,10 @@ def build_model(name: str, in_channels: int, num_classes: int, **kwargs: Any) ->
     builder = _BUILDERS.get(spec.name, _import_builder(spec))
     try:
         return builder(**merged)
+    except ImportError as exc:  # incl. MONAI's OptionalImportError (e.g. einops for SwinUNETR)
+        raise ModelError(
+            f"{spec.name}: a package it needs is missing ({exc}); pip install it"
+        ) from exc
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         raise ModelError(f"{spec.name}: cannot build with {merged}: {exc}") from exc
 
