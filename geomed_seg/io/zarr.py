@@ -81,6 +81,32 @@ def _regular_chunks(chunks: Any, shape: tuple[int, ...], dtype: np.dtype) -> tup
     return tuple(max(c) for c in norm)
 
 
+class _GuardedTarget:
+    """``dask.array.store`` target that drops writes once the writer aborted.
+
+    dask's threaded scheduler raises the first failing task's error without waiting for the
+    tasks still running; their late writes would recreate chunk files inside a temporary
+    store that was already removed. Abort therefore waits for writes in flight.
+    """
+
+    def __init__(self, array: Any, writer: ZarrBlockWriter) -> None:
+        self._array, self._writer = array, writer
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        w = self._writer
+        with w._cond:
+            if w._aborted:
+                return
+            w._inflight += 1
+        try:
+            self._array[key] = value
+        finally:
+            with w._cond:
+                w._inflight -= 1
+                w._cond.notify_all()
+
+
 class ZarrBlockWriter:
     """Context manager sink: write windows into a new Zarr v3 store, commit atomically on exit.
 
@@ -141,6 +167,8 @@ class ZarrBlockWriter:
         self.chunks = _regular_chunks(tuple(chunks), self.shape, self.dtype)
         self.meta = _metadata(grid, self.dims, nodata, channel_names, attrs)
         self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._aborted, self._inflight = False, 0
         self._stack: ExitStack | None = None
         self.array: Any = None
 
@@ -161,6 +189,10 @@ class ZarrBlockWriter:
         self._group = group
         return self
 
+    def target(self, array: Any = None) -> _GuardedTarget:
+        """Return a ``dask.array.store`` target for ``array`` (default: the data array)."""
+        return _GuardedTarget(self.array if array is None else array, self)
+
     def create_mask(self, chunks: Sequence[int] | None = None) -> Any:
         """Create and return the boolean spatial ``mask`` array (True = valid)."""
         self.meta["has_mask"] = True
@@ -179,13 +211,17 @@ class ZarrBlockWriter:
         if arr.shape != expected:
             raise InvalidInputError(f"{self.path}: window array {arr.shape} != expected {expected}")
         with self._lock:
-            self.array[norm] = arr.astype(self.dtype, copy=False)
+            self.target()[norm] = arr.astype(self.dtype, copy=False)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         stack, self._stack = self._stack, None
         if stack is None:
             return
-        if exc_type is None:
+        if exc_type is not None:
+            with self._cond:
+                self._aborted = True
+                self._cond.wait_for(lambda: self._inflight == 0, timeout=600)
+        else:
             try:
                 self._group.attrs[ATTRS_KEY] = self.meta
             except BaseException as err:
@@ -209,11 +245,11 @@ def write_zarr(
         attrs=image.attrs, dims=image.data.dims, channel_names=image.channel_names,
         overwrite=overwrite,
     ) as writer:  # fmt: skip
-        sources, targets = [arr.rechunk(writer.chunks)], [writer.array]
+        sources, targets = [arr.rechunk(writer.chunks)], [writer.target()]
         if image.mask is not None:
-            target = writer.create_mask()
-            sources.append(image.valid_mask().astype(bool).rechunk(target.chunks))
-            targets.append(target)
+            mask = writer.create_mask()
+            sources.append(image.valid_mask().astype(bool).rechunk(mask.chunks))
+            targets.append(writer.target(mask))
         da.store(sources, targets, lock=False)
     return Path(path)
 
