@@ -49,10 +49,10 @@ def morphology(image: Image, op: str, radius: int = 1) -> Image:
     from skimage import morphology as m
 
     funcs = {
-        "opening": m.binary_opening,
-        "closing": m.binary_closing,
-        "erosion": m.binary_erosion,
-        "dilation": m.binary_dilation,
+        "opening": m.opening,
+        "closing": m.closing,
+        "erosion": m.erosion,
+        "dilation": m.dilation,
     }
     if op not in funcs:
         raise InvalidInputError(f"unknown morphology {op!r}; choose one of {sorted(funcs)}")
@@ -61,7 +61,7 @@ def morphology(image: Image, op: str, radius: int = 1) -> Image:
     fg_img = Image.from_array(fg[None], image.grid, chunks=(1, *fg.chunks))
 
     def _op(block: np.ndarray) -> np.ndarray:
-        return funcs[op](block[0], fp)
+        return funcs[op](block[0].astype(bool), fp)
 
     out = map_spatial(fg_img, _op, halo=2 * radius + 1, dtype=np.uint8)
     return label_image(image, out.rechunk(image.darray.chunks[1:]), nodata=_nodata(image))
