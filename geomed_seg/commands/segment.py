@@ -1,0 +1,169 @@
+"""``geomed-seg segment`` and ``geomed-seg model-card``: thin shells over the Python API.
+
+:func:`segment_file` is the public function behind ``segment`` (open the input, read the
+checkpoint's card, check that the model fits the input, load the weights, run
+:func:`geomed_seg.inference.segment.segment` into the output file); tests and scripts can
+call it directly. Checks that need no weights run first, so a mismatch fails in a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from geomed_seg.cli import app
+from geomed_seg.errors import InvalidInputError
+
+
+def parse_roi(text: str | None) -> tuple[int, ...] | None:
+    """Return ``"256,256"`` as ``(256, 256)`` (array order); ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        roi = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError as exc:
+        raise InvalidInputError(f"--roi {text!r}: expected integers such as 256,256") from exc
+    if not roi or any(r < 1 for r in roi):
+        raise InvalidInputError(f"--roi {text!r}: expected positive integers such as 256,256")
+    return roi
+
+
+def segment_file(
+    input_path: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    roi_size: tuple[int, ...] | None = None,
+    overlap: float | None = None,
+    mode: str | None = None,
+    batch_size: int = 4,
+    device: str = "auto",
+    tta: bool = False,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    series: str | None = None,
+    card: str | os.PathLike | None = None,
+) -> Any:
+    """Segment ``input_path`` with ``checkpoint`` into ``output``; return the ``SegmentResult``.
+
+    ``roi_size`` (array order, pixels/voxels), ``overlap`` and ``mode`` default to the card's
+    values. The output format follows the suffix of ``output`` (``.tif``, ``.nii.gz``, ...).
+
+    Raises
+    ------
+    ModelError
+        Unreadable checkpoint, 2D model on a volume (or 3D on a raster), band-count mismatch.
+    OutputExistsError
+        ``output`` exists and not ``overwrite``.
+    """
+    from geomed_seg.io.atomic import check_output
+    from geomed_seg.io.registry import open_image
+    from geomed_seg.models.card import ModelCard
+    from geomed_seg.models.checkpoint import load_checkpoint, read_card
+
+    check_output(output, overwrite)
+    image = open_image(input_path, series=series)
+    model_card = ModelCard.load(card) if card is not None else read_card(checkpoint)
+    model_card.check_image(image, source=input_path)
+    if roi_size is not None and len(roi_size) != model_card.spatial_dims:
+        raise InvalidInputError(
+            f"--roi {','.join(map(str, roi_size))}: model {model_card.name!r} needs "
+            f"{model_card.spatial_dims} values (array order)"
+        )
+    loaded = load_checkpoint(checkpoint, card=card)
+    from geomed_seg.inference.segment import segment  # torch: only once the inputs are valid
+
+    return segment(
+        image,
+        loaded,
+        roi_size=roi_size or tuple(model_card.roi_size),
+        overlap=model_card.overlap if overlap is None else overlap,
+        mode=mode or model_card.mode,
+        batch_size=batch_size,
+        device=device,
+        tta=tta,
+        output="probabilities" if probabilities else "labels",
+        sink=Path(output),
+        overwrite=overwrite,
+    )
+
+
+@app.command("segment")
+def segment_command(
+    input_path: Path = typer.Argument(
+        ..., metavar="INPUT", help="GeoTIFF, NIfTI, DICOM folder, Zarr."
+    ),
+    model: Path = typer.Option(..., "-m", "--model", help="Checkpoint (.safetensors or folder)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output; format from the suffix."),
+    roi: str | None = typer.Option(None, "--roi", help="Window size, array order: 256,256."),
+    overlap: float | None = typer.Option(
+        None, "--overlap", help="Window overlap 0..1 (card default)."
+    ),
+    mode: str | None = typer.Option(None, "--mode", help="Blending: gaussian or constant."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Windows per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (flips)."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Write class probabilities."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    series: str | None = typer.Option(None, "--series", help="DICOM series UID or index."),
+    card: Path | None = typer.Option(None, "--card", help="Card JSON for a bare .pt state dict."),
+) -> None:
+    """Segment a scene or volume with a checkpoint, writing labels on the input's grid."""
+    if mode is not None and mode not in ("gaussian", "constant"):
+        raise InvalidInputError(f"--mode {mode!r}: choose 'gaussian' or 'constant'")
+    result = segment_file(
+        input_path, model, output, roi_size=parse_roi(roi), overlap=overlap, mode=mode,
+        batch_size=batch_size, device=device, tta=tta, probabilities=probabilities,
+        overwrite=overwrite, series=series, card=card,
+    )  # fmt: skip
+    if not quiet:
+        _summary(result, output)
+
+
+def _summary(result: Any, output: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    stats = getattr(result, "stats", None) or {}
+    get = stats.get if isinstance(stats, dict) else lambda k, d=None: getattr(stats, k, d)
+    table = Table(title="geomed-seg segment", title_justify="left", show_header=False)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    table.add_row("output", str(getattr(result, "path", None) or output))
+    run, total, skipped = get("windows_run"), get("windows_total"), get("windows_skipped")
+    table.add_row("windows", f"{run} run, {skipped} skipped of {total}")
+    seconds = get("seconds")
+    table.add_row("time", f"{seconds:.1f} s" if isinstance(seconds, int | float) else str(seconds))
+    table.add_row("device", str(get("device")))
+    Console().print(table)
+
+
+@app.command("model-card")
+def model_card_command(
+    checkpoint: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint or card.json."),
+    stac: Path | None = typer.Option(None, "--stac", help="Write a STAC MLM Item JSON here."),
+    item_id: str | None = typer.Option(None, "--id", help="STAC Item id (default: card name)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --stac file."),
+) -> None:
+    """Print a checkpoint's model card, or export it as a STAC MLM Item (--stac)."""
+    from geomed_seg.io.atomic import atomic_output
+    from geomed_seg.models.checkpoint import read_card
+
+    card = read_card(checkpoint)
+    if stac is None:
+        typer.echo(card.to_json())
+        return
+    href = (
+        checkpoint.name
+        if checkpoint.suffix == ".safetensors"
+        else f"{checkpoint.name}/model.safetensors"
+    )
+    item = card.to_stac_mlm(item_id=item_id, weights_href=href)
+    with atomic_output(stac, overwrite) as tmp:
+        tmp.write_text(json.dumps(item, indent=2) + "\n")
+    typer.echo(str(stac))

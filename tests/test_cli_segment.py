@@ -1,0 +1,137 @@
+"""``geomed-seg segment`` / ``model-card`` end to end, checked with rasterio (independent)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geomed_seg.cli import main
+from geomed_seg.models import ModelCard, build_model, save_checkpoint
+
+torch = pytest.importorskip("torch")
+rasterio = pytest.importorskip("rasterio")
+
+
+def _card(in_channels: int, **kw) -> ModelCard:
+    fields = dict(
+        name="landsat-tiny",
+        architecture="smp.Unet",
+        architecture_kwargs={
+            "encoder_name": "resnet18",
+            "encoder_depth": 3,
+            "decoder_channels": [16, 8, 8],
+        },
+        spatial_dims=2,
+        in_channels=in_channels,
+        normalisation={
+            "type": "meanstd",
+            "mean": [60.0] * in_channels,
+            "std": [30.0] * in_channels,
+        },
+        classes=[
+            {"index": 0, "name": "land", "color": [0, 128, 0]},
+            {"index": 1, "name": "water", "color": [0, 0, 255]},
+        ],
+        nodata_label=255,
+        roi_size=[64, 64],
+    )
+    fields.update(kw)
+    return ModelCard(**fields)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for bands in (6, 4):
+        card = _card(bands)
+        torch.manual_seed(0)
+        model = build_model(card.architecture, bands, card.num_classes, **card.architecture_kwargs)
+        out[bands] = root / f"unet{bands}.safetensors"
+        save_checkpoint(model.eval(), card, out[bands])
+    return out
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+def test_segment_landsat_keeps_geometry(tmp_path, landsat_path, checkpoints, capsys):
+    pytest.importorskip("geomed_seg.inference.segment")
+    out = tmp_path / "labels.tif"
+    rc = main(
+        ["segment", str(landsat_path), "-m", str(checkpoints[6]), "-o", str(out), "--roi", "64,64"]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "windows" in captured.out and str(out.name) in captured.out
+    with rasterio.open(landsat_path) as src, rasterio.open(out) as dst:
+        assert dst.crs == src.crs
+        assert dst.transform == src.transform
+        assert (dst.height, dst.width) == (src.height, src.width)
+        labels = dst.read(1)
+    assert set(np.unique(labels)) <= {0, 1, 255}
+    # existing output is refused without --overwrite
+    rc = main(["segment", str(landsat_path), "-m", str(checkpoints[6]), "-o", str(out), "--quiet"])
+    assert rc == 2 and "exists" in _one_error_line(capsys)
+
+
+def test_band_count_mismatch_exit_2(tmp_path, landsat_path, checkpoints, capsys):
+    rc = main(
+        ["segment", str(landsat_path), "-m", str(checkpoints[4]), "-o", str(tmp_path / "x.tif")]
+    )
+    assert rc == 2
+    line = _one_error_line(capsys)
+    assert "landsat7_olinda_L7_ETMs.tif" in line and "6 bands" in line and "expects 4" in line
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_volume_with_2d_model_exit_2(tmp_path, mni_t1_path, checkpoints, capsys):
+    rc = main(
+        ["segment", str(mni_t1_path), "-m", str(checkpoints[6]), "-o", str(tmp_path / "x.nii.gz")]
+    )
+    assert rc == 2
+    line = _one_error_line(capsys)
+    assert "2D" in line and "3D volume" in line and mni_t1_path.name in line
+
+
+def test_corrupt_checkpoint_exit_2(tmp_path, landsat_path, capsys):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    rc = main(["segment", str(landsat_path), "-m", str(bad), "-o", str(tmp_path / "x.tif")])
+    assert rc == 2
+    assert "broken.safetensors" in _one_error_line(capsys)
+
+
+def test_bad_roi_exit_2(tmp_path, landsat_path, checkpoints, capsys):
+    rc = main(
+        [
+            "segment",
+            str(landsat_path),
+            "-m",
+            str(checkpoints[6]),
+            "-o",
+            str(tmp_path / "x.tif"),
+            "--roi",
+            "64,64,64",
+        ]
+    )
+    assert rc == 2
+    assert "--roi" in _one_error_line(capsys)
+
+
+def test_model_card_print_and_stac(tmp_path, checkpoints, capsys):
+    assert main(["model-card", str(checkpoints[6])]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["name"] == "landsat-tiny" and printed["weights_sha256"]
+    stac = tmp_path / "item.json"
+    assert main(["model-card", str(checkpoints[6]), "--stac", str(stac)]) == 0
+    item = json.loads(stac.read_text())
+    assert item["properties"]["mlm:input"][0]["input"]["shape"] == [-1, 6, 64, 64]
+    assert item["assets"]["weights"]["href"] == "unet6.safetensors"
