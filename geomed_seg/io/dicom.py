@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,13 +145,37 @@ def _is_multiframe(ds: pydicom.Dataset) -> bool:
     return "PerFrameFunctionalGroupsSequence" in ds or int(ds.get("NumberOfFrames") or 1) > 1
 
 
-def _read_multiframe(f: _File, where: str) -> tuple[np.ndarray, VoxelGrid]:
-    """Read an enhanced multi-frame file with highdicom; slices ordered along +normal."""
+def _itk_message(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _read_multiframe(f: _File) -> tuple[np.ndarray, VoxelGrid]:
+    """Read a multi-frame file; slices ordered along +normal for enhanced files.
+
+    Enhanced files (per-frame functional groups) go through highdicom's ``get_volume``,
+    which sorts frames spatially and checks regular spacing; legacy multi-frame files
+    (NM, RT dose with ``GridFrameOffsetVector``) through SimpleITK. RT dose values are
+    multiplied by ``DoseGridScaling`` (Gy), which SimpleITK leaves out.
+    """
+    if "PerFrameFunctionalGroupsSequence" not in f.ds:
+        try:
+            itk = sitk.ReadImage(str(f.path))
+        except RuntimeError as exc:
+            raise ReadError(f"{f.path}: SimpleITK cannot read it ({_itk_message(exc)})") from exc
+        arr = sitk.GetArrayFromImage(itk)
+        if arr.ndim != 3 or itk.GetNumberOfComponentsPerPixel() != 1:
+            raise UnsupportedFormatError(f"{f.path}: multi-frame image is not a scalar 3D volume")
+        scaling = pydicom.dcmread(f.path, stop_before_pixels=True).get("DoseGridScaling")
+        if scaling is not None:
+            arr = arr * np.float32(scaling)
+        grid = VoxelGrid.from_itk(itk.GetOrigin(), itk.GetSpacing(), itk.GetDirection(), arr.shape)
+        return arr, grid
     import highdicom as hd
 
     try:
         vol = hd.imread(f.path).get_volume(dtype=np.float64)
-    except (ValueError, RuntimeError, AttributeError, KeyError) as exc:
+    except (ValueError, RuntimeError, AttributeError, KeyError, sqlite3.Error) as exc:
         raise UnsupportedFormatError(
             f"{f.path}: multi-frame file without a regular 3D volume ({exc})"
         ) from exc
@@ -171,15 +196,26 @@ def _read_series(files: list[Path]) -> sitk.Image:
     try:
         return reader.Execute()
     except RuntimeError as exc:
-        raise ReadError(f"{files[0].parent}: SimpleITK cannot read the series ({exc})") from exc
+        bad = next((p for p in files if not _readable(p)), files[0].parent)
+        raise ReadError(f"{bad}: SimpleITK cannot read it ({_itk_message(exc)})") from exc
+
+
+def _readable(path: Path) -> bool:
+    try:
+        sitk.ReadImage(str(path))
+    except RuntimeError:
+        return False
+    return True
 
 
 def _read_slices(files: list[Path]) -> tuple[np.ndarray, tuple[float, float]]:
     """Read slices one by one (SimpleITK, rescaled) for resampling; ``(slice, row, col)``."""
-    try:
-        images = [sitk.ReadImage(str(p)) for p in files]
-    except RuntimeError as exc:
-        raise ReadError(f"{files[0].parent}: SimpleITK cannot read a slice ({exc})") from exc
+    images = []
+    for p in files:
+        try:
+            images.append(sitk.ReadImage(str(p)))
+        except RuntimeError as exc:
+            raise ReadError(f"{p}: SimpleITK cannot read it ({_itk_message(exc)})") from exc
     stack = np.concatenate([sitk.GetArrayFromImage(im).astype(np.float64) for im in images])
     return stack, tuple(float(v) for v in images[0].GetSpacing()[:2])  # type: ignore[return-value]
 
@@ -235,7 +271,7 @@ def open_dicom(
     if multi:
         if len(chosen.files) != 1:
             raise UnsupportedFormatError(f"{where}: multi-frame files mixed with other files")
-        arr, grid = _read_multiframe(multi[0], where)
+        arr, grid = _read_multiframe(multi[0])
         ordered = chosen.files
     else:
         geoms = [SliceGeometry.from_dataset(f.ds, f.path) for f in chosen.files]

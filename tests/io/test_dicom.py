@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 
-from geomed_seg.errors import GeometryError, InvalidInputError, ReadError
+from geomed_seg.errors import GeometryError, InvalidInputError, ReadError, UnsupportedFormatError
 from geomed_seg.io.dicom import open_dicom
 from geomed_seg.io.nifti import write_nifti
 from tests.io.dicom_data import (
@@ -194,3 +194,34 @@ def test_enhanced_multiframe_matches_series(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         series.grid.affine, _sitk_affine_ras(_sitk_series(tmp_path / "mr")), atol=1e-6
     )
+
+
+def test_legacy_multiframe_rtdose() -> None:
+    path = get_testdata_file("rtdose.dcm")
+    ds = pydicom.dcmread(path)
+    img = open_dicom(path)
+    assert img.shape == (1, int(ds.NumberOfFrames), ds.Rows, ds.Columns)
+    np.testing.assert_allclose(
+        img.compute()[0], ds.pixel_array * float(ds.DoseGridScaling), rtol=1e-6
+    )
+    offsets = np.asarray(ds.GridFrameOffsetVector, dtype=float)
+    assert img.grid.spacing[2] == pytest.approx(offsets[1] - offsets[0])
+    ipp = np.asarray(ds.ImagePositionPatient, dtype=float)
+    np.testing.assert_allclose(img.grid.origin, ipp * (-1, -1, 1), atol=1e-4)
+
+
+def test_two_frame_secondary_capture_is_unsupported() -> None:
+    with pytest.raises(UnsupportedFormatError, match="SC_rgb_rle_2frame.dcm"):
+        open_dicom(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+
+
+def test_truncated_slice_and_duplicates(tmp_path: Path) -> None:
+    files, _ = make_series(tmp_path / "t")
+    raw = files[2].read_bytes()
+    files[2].write_bytes(raw[: len(raw) - 50])
+    with pytest.raises(ReadError, match=files[2].name):
+        open_dicom(tmp_path / "t")
+    files, _ = make_series(tmp_path / "d")
+    shutil.copy(files[1], tmp_path / "d" / "copy.dcm")
+    with pytest.raises(GeometryError, match="share a slice position"):
+        open_dicom(tmp_path / "d")
