@@ -179,6 +179,8 @@ def resample_slices(
     around it along the normal, after shifting them in-plane (SimpleITK linear) to undo
     their drift. Samples from outside a source slice take the series' minimum value.
     ITK geometry is ``(origin, spacing, direction)`` in LPS for :meth:`VoxelGrid.from_itk`.
+    The interpolation along the normal is hand-written because an ITK image cannot hold
+    unevenly spaced or sheared slices, so SimpleITK's ``Resample`` cannot take them as input.
     """
     src = src.astype(np.float64)
     sx, sy = spacing_xy

@@ -29,7 +29,7 @@ from nibabel.spatialimages import HeaderDataError
 from geomed_seg.core.grid import VoxelGrid
 from geomed_seg.core.image import DEFAULT_CHUNK_BYTES, Image
 from geomed_seg.errors import InvalidInputError, ReadError, UnsupportedFormatError, WriteError
-from geomed_seg.io.atomic import atomic_output
+from geomed_seg.io.atomic import atomic_output, check_output
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +304,8 @@ def write_nifti(
     overwrite : bool
         Replace an existing file.
     dtype : numpy dtype, optional
-        On-disk dtype (default: the image's; bool is stored as uint8). Floats cast to
+        On-disk dtype (default: the image's; bool is stored as uint8 and 64-bit integers
+        as the smallest of uint8/int16/int32 that holds the values). Floats cast to
         integers are rounded; values out of range raise :class:`InvalidInputError`.
     reference : Image, path, dict or nibabel image, optional
         Header metadata to reproduce; default ``image.attrs["nifti"]``. When its affine
@@ -318,11 +319,16 @@ def write_nifti(
     """
     if not isinstance(image.grid, VoxelGrid):
         raise InvalidInputError(f"{path}: NIfTI needs a volume Image, got a {image.kind}")
-    path = Path(path)
+    path = check_output(path, overwrite)
     src = image.darray
     out_dtype = np.dtype(dtype) if dtype is not None else src.dtype
     if out_dtype == np.bool_:
         out_dtype = np.dtype(np.uint8)
+    lo = hi = None
+    if out_dtype.kind in "iu":
+        lo, hi = (float(v) for v in da.compute(src.min(), src.max()))
+        if dtype is None and out_dtype.itemsize == 8:  # int64 labels: most readers lack it
+            out_dtype = _smallest_int(lo, hi)
     out_dtype = out_dtype.newbyteorder("<")
     meta = _reference_meta(reference) if reference is not None else image.attrs.get("nifti")
     nc, nz, ny, nx = image.shape
@@ -331,9 +337,8 @@ def write_nifti(
     else:
         shape = (nx, ny, nz) if nc == 1 else (nx, ny, nz, nc)
     hdr = _build_header(image, meta, out_dtype, shape)
-    if out_dtype.kind in "iu":
-        lo, hi = da.compute(src.min(), src.max())
-        hdr["cal_min"], hdr["cal_max"] = float(lo), float(hi)
+    if lo is not None:
+        hdr["cal_min"], hdr["cal_max"] = lo, hi
     with atomic_output(path, overwrite) as tmp:
         try:
             with Opener(str(tmp), "wb") as f:
@@ -347,6 +352,13 @@ def write_nifti(
             raise WriteError(f"{path}: cannot write NIfTI ({exc})") from exc
     logger.info("wrote %s %s %s", path, shape, out_dtype)
     return path
+
+
+def _smallest_int(lo: float, hi: float) -> np.dtype:
+    for dt in (np.uint8, np.int16, np.int32):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
 
 
 def _slabs(zchunks: tuple[int, ...]) -> list[tuple[int, int]]:

@@ -225,3 +225,15 @@ def test_truncated_slice_and_duplicates(tmp_path: Path) -> None:
     shutil.copy(files[1], tmp_path / "d" / "copy.dcm")
     with pytest.raises(GeometryError, match="share a slice position"):
         open_dicom(tmp_path / "d")
+
+
+def test_tilt_tag_without_shear_is_regular(tmp_path: Path) -> None:
+    """Scanners that already corrected the tilt keep the tag; positions decide, not the tag."""
+    files, values = make_series(tmp_path / "s")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.GantryDetectorTilt = 15.0
+        ds.save_as(f)
+    img = open_dicom(tmp_path / "s")
+    np.testing.assert_array_equal(img.compute()[0], values)
+    assert not img.attrs["dicom"]["resampled"]

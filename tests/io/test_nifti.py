@@ -144,10 +144,12 @@ def test_write_errors(mni_t1_path: Path, tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError):
         write_nifti(img, tmp_path / "a.nii")
     big = img.with_data(img.darray.astype("int32") + 1000)
+    labels = img.with_data(img.darray.astype("int64") - 5)
+    assert nib.load(write_nifti(labels, tmp_path / "l.nii")).get_data_dtype() == np.int16
     with pytest.raises(InvalidInputError, match="do not fit"):
         write_nifti(big, tmp_path / "b.nii", dtype="uint8")
     assert not (tmp_path / "b.nii").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii", "l.nii"]
 
 
 def test_truncated_gz(mni_t1_path: Path, tmp_path: Path) -> None:
