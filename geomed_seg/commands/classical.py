@@ -1,0 +1,95 @@
+"""``geomed-seg classical METHOD INPUT -o OUTPUT``: a thin shell over ``classical_file``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from geomed_seg.cli import app
+from geomed_seg.errors import InvalidInputError
+
+
+def _floats(text: str | None, n: tuple[int, ...], what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise InvalidInputError(f"{what} {text!r}: expected numbers separated by commas") from exc
+    if len(vals) not in n:
+        raise InvalidInputError(f"{what} {text!r}: expected {' or '.join(map(str, n))} numbers")
+    return vals
+
+
+def _mapping(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        key, sep, val = part.partition("=")
+        if not sep:
+            raise InvalidInputError(
+                f"--bands {text!r}: expected role=band pairs, e.g. green=2,nir=4"
+            )
+        out[key.strip()] = val.strip()
+    return out
+
+
+@app.command()
+def classical(
+    method: str = typer.Argument(
+        ...,
+        help="ndwi, mndwi, ndvi, ndbi, otsu, multiotsu, sar-threshold, canny, watershed, kmeans, slic, region-grow, grabcut, chan-vese, geodesic, instances.",
+    ),
+    input_path: Path = typer.Argument(..., help="Input image (GeoTIFF, NIfTI, DICOM, Zarr)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output image (.tif, .nii.gz, .zarr)."),
+    band: str = typer.Option(
+        "1", "--band", "-b", help="Band (1-based or name) for one-band methods."
+    ),
+    band_names: str | None = typer.Option(
+        None, "--band-names", help="Names of all bands, e.g. blue,green,red,nir,swir1,swir2."
+    ),
+    bands: str | None = typer.Option(None, "--bands", help="Index roles, e.g. green=2,nir=4."),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Fixed threshold (index units, dB for SAR)."
+    ),
+    otsu: bool = typer.Option(False, "--otsu", help="Threshold an index with scene-wide Otsu."),
+    classes: int = typer.Option(3, "--classes", help="Classes for multiotsu / k-means."),
+    sigma: float = typer.Option(1.0, "--sigma", help="Canny Gaussian sigma (pixels)."),
+    seed: str | None = typer.Option(None, "--seed", help="World point x,y (CRS) or R,A,S (mm)."),
+    box: str | None = typer.Option(None, "--box", help="World box x0,y0,x1,y1 (CRS units)."),
+    tolerance: float | None = typer.Option(None, "--tolerance", help="Region-growing tolerance."),
+    radius: int = typer.Option(128, "--radius", help="Window half-size in pixels around the seed."),
+    n_segments: int = typer.Option(100, "--n-segments", help="SLIC superpixels (whole image)."),
+    db_input: bool = typer.Option(False, "--db", help="SAR input is already in dB."),
+    table: Path | None = typer.Option(
+        None, "--table", help="instances: write the table (.csv/.json)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+) -> None:
+    """Run a classical segmentation method and write a label/index image on the input grid."""
+    from geomed_seg.classical.api import classical_file
+
+    result = classical_file(
+        method,
+        input_path,
+        output,
+        overwrite=overwrite,
+        band_names=band_names,
+        table=table,
+        band=band,
+        bands=_mapping(bands),
+        threshold=threshold,
+        otsu=otsu,
+        classes=classes,
+        sigma=sigma,
+        seed=_floats(seed, (2, 3), "--seed"),
+        box=_floats(box, (4,), "--box"),
+        tolerance=tolerance,
+        radius=radius,
+        n_segments=n_segments,
+        db_input=db_input,
+    )
+    facts = ", ".join(f"{k}={v}" for k, v in result.facts.items())
+    typer.echo(f"{output}" + (f" ({facts})" if facts else ""))
