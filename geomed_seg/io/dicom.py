@@ -279,6 +279,11 @@ def open_dicom(
         ordered = [chosen.files[i] for i in order]
         if report.regular:
             itk = _read_series([f.path for f in ordered])
+            if itk.GetNumberOfComponentsPerPixel() != 1:
+                raise UnsupportedFormatError(
+                    f"{where}: {itk.GetNumberOfComponentsPerPixel()}-component (colour) pixels; "
+                    "only scalar volumes are supported"
+                )
             arr = sitk.GetArrayFromImage(itk)
             grid = VoxelGrid.from_itk(
                 itk.GetOrigin(), itk.GetSpacing(), itk.GetDirection(), arr.shape

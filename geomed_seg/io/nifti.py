@@ -140,6 +140,8 @@ def _nib_chunks(shape: tuple[int, ...], itemsize: int, chunks: Any) -> tuple[int
         return (ni, nj, min(nk, slab), nc)
     if isinstance(chunks, int):
         chunks = (nc, chunks, chunks, chunks)
+    if isinstance(chunks, dict):
+        chunks = tuple(chunks.get(d) for d in ("channel", "z", "y", "x"))
     c, z, y, x = (
         s if s not in (None, -1) else n for s, n in zip(chunks, (nc, nk, nj, ni), strict=True)
     )
@@ -153,8 +155,9 @@ def open_nifti(path: str | os.PathLike, chunks: Any = None) -> Image:
     ----------
     path : path-like
         ``.nii`` or ``.nii.gz`` file.
-    chunks : tuple or int, optional
-        Dask chunks in our order ``(channel, z, y, x)``; default whole ``z`` slabs of at most
+    chunks : tuple, dict or int, optional
+        Dask chunks in our order ``(channel, z, y, x)`` (or by dim name; ``None``/-1 = whole
+        axis; an int applies to the spatial axes); default whole ``z`` slabs of at most
         :data:`~geomed_seg.core.image.DEFAULT_CHUNK_BYTES`, all channels together.
 
     Returns

@@ -213,6 +213,8 @@ def test_legacy_multiframe_rtdose() -> None:
 def test_two_frame_secondary_capture_is_unsupported() -> None:
     with pytest.raises(UnsupportedFormatError, match="SC_rgb_rle_2frame.dcm"):
         open_dicom(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    with pytest.raises(UnsupportedFormatError, match="colour"):
+        open_dicom(get_testdata_file("SC_rgb_rle.dcm"))
 
 
 def test_truncated_slice_and_duplicates(tmp_path: Path) -> None:

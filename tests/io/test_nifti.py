@@ -124,6 +124,11 @@ def test_five_d_vector_gives_channels(tmp_path: Path) -> None:
 def test_labels_new_grid_and_chunks(tmp_path: Path) -> None:
     img = open_nifti(NIB_DATA / "anatomical.nii", chunks=(1, 10, 20, 20))
     assert img.chunks[1] == (10, 10, 5) and img.chunks[3] == (20, 13)
+    assert open_nifti(NIB_DATA / "anatomical.nii", chunks={"z": 5}).chunks[1:] == (
+        (5,) * 5,
+        (41,),
+        (33,),
+    )
     labels = (img.darray > 100).astype("int64")
     aff = np.array(img.grid.affine)
     aff[:3, 3] += (1.5, -2.0, 3.0)
