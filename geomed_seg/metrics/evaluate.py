@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 ImageLike = Image | str | os.PathLike
 
+#: Extra area/volume columns derived from the base unit.
+_UNIT_CONVERSIONS = {"m2": {"ha": 1e-4, "km2": 1e-6}, "mm3": {"ml": 1e-3}}
+
 
 @dataclass
 class EvaluationResult:
@@ -48,7 +51,11 @@ class EvaluationResult:
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per class (overlap + surface), then one per BraTS region."""
         out = []
+        conv = _UNIT_CONVERSIONS.get(self.overlap.area_unit, {})
         for row in self.overlap.rows():
+            for side in ("ref", "pred"):
+                for unit, factor in conv.items():
+                    row[f"{side}_area_{unit}"] = row[f"{side}_area"] * factor
             s = self.surface.get(row["index"])
             if s is not None:
                 row.update({k: v for k, v in s.to_dict().items()})
