@@ -143,8 +143,29 @@ class _WindowReader:
         st = os.stat(self.path)
         return (self.path, st.st_mtime_ns, st.st_size, self.shape, str(self.dtype), self.mask)
 
-    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        key = tuple(slice(*s.indices(n)[:2]) for s, n in zip(key, self.shape, strict=True))
+    def __getitem__(self, key: Any) -> np.ndarray:
+        # dask passes slices, but fuses integer (and stepped) indexing into the getter:
+        # read the bounding window, then apply the rest with numpy semantics.
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        bounds, post = [], []
+        for k, n in zip(key, self.shape, strict=True):
+            if isinstance(k, slice) and k.step in (None, 1):
+                start, stop, _ = k.indices(n)
+                bounds.append(slice(start, max(stop, start)))
+                post.append(None)
+            else:
+                idx = np.arange(n)[k]
+                lo = int(idx.min()) if idx.size else 0
+                bounds.append(slice(lo, int(idx.max()) + 1 if idx.size else 0))
+                post.append(idx - lo)
+        block = self._read(tuple(bounds))
+        for axis in reversed(range(self.ndim)):
+            if post[axis] is not None:
+                block = np.take(block, post[axis], axis=axis)
+        return block
+
+    def _read(self, key: tuple[slice, ...]) -> np.ndarray:
         out_shape = tuple(s.stop - s.start for s in key)
         if min(out_shape, default=1) <= 0:
             return np.empty(out_shape, self.dtype)

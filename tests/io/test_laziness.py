@@ -1,0 +1,78 @@
+"""Opening a huge GeoTIFF reads no pixels: < 1 s and < 300 MB peak RSS in a fresh process.
+
+The test files are written with rasterio as *sparse* tiled GeoTIFFs (``SPARSE_OK``): only a
+few 512-pixel tiles are stored, the rest read as 0, so a 2 GiB or 20 GiB (uncompressed)
+raster is generated in well under a second and takes a few kB on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCK = 512
+
+PROBE = """
+import json, resource, sys, time
+from geomed_seg.io.registry import open_image
+report = []
+for path, row, col in json.loads(sys.argv[1]):
+    t0 = time.perf_counter()
+    img = open_image(path)
+    summary = {"shape": img.shape, "chunksize": img.darray.chunksize, "repr": repr(img),
+               "npartitions": img.darray.npartitions}
+    summary["open_s"] = time.perf_counter() - t0
+    summary["pixel"] = img.darray[:, row, col].compute().tolist()
+    report.append(summary)
+rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"files": report, "rss_mb": rss_mb}))
+"""
+
+
+def _sparse_tif(path: Path, size: int, count: int = 4) -> list[tuple[int, int]]:
+    """Write a sparse ``count x size x size`` uint16 GeoTIFF; return the stored tiles' corners."""
+    corners = [(0, 0), (size - BLOCK, size - BLOCK), (size // 2, size // 4)]
+    with rasterio.open(
+        path, "w", driver="GTiff", width=size, height=size, count=count, dtype="uint16",
+        tiled=True, blockxsize=BLOCK, blockysize=BLOCK, compress="deflate", BIGTIFF="YES",
+        SPARSE_OK=True, crs="EPSG:32633", transform=Affine(10, 0, 5e5, 0, -10, 4e6),
+    ) as dst:  # fmt: skip
+        for i, (r, c) in enumerate(corners):
+            tile = np.full((count, BLOCK, BLOCK), 1000 + i, np.uint16)
+            tile += np.arange(count, dtype=np.uint16)[:, None, None]
+            dst.write(tile, window=Window(c, r, BLOCK, BLOCK))
+    return corners
+
+
+def test_open_is_lazy_fast_and_small(tmp_path):
+    """2 GiB (16384 x 16384 x 4 uint16) and 20 GiB (51200 x 51200 x 4) rasters, one process."""
+    sizes = (16384, 51200)
+    probes = []
+    for size in sizes:
+        path = tmp_path / f"huge{size}.tif"
+        corners = _sparse_tif(path, size)
+        assert path.stat().st_size < 2**20
+        probes.append((str(path), corners[-1][0] + 7, corners[-1][1] + 9))
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(probes)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["rss_mb"] < 300, res
+    for size, (path, row, col), got in zip(sizes, probes, res["files"], strict=True):
+        assert got["shape"] == [4, size, size]
+        nb, ny, nx = got["chunksize"]
+        assert nb == 4 and ny % BLOCK == 0 and nx % BLOCK == 0 and got["npartitions"] > 1
+        with rasterio.open(path) as src:  # the independent reader agrees on the pixel we read
+            expected = src.read(window=Window(col, row, 1, 1))[:, 0, 0].tolist()
+        assert got["pixel"] == expected == [1002, 1003, 1004, 1005]
+        assert got["open_s"] < 1.0, got
