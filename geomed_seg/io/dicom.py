@@ -38,6 +38,7 @@ _HEADER_TAGS = (
     "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
     "SOPInstanceUID", "FrameOfReferenceUID", "PatientID", "NumberOfFrames", "GantryDetectorTilt",
     "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence", "SliceThickness",
+    "RescaleSlope", "RescaleIntercept",
 )  # fmt: skip
 
 
@@ -190,9 +191,23 @@ def _read_multiframe(f: _File) -> tuple[np.ndarray, VoxelGrid]:
     return arr, VoxelGrid.from_itk(aff[:3, 3], spacing, direction, arr.shape)
 
 
-def _read_series(files: list[Path]) -> sitk.Image:
+def _varying_rescale(files: list[_File]) -> bool:
+    pairs = {
+        (float(f.get("RescaleSlope") or 1), float(f.get("RescaleIntercept") or 0)) for f in files
+    }
+    return len(pairs) > 1
+
+
+def _read_series(files: list[Path], as_float: bool = False) -> sitk.Image:
+    """Read sorted files with SimpleITK; ``as_float`` when rescaling differs per slice.
+
+    GDCM picks the output pixel type from the first file, so per-slice slopes (PET) would
+    be truncated to that file's integer type without ``as_float``.
+    """
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in files])
+    if as_float:
+        reader.SetOutputPixelType(sitk.sitkFloat64)
     try:
         return reader.Execute()
     except RuntimeError as exc:
@@ -278,7 +293,7 @@ def open_dicom(
         order, report = check_slices(geoms, where, allow_irregular=resample)
         ordered = [chosen.files[i] for i in order]
         if report.regular:
-            itk = _read_series([f.path for f in ordered])
+            itk = _read_series([f.path for f in ordered], _varying_rescale(ordered))
             if itk.GetNumberOfComponentsPerPixel() != 1:
                 raise UnsupportedFormatError(
                     f"{where}: {itk.GetNumberOfComponentsPerPixel()}-component (colour) pixels; "

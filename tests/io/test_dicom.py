@@ -239,3 +239,19 @@ def test_tilt_tag_without_shear_is_regular(tmp_path: Path) -> None:
     img = open_dicom(tmp_path / "s")
     np.testing.assert_array_equal(img.compute()[0], values)
     assert not img.attrs["dicom"]["resampled"]
+
+
+def test_per_slice_rescale_is_not_truncated(tmp_path: Path) -> None:
+    """PET-like series: each slice its own slope; compare with pydicom per file."""
+    files, _ = make_series(tmp_path / "pet")
+    for f, slope in zip(files, [1.0, 0.5, 2.0, 0.25, 1.5, 3.0], strict=True):
+        ds = pydicom.dcmread(f)
+        ds.RescaleSlope, ds.RescaleIntercept = slope, 0.5 if slope == 0.5 else 0.0
+        ds.save_as(f)
+    expected = []
+    for f in files:
+        ds = pydicom.dcmread(f)
+        expected.append(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
+    img = open_dicom(tmp_path / "pet")
+    assert img.dtype == np.float32
+    np.testing.assert_allclose(img.compute()[0], np.stack(expected), rtol=1e-6)

@@ -191,3 +191,21 @@ def test_zero_text_missing(tmp_path: Path) -> None:
         open_nifti(tmp_path / "text.nii")
     with pytest.raises(ReadError, match="nope.nii: file not found"):
         open_nifti(tmp_path / "nope.nii")
+
+
+def test_different_qform_and_sform_both_kept(tmp_path: Path) -> None:
+    qaff = np.diag([2.0, 2.0, 3.0, 1.0])
+    qaff[:3, 3] = (-10, -20, -30)
+    saff = nib.affines.from_matvec(
+        nib.eulerangles.euler2mat(0.3, -0.2, 0.1) @ np.diag([2.0, 2.0, 3.0]), (5.0, -7.0, 9.0)
+    )
+    nimg = nib.Nifti1Image(np.arange(60, dtype=np.float32).reshape(3, 4, 5), None)
+    nimg.header.set_qform(qaff, code=1)
+    nimg.header.set_sform(saff, code=4)
+    nib.save(nimg, tmp_path / "qs.nii")
+    src = nib.load(tmp_path / "qs.nii")
+    img = open_nifti(tmp_path / "qs.nii")
+    np.testing.assert_array_equal(img.grid.affine, src.affine)  # sform wins, as in nibabel
+    assert img.grid.is_oblique
+    back = nib.load(write_nifti(img, tmp_path / "back.nii.gz"))
+    _same_geometry(back, src)
