@@ -1,0 +1,240 @@
+"""The model step of a pipeline: a classical baseline or a checkpoint, and post-processing.
+
+Classical baselines need no weights: NDWI/MNDWI + scene-wide Otsu (optical water), SAR
+backscatter threshold in dB (Sentinel-1 water), and a T2-FLAIR hyperintensity baseline for
+brain volumes (whole tumour only). Checkpoints go through the streaming engine
+(``geomed_seg.inference.segment``) when it is installed, else through the in-memory
+sliding-window reference (:mod:`geomed_seg.inference.sliding`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from geomed_seg.core.image import Image
+from geomed_seg.core.labels import ClassInfo
+from geomed_seg.errors import ConfigError, ModelError
+from geomed_seg.pipelines.schema import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+WATER_CLASSES = [ClassInfo(0, "land", (200, 190, 150)), ClassInfo(1, "water", (30, 90, 220))]
+TUMOUR_CLASSES = [ClassInfo(0, "background", (0, 0, 0)), ClassInfo(2, "SNFH", (0, 255, 0))]
+
+
+@dataclass
+class ModelOutput:
+    """Labels (uint8/uint16, nodata 255 for rasters) and what the step decided."""
+
+    labels: Image
+    classes: list[ClassInfo]
+    method: str
+    threshold: float | None = None
+    probabilities: Image | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    model_card: dict[str, Any] | None = None
+
+
+def _water_index(img: Image, cfg: PipelineConfig, index: str) -> ModelOutput:
+    from geomed_seg.classical.indices import spectral_index
+    from geomed_seg.classical.thresholds import apply_thresholds, otsu_threshold
+
+    nd = spectral_index(img, index)
+    t = float(cfg.model.threshold) if cfg.model.threshold is not None else otsu_threshold(nd)
+    labels = apply_thresholds(nd, [t])
+    note = f"{index.upper()} > {t:.4f} ({'fixed' if cfg.model.threshold is not None else 'Otsu'})"
+    return ModelOutput(labels, WATER_CLASSES, f"{index}_otsu", threshold=t, notes=[note])
+
+
+def _sar(img: Image, cfg: PipelineConfig) -> ModelOutput:
+    from geomed_seg.classical.indices import band_index
+    from geomed_seg.classical.thresholds import sar_water
+
+    band = band_index(img, cfg.model.sar_band)
+    labels, t = sar_water(
+        img, threshold_db=cfg.model.threshold, band=band, linear=cfg.model.sar_linear
+    )
+    how = "fixed" if cfg.model.threshold is not None else "Otsu"
+    note = f"{cfg.model.sar_band.upper()} < {t:.2f} dB ({how})"
+    return ModelOutput(labels, WATER_CLASSES, "sar_threshold", threshold=t, notes=[note])
+
+
+def _t2f(img: Image, cfg: PipelineConfig) -> ModelOutput:
+    """Whole-tumour baseline: the brightest multi-Otsu class of T2-FLAIR inside the head."""
+    from skimage.filters import threshold_multiotsu, threshold_otsu
+
+    names = [n.lower() for n in img.channel_names or []]
+    if "t2f" not in names:
+        raise ConfigError(f"model.method t2f_otsu needs a 't2f' channel; channels are {names}")
+    t2f = np.asarray(img.darray[names.index("t2f")].compute(), np.float32)
+    head = t2f > threshold_otsu(t2f)
+    t = float(cfg.model.threshold or threshold_multiotsu(t2f[head], classes=3)[-1])
+    lab = ((t2f > t) & head).astype(np.uint8) * np.uint8(cfg.model.baseline_label)
+    labels = Image.from_array(lab[None], img.grid, attrs={"source": img.attrs.get("source")})
+    classes = [TUMOUR_CLASSES[0], ClassInfo(cfg.model.baseline_label, "SNFH", (0, 255, 0))]
+    note = f"T2-FLAIR > {t:.1f} (upper multi-Otsu class in the head): whole tumour only"
+    return ModelOutput(labels, classes, "t2f_otsu", threshold=t, notes=[note])
+
+
+def _select_for_card(img: Image, card) -> Image:
+    if not card.band_names or not img.channel_names:
+        return img
+    from geomed_seg.pipelines.inputs import select_bands
+
+    return select_bands(img, list(card.band_names))
+
+
+def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
+    from geomed_seg.models.checkpoint import load_checkpoint
+
+    path = cfg.resolve(cfg.model.checkpoint or "")
+    if not path.exists():
+        raise ModelError(f"{path}: checkpoint not found")
+    loaded = load_checkpoint(path)
+    card = loaded.card
+    img = _select_for_card(img, card)
+    if img.n_channels != card.in_channels:
+        raise ModelError(
+            f"{path}: model needs {card.in_channels} channels, input has {img.n_channels}"
+        )
+    e = cfg.engine
+    start = time.perf_counter()
+    try:
+        from geomed_seg.inference.segment import segment
+    except ModuleNotFoundError:
+        segment = None
+    if segment is not None:
+        res = segment(
+            img,
+            loaded,
+            roi_size=e.roi_size,
+            overlap=e.overlap if e.overlap is not None else card.overlap,
+            mode=e.mode or card.mode,
+            batch_size=e.batch_size,
+            device=e.device,
+            amp=e.amp,
+            tta=e.tta,
+            output="labels",
+        )
+        labels, stats = res.image, dict(res.stats)
+    else:
+        labels, stats = _in_memory(img, loaded, cfg)
+    stats.setdefault("seconds", time.perf_counter() - start)
+    classes = card.class_infos()
+    return ModelOutput(
+        labels,
+        classes,
+        f"checkpoint:{card.name}",
+        stats=stats,
+        model_card=card.model_dump(mode="json"),
+        notes=[f"model {card.name} ({card.architecture})"],
+    )
+
+
+def _in_memory(img: Image, loaded, cfg: PipelineConfig) -> tuple[Image, dict[str, Any]]:
+    """Blend windows in memory (MONAI-equal reference) when the streaming engine is absent."""
+    import torch
+
+    from geomed_seg.inference.plan import plan_windows
+    from geomed_seg.inference.sliding import sliding_window_inference
+
+    card, e = loaded.card, cfg.engine
+    x = np.nan_to_num(img.compute().astype(np.float32))
+    x = card.normalise(x[None]).astype(np.float32)
+    roi = list(e.roi_size or card.roi_size)
+    overlap = e.overlap if e.overlap is not None else card.overlap
+    with torch.no_grad():
+        out = sliding_window_inference(
+            torch.from_numpy(x),
+            roi,
+            e.batch_size,
+            loaded.module,
+            overlap=overlap,
+            mode=e.mode or card.mode,
+        )
+    idx = out[0].argmax(0).numpy()
+    labels = card.channel_to_label()[idx]
+    n = len(plan_windows(img.spatial_shape, roi, overlap))
+    valid = np.asarray(img.valid_mask().compute())
+    nodata = None
+    if img.kind == "raster" and not valid.all():
+        labels = np.where(valid, labels, 255)
+        nodata = 255
+    lab = Image.from_array(
+        labels.astype(np.uint8 if labels.max() < 256 else np.uint16)[None], img.grid, nodata=nodata
+    )
+    return lab, {
+        "windows_total": n,
+        "windows_run": n,
+        "windows_skipped": 0,
+        "device": "cpu",
+        "engine": "in-memory sliding window",
+    }
+
+
+METHODS = {
+    "ndwi_otsu": lambda img, cfg: _water_index(img, cfg, "ndwi"),
+    "mndwi_otsu": lambda img, cfg: _water_index(img, cfg, "mndwi"),
+    "sar_threshold": _sar,
+    "t2f_otsu": _t2f,
+    "checkpoint": _checkpoint,
+}
+
+
+def run_model(img: Image, cfg: PipelineConfig) -> ModelOutput:
+    """Run ``cfg.model`` on ``img``; fall back to ``model.fallback`` if the checkpoint is missing."""
+    method = cfg.model.method
+    if method == "checkpoint" and not cfg.resolve(cfg.model.checkpoint or "").exists():
+        fb = cfg.model.fallback
+        if fb and fb != "none":
+            out = METHODS[fb](img, cfg)
+            out.notes.insert(
+                0, f"checkpoint {cfg.model.checkpoint} not found: classical {fb} instead"
+            )
+            return out
+    return METHODS[method](img, cfg)
+
+
+def postprocess(out: ModelOutput, cfg: PipelineConfig) -> ModelOutput:
+    """Apply ``cfg.postprocess`` to binary labels (multi-class labels are left as they are)."""
+    from geomed_seg.classical import postprocess as pp
+
+    p = cfg.postprocess
+    wanted = p.opening or p.closing or p.fill_holes or p.min_object_size or p.connected_components
+    if not wanted:
+        return out
+    fg_values = [c.index for c in out.classes if c.index != 0]
+    if len(fg_values) != 1:
+        out.notes.append("post-processing skipped: it applies to binary masks only")
+        return out
+    value = fg_values[0]
+    lab = out.labels
+    if p.opening:
+        lab = pp.morphology(lab, "opening", p.opening)
+    if p.closing:
+        lab = pp.morphology(lab, "closing", p.closing)
+    if p.fill_holes:
+        lab = pp.fill_holes(lab)
+    if p.min_object_size:
+        lab = pp.remove_small_objects(lab, p.min_object_size)
+    if p.connected_components:
+        comps = pp.connected_components(lab)
+        out.stats["connected_components"] = int(comps.attrs["n_components"])
+    if value != 1:
+        arr = lab.darray
+        arr = da.where(arr == 1, np.uint8(value), arr).astype(arr.dtype)
+        lab = Image.from_array(arr, lab.grid, nodata=lab.nodata, attrs=dict(lab.attrs))
+    out.labels = lab
+    unit = "m²" if lab.kind == "raster" else "mm³"
+    out.notes.append(
+        f"post-processing: opening {p.opening}, closing {p.closing}, fill holes {p.fill_holes}, "
+        f"min object {p.min_object_size or 0:g} {unit}"
+    )
+    return out

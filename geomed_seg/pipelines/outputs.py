@@ -1,0 +1,91 @@
+"""Side outputs of a run besides the labels: probabilities, polygons, quicklook, DICOM SEG."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from geomed_seg.core.image import Image
+from geomed_seg.pipelines.schema import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+def _dicom_source(source: Image) -> dict[str, Any] | None:
+    return source.attrs.get("dicom") if isinstance(source.attrs.get("dicom"), dict) else None
+
+
+def write_outputs(
+    cfg: PipelineConfig,
+    image: Image,
+    source: Image,
+    out: Any,
+    classes: list,
+    folder: Path,
+    overwrite: bool,
+    files: list[Path],
+    evaluation: Any = None,
+) -> dict[str, Path]:
+    """Write the configured side outputs into ``folder``; return ``{what: path}``."""
+    from geomed_seg.pipelines import quicklook
+
+    o, written = cfg.outputs, {}
+    if o.probabilities and out.probabilities is not None:
+        from geomed_seg.io.registry import write_image
+
+        suffix = ".zarr" if o.probabilities == "zarr" else ".tif"
+        written["probabilities"] = write_image(
+            out.probabilities, folder / f"probabilities{suffix}", overwrite=overwrite
+        )
+    elif o.probabilities:
+        out.notes.append("probabilities: not produced by this method")
+    title = f"{cfg.name}: {out.method}"
+    if image.kind == "raster":
+        if o.polygons:
+            from geomed_seg.io.vector import write_polygons
+
+            summary = write_polygons(
+                out.labels,
+                folder / "polygons.gpkg",
+                classes=classes,
+                tile=o.polygon_tile,
+                overwrite=overwrite,
+            )
+            written["polygons"] = summary.path
+            out.stats["polygons"] = summary.n_features
+        if o.quicklook:
+            written["quicklook"] = quicklook.raster_quicklook(
+                image,
+                out.labels,
+                classes,
+                folder / "quicklook.png",
+                title=title,
+                overwrite=overwrite,
+            )
+        return written
+    if o.quicklook:
+        names = [n.lower() for n in image.channel_names or []]
+        ch = names.index("t1c") if "t1c" in names else 0
+        if source.attrs.get("synthetic"):
+            title += " — SYNTHETIC phantom"
+        written["quicklook"] = quicklook.volume_quicklook(
+            image,
+            out.labels,
+            classes,
+            folder / "quicklook.png",
+            channel=ch,
+            title=title,
+            overwrite=overwrite,
+        )
+    dicom = _dicom_source(source)
+    if o.dicom_seg == "auto" and dicom is not None:
+        from geomed_seg.io.dicom_seg import write_dicom_seg
+
+        if image.grid.almost_equals(source.grid):
+            written["DICOM SEG"] = write_dicom_seg(
+                out.labels, dicom, folder / "seg.dcm", classes=classes, overwrite=overwrite
+            )
+        else:
+            out.notes.append("DICOM SEG skipped: labels are not on the source series grid")
+    return written

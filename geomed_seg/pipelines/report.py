@@ -1,0 +1,164 @@
+"""Run reports: class areas/volumes in physical units, decisions, timing, metrics, provenance.
+
+``report.json`` is the machine-readable truth; ``report.md`` renders it for people;
+``run.json`` records provenance (package versions, the validated config, input SHA-256,
+the model card) so a run can be repeated and audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from geomed_seg.core.grid import GeoGrid
+from geomed_seg.core.image import Image
+from geomed_seg.core.labels import ClassInfo
+from geomed_seg.io.atomic import atomic_output
+
+PACKAGES = (
+    "geomed-seg",
+    "numpy",
+    "dask",
+    "xarray",
+    "rasterio",
+    "nibabel",
+    "SimpleITK",
+    "pydicom",
+    "highdicom",
+    "scikit-image",
+    "torch",
+    "monai",
+    "segmentation-models-pytorch",
+    "pyogrio",
+    "shapely",
+)
+
+
+def class_measures(labels: Image, classes: Sequence[ClassInfo]) -> list[dict[str, Any]]:
+    """Return per-class sample counts and areas (m², km², ha) or volumes (mm³, ml).
+
+    Counts are streamed (``dask.array.bincount``); nodata samples are not counted.
+    """
+    arr = labels.darray[0]
+    valid = labels.valid_mask()
+    flat = da.where(valid, arr, 0).astype(np.int64).ravel()
+    counts = da.bincount(flat, weights=valid.ravel().astype(np.float64)).compute()
+    raster = isinstance(labels.grid, GeoGrid)
+    unit = labels.grid.pixel_area if raster else labels.grid.voxel_volume
+    names = {c.index: c.name for c in classes}
+    rows = []
+    for idx in sorted(set(names) | {i for i, n in enumerate(counts) if n > 0}):
+        n = int(counts[idx]) if idx < len(counts) else 0
+        row: dict[str, Any] = {"index": idx, "name": names.get(idx, str(idx)), "samples": n}
+        if raster:
+            row.update(area_m2=n * unit, area_km2=n * unit / 1e6, area_ha=n * unit / 1e4)
+        else:
+            row.update(volume_mm3=n * unit, volume_ml=n * unit / 1000)
+        rows.append(row)
+    return rows
+
+
+def sha256(path: Path) -> str:
+    """Return the SHA-256 of a file, or of a folder's files in sorted order (hex)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages a run depends on."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(data: dict[str, Any], path: str | os.PathLike, overwrite: bool) -> Path:
+    """Write ``data`` as indented JSON atomically."""
+    with atomic_output(path, overwrite) as tmp:
+        Path(tmp).write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+    return Path(path)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """Return ``report`` as Markdown (title, decisions, class table, engine, metrics)."""
+    lines = [f"# {report['pipeline']} — run report", ""]
+    if report.get("synthetic"):
+        lines += ["**SYNTHETIC input** (phantom tumour in real anatomy): no clinical meaning.", ""]
+    lines += [f"- input: `{p}`" for p in report.get("inputs", [])]
+    lines += [f"- method: {report['method']}", f"- seconds: {report['seconds']:.2f}"]
+    if report.get("threshold") is not None:
+        lines.append(f"- threshold: {report['threshold']:.4f}")
+    lines += [f"- note: {n}" for n in report.get("notes", [])]
+    lines += ["", "## Classes", ""]
+    rows = report.get("classes", [])
+    if rows and "area_km2" in rows[0]:
+        lines += ["| class | name | pixels | km² | ha |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {r['index']} | {r['name']} | {r['samples']} | {r['area_km2']:.4f} | "
+            f"{r['area_ha']:.2f} |"
+            for r in rows
+        ]
+    elif rows:
+        lines += ["| class | name | voxels | ml |", "|---|---|---|---|"]
+        lines += [
+            f"| {r['index']} | {r['name']} | {r['samples']} | {r['volume_ml']:.2f} |" for r in rows
+        ]
+    if report.get("engine"):
+        lines += ["", "## Engine", ""]
+        lines += [f"- {k}: {v}" for k, v in report["engine"].items()]
+    if report.get("metrics"):
+        lines += ["", "## Evaluation", "", "| what | Dice | IoU |", "|---|---|---|"]
+        for m in report["metrics"]:
+            dice, iou = m.get("dice"), m.get("iou")
+            lines.append(f"| {m['what']} | {_f(dice)} | {_f(iou)} |")
+    if report.get("outputs"):
+        lines += ["", "## Outputs", ""]
+        lines += [f"- {k}: `{v}`" for k, v in report["outputs"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _f(v: Any) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def write_report(report: dict[str, Any], folder: Path, overwrite: bool) -> dict[str, Path]:
+    """Write ``report.json`` and ``report.md`` into ``folder``; return their paths."""
+    md = folder / "report.md"
+    with atomic_output(md, overwrite) as tmp:
+        Path(tmp).write_text(render_markdown(report))
+    return {
+        "report (JSON)": write_json(report, folder / "report.json", overwrite),
+        "report (Markdown)": md,
+    }

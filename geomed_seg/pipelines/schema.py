@@ -1,0 +1,231 @@
+"""The pipeline config: a pydantic schema for ``pipelines/*.yaml``.
+
+Every section forbids unknown keys, so a typo fails with the key and the file named
+(:class:`~geomed_seg.errors.ConfigError`, exit 2 on the CLI). Paths in a config are
+relative to the config file's folder unless absolute. ``--set key.sub=value`` overrides are
+applied to the raw mapping before validation, each value parsed as YAML.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from geomed_seg.errors import ConfigError
+
+#: Folder of the bundled pipelines (repository root / pipelines).
+PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    """Where the image comes from: exactly one of ``path``, ``bands`` or ``folder``.
+
+    ``path``: one file (GeoTIFF, NIfTI, Zarr, DICOM folder); ``band_names`` names its bands in
+    file order (common names of the sensor card, e.g. ``[blue, green, red, nir]``).
+    ``bands``: ``{band name: single-band file}``, stacked in the given order (grids must match).
+    ``folder`` + ``sequences``: ``{channel: glob pattern}`` searched in the folder (the four
+    BraTS sequences ``t1n, t1c, t2w, t2f``), each a NIfTI file or a DICOM series folder.
+    """
+
+    path: str | None = None
+    band_names: list[str] | None = None
+    bands: dict[str, str] | None = None
+    folder: str | None = None
+    sequences: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputSpec:
+        given = [k for k in ("path", "bands", "folder") if getattr(self, k)]
+        if len(given) > 1:
+            raise ValueError(f"give one of path, bands or folder, not {' and '.join(given)}")
+        if self.folder and not self.sequences:
+            raise ValueError("folder needs sequences: {channel: glob pattern}")
+        return self
+
+
+class PreprocessSpec(_Strict):
+    """Preprocessing before the model (all optional)."""
+
+    select_bands: list[str] | None = None
+    rescale_from_card: bool = False
+    target_crs: str | None = None
+    target_resolution: float | None = Field(None, gt=0)
+    resampling: Literal["nearest", "bilinear", "cubic", "average"] = "bilinear"
+    target_spacing_mm: list[float] | None = Field(None, min_length=3, max_length=3)
+    clip: tuple[float, float] | None = None
+    foreground: Literal["none", "nonzero"] = "none"
+
+
+class ModelSpec(_Strict):
+    """A classical baseline (no weights) or a checkpoint.
+
+    ``ndwi_otsu``/``mndwi_otsu``: water where the index exceeds the scene-wide Otsu threshold
+    (or ``threshold``). ``sar_threshold``: water where backscatter (dB) is below Otsu's
+    threshold of band ``sar_band`` (or ``threshold`` dB). ``t2f_otsu``: whole-tumour baseline
+    (T2-FLAIR hyperintensity above Otsu inside the brain; labelled ``baseline_label``).
+    ``checkpoint``: a checkpoint folder or file with its model card.
+    """
+
+    method: Literal["ndwi_otsu", "mndwi_otsu", "sar_threshold", "t2f_otsu", "checkpoint"]
+    checkpoint: str | None = None
+    threshold: float | None = None
+    sar_band: str = "vv"
+    sar_linear: bool = True
+    baseline_label: int = 2
+    fallback: Literal["ndwi_otsu", "mndwi_otsu", "sar_threshold", "t2f_otsu", "none"] | None = None
+
+    @model_validator(mode="after")
+    def _needs_checkpoint(self) -> ModelSpec:
+        if self.method == "checkpoint" and not self.checkpoint:
+            raise ValueError("method 'checkpoint' needs checkpoint: <path>")
+        return self
+
+
+class EngineSpec(_Strict):
+    """Sliding-window engine settings (``None`` = the model card's value)."""
+
+    roi_size: list[int] | None = None
+    overlap: float | None = Field(None, ge=0, lt=1)
+    mode: Literal["gaussian", "constant"] | None = None
+    batch_size: int = Field(4, ge=1)
+    device: str = "auto"
+    amp: bool = True
+    tta: bool = False
+
+
+class PostprocessSpec(_Strict):
+    """Post-processing of binary masks, sizes in physical units (m² rasters, mm³ volumes)."""
+
+    min_object_size: float | None = Field(None, ge=0)
+    fill_holes: bool = False
+    opening: int = Field(0, ge=0)
+    closing: int = Field(0, ge=0)
+    connected_components: bool = False
+
+
+class OutputSpec(_Strict):
+    """What a run writes into its output folder."""
+
+    labels: bool = True
+    probabilities: Literal["zarr", "cog"] | None = None
+    polygons: bool = True
+    polygon_tile: int = Field(1024, ge=16)
+    quicklook: bool = True
+    report: bool = True
+    dicom_seg: Literal["auto", "never"] = "auto"
+
+
+class EvaluationSpec(_Strict):
+    """Optional evaluation against a reference label image."""
+
+    reference: str | None = None
+    surface: bool = False
+    brats: str | None = None
+
+
+class PipelineConfig(_Strict):
+    """A validated pipeline (see ``pipelines/*.yaml``)."""
+
+    name: str
+    description: str = ""
+    kind: Literal["raster", "volume"]
+    input: InputSpec = Field(default_factory=InputSpec)
+    sensor: str | None = None
+    dataset: str | None = None
+    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
+    model: ModelSpec
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
+    outputs: OutputSpec = Field(default_factory=OutputSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    output_dir: str = "output"
+    base_dir: str = Field("", exclude=True, description="folder relative paths resolve against")
+
+    def resolve(self, path: str | os.PathLike) -> Path:
+        """Return ``path`` made absolute against the config file's folder."""
+        p = Path(os.path.expanduser(str(path)))
+        return p if p.is_absolute() or not self.base_dir else Path(self.base_dir) / p
+
+
+def config_path(name_or_path: str | os.PathLike) -> Path:
+    """Resolve a bundled pipeline name (``"flood"``) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    cand = PIPELINES_DIR / f"{name_or_path}.yaml"
+    if cand.exists():
+        return cand
+    known = sorted(f.stem for f in PIPELINES_DIR.glob("*.yaml")) if PIPELINES_DIR.exists() else []
+    raise ConfigError(f"{name_or_path}: no such pipeline config; bundled: {', '.join(known)}")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) -> dict[str, Any]:
+    """Return ``raw`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{where}: override {item!r} is not key.sub=value")
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{where}: override {key!r}: {part!r} is not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: override {key!r}: bad value {value!r} ({exc})") from exc
+    return raw
+
+
+def _problems(exc: ValidationError) -> str:
+    out = []
+    for e in exc.errors():
+        key = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(f"{key}: {msg}")
+    return "; ".join(out)
+
+
+def validate_config(raw: Any, where: str, base_dir: str | os.PathLike = "") -> PipelineConfig:
+    """Validate a raw mapping; :class:`ConfigError` names the key and ``where`` on failure."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a pipeline config must be a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    raw.pop("base_dir", None)
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_problems(exc)}") from exc
+    return cfg.model_copy(update={"base_dir": str(base_dir)})
+
+
+def load_config(
+    name_or_path: str | os.PathLike | dict, overrides: Sequence[str] = ()
+) -> PipelineConfig:
+    """Load, override and validate a pipeline config (a bundled name, a path or a mapping)."""
+    if isinstance(name_or_path, dict):
+        raw = apply_overrides(dict(name_or_path), overrides, "config")
+        return validate_config(raw, "config", Path.cwd())
+    path = config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides, str(path))
+    return validate_config(raw, str(path), path.resolve().parent)
