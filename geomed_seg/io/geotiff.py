@@ -6,15 +6,12 @@ task (so graphs pickle to ``dask.distributed`` workers). Chunks are whole multip
 file's internal blocks (tiles, or groups of strips), all bands together, about
 :data:`~geomed_seg.core.image.DEFAULT_CHUNK_BYTES` each.
 
-Writing (:class:`GeoTIFFBlockWriter`, :func:`write_geotiff`) goes window by window into a
-tiled temporary GeoTIFF, then GDAL's COG driver streams it into a Cloud-Optimised GeoTIFF
-(512 tiles, DEFLATE/ZSTD + predictor, internal overviews, nodata, colour table) that is
-renamed onto the target only when complete (:mod:`geomed_seg.io.atomic`).
+Writing (:class:`GeoTIFFBlockWriter`, :func:`write_geotiff`) lives in
+:mod:`geomed_seg.io.cog` and is re-exported here: windows go into a tiled temporary GeoTIFF
+that GDAL's COG driver streams into a Cloud-Optimised GeoTIFF, renamed when complete.
 
-Class tables travel three ways: a colour table (GDAL palette), GDAL category names + a
-raster attribute table in the PAM sidecar ``<name>.aux.xml`` (what QGIS and ``gdalinfo``
-show; GeoTIFF has no internal tag for them), and a JSON copy in the dataset tag
-``GEOMED_CLASSES`` inside the TIFF so the file alone reads back with its classes.
+Label classes read back from the ``GEOMED_CLASSES`` tag our writer stores, else from GDAL
+category names in the PAM ``.aux.xml`` sidecar plus the colour table.
 """
 
 from __future__ import annotations
@@ -23,8 +20,6 @@ import json
 import logging
 import math
 import os
-import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,26 +29,19 @@ from xml.etree import ElementTree as ET
 import dask.array as da
 import numpy as np
 import rasterio
-import rasterio.shutil
 import xarray as xr
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from geomed_seg.core.grid import GeoGrid
 from geomed_seg.core.image import DEFAULT_CHUNK_BYTES, RASTER_DIMS, Image
-from geomed_seg.core.labels import ClassInfo, parse_classes
-from geomed_seg.errors import InvalidInputError, ReadError, UnsupportedFormatError, WriteError
-from geomed_seg.io.atomic import _remove, atomic_output, check_output
+from geomed_seg.errors import ReadError, UnsupportedFormatError
+from geomed_seg.io.cog import CLASSES_TAG, GeoTIFFBlockWriter, gdal_message, write_geotiff
 
 log = logging.getLogger(__name__)
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-CLASSES_TAG = "GEOMED_CLASSES"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @contextmanager
@@ -62,7 +50,7 @@ def _gdal_errors(path: str | os.PathLike, what: str) -> Iterator[None]:
     try:
         yield
     except RasterioError as exc:
-        raise ReadError(f"{path}: {what}: {_one_line(exc)}") from exc
+        raise ReadError(f"{path}: {what}: {gdal_message(exc)}") from exc
 
 
 def _check_path(path: Path) -> None:
@@ -311,335 +299,4 @@ def open_geotiff(path: str | os.PathLike, chunks: Any = None) -> Image:
     return Image(data, grid, nodata, mask, attrs)
 
 
-# -- writing ------------------------------------------------------------------------------
-def _pam_xml(classes: Sequence[ClassInfo]) -> str:
-    """PAM sidecar XML with band-1 category names and a thematic raster attribute table.
-
-    Hand-written because rasterio has no API for GDAL category names or RATs; GDAL reads
-    this file as its own (``<file>.aux.xml``) and copies it on COG conversion.
-    """
-    root = ET.Element("PAMDataset")
-    band = ET.SubElement(root, "PAMRasterBand", band="1")
-    cats = ET.SubElement(band, "CategoryNames")
-    by_index = {c.index: c.name for c in classes}
-    for i in range(max(by_index) + 1):
-        ET.SubElement(cats, "Category").text = by_index.get(i, "")
-    rat = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
-    fields = [
-        ("value", "0", "5"),
-        ("class_name", "2", "2"),
-    ]  # Type: 0 int, 2 str; Usage: MinMax, Name
-    fields += [
-        (n, "0", u) for n, u in (("red", "6"), ("green", "7"), ("blue", "8"), ("alpha", "9"))
-    ]
-    for i, (name, typ, usage) in enumerate(fields):
-        fd = ET.SubElement(rat, "FieldDefn", index=str(i))
-        ET.SubElement(fd, "Name").text = name
-        ET.SubElement(fd, "Type").text = typ
-        ET.SubElement(fd, "Usage").text = usage
-    for row_i, c in enumerate(classes):
-        row = ET.SubElement(rat, "Row", index=str(row_i))
-        rgba = tuple(c.color or (0, 0, 0, 0)) + (255,) * (4 - len(c.color or (0, 0, 0, 0)))
-        for v in (c.index, c.name, *rgba[:4]):
-            ET.SubElement(row, "F").text = str(v)
-    return ET.tostring(root, encoding="unicode")
-
-
-def _class_tag(classes: Sequence[ClassInfo]) -> str:
-    return json.dumps(
-        [
-            {"index": c.index, "name": c.name, "color": list(c.color) if c.color else None}
-            for c in classes
-        ]
-    )
-
-
-def _gtiff_dtype(dtype: Any) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt == np.bool_:
-        return np.dtype(np.uint8)
-    if dt == np.float16:
-        return np.dtype(np.float32)
-    return dt
-
-
-class GeoTIFFBlockWriter:
-    """Context manager that takes windows of a raster and commits a (Cloud-Optimised) GeoTIFF.
-
-    Parameters
-    ----------
-    path : path-like
-        Final output; written only on successful exit (atomic rename).
-    grid : GeoGrid
-        Geometry of the output (CRS, transform, ``(height, width)``).
-    count : int
-        Number of bands.
-    dtype : dtype-like
-        Output data type (bool is stored as uint8).
-    nodata : float, optional
-        Nodata value written to the file (NaN allowed for floats).
-    classes : list of ClassInfo / dicts / "i:name,..." spec, optional
-        Label classes: colour table (uint8/uint16), category names + RAT (``.aux.xml``),
-        ``GEOMED_CLASSES`` tag, and ``mode`` overviews.
-    band_names : list of str, optional
-        Band descriptions.
-    overwrite : bool
-        Replace an existing ``path``; otherwise :class:`OutputExistsError` at construction.
-    cog : bool
-        Convert to COG on exit (internal overviews, 512 tiles); else a tiled GeoTIFF.
-    compress : str
-        ``"deflate"``, ``"zstd"``, ``"lzw"``, ... (GDAL names, case-insensitive).
-    predictor : int, optional
-        1 none, 2 horizontal (ints), 3 floating point; default 2/3 by dtype.
-    overview_resampling : str, optional
-        GDAL resampling for overviews; default ``"mode"`` with classes, else ``"average"``.
-    blocksize : int
-        Tile edge in pixels.
-    tags : dict, optional
-        Extra dataset tags.
-    write_mask : bool
-        Store an internal validity mask (see :meth:`write`).
-
-    Notes
-    -----
-    Windows aligned to multiples of ``blocksize`` avoid re-compressing partly written
-    tiles. Calls to :meth:`write` are serialised by a lock (safe from engine threads).
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        grid: GeoGrid,
-        count: int,
-        dtype: Any,
-        *,
-        nodata: float | None = None,
-        classes: Any = None,
-        band_names: Sequence[str] | None = None,
-        overwrite: bool = False,
-        cog: bool = True,
-        compress: str = "deflate",
-        predictor: int | None = None,
-        overview_resampling: str | None = None,
-        blocksize: int = 512,
-        tags: dict[str, Any] | None = None,
-        write_mask: bool = False,
-    ) -> None:
-        if not isinstance(grid, GeoGrid):
-            raise InvalidInputError(f"{path}: GeoTIFF needs a GeoGrid, got {type(grid).__name__}")
-        self.path = check_output(path, overwrite)
-        self.grid, self.count, self.dtype = grid, int(count), _gtiff_dtype(dtype)
-        self.nodata, self.overwrite, self.cog = nodata, overwrite, cog
-        self.classes = parse_classes(classes)
-        self.band_names = list(band_names) if band_names is not None else None
-        self.compress, self.blocksize, self.tags = (
-            compress.upper(),
-            int(blocksize),
-            dict(tags or {}),
-        )
-        if predictor is None:
-            predictor = 3 if np.issubdtype(self.dtype, np.floating) else 2
-        self.predictor = int(predictor)
-        self.resampling = (overview_resampling or ("mode" if self.classes else "average")).lower()
-        if self.resampling not in Resampling.__members__:
-            raise InvalidInputError(
-                f"{path}: unknown overview resampling {self.resampling!r}; "
-                "use 'nearest', 'mode', 'average', ..."
-            )
-        self.write_mask = write_mask
-        self._lock = threading.Lock()
-        self._dst: Any = None
-        self._part: Path | None = None
-
-    def _profile(self, final: bool) -> dict[str, Any]:
-        h, w = self.grid.shape
-        prof: dict[str, Any] = dict(
-            driver="GTiff",
-            width=w,
-            height=h,
-            count=self.count,
-            dtype=self.dtype.name,
-            crs=self.grid.crs,
-            transform=self.grid.transform,
-            nodata=self.nodata,
-            tiled=True,
-            blockxsize=self.blocksize,
-            blockysize=self.blocksize,
-            BIGTIFF="IF_SAFER",
-            interleave="pixel",
-        )
-        if final:
-            prof.update(compress=self.compress, predictor=self.predictor)
-        else:  # fast intermediate, re-encoded by the COG driver
-            prof.update(compress="ZSTD", zstd_level=1)
-        return prof
-
-    def __enter__(self) -> GeoTIFFBlockWriter:
-        self._part = self.path.with_name(f".{self.path.name}.part-{uuid.uuid4().hex[:8]}.tif")
-        try:
-            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-                self._dst = rasterio.open(self._part, "w", **self._profile(final=not self.cog))
-                self._write_colormap()
-        except (RasterioError, ValueError) as exc:
-            self._cleanup()
-            raise WriteError(f"{self.path}: cannot create GeoTIFF: {_one_line(exc)}") from exc
-        return self
-
-    def _write_colormap(self) -> None:
-        # before any pixel: libtiff cannot change the photometric tag once data is written
-        colors = {c.index: c.color for c in self.classes if c.color}
-        if colors and self.dtype in (np.uint8, np.uint16):
-            self._dst.write_colormap(1, colors)
-        elif colors:
-            log.info(
-                "%s: no colour table for dtype %s (GeoTIFF: uint8/uint16)", self.path, self.dtype
-            )
-
-    def write(
-        self, array: np.ndarray, slices: Sequence[slice], mask: np.ndarray | None = None
-    ) -> None:
-        """Write ``array`` ``(band, rows, cols)`` (or ``(rows, cols)`` for one band) at ``slices``.
-
-        ``slices`` are ``(row_slice, col_slice)`` in output pixels. ``mask`` (``(rows, cols)``,
-        True = valid) is stored in the internal mask when the writer has ``write_mask=True``.
-        """
-        from geomed_seg.core.grid import normalise_slices
-
-        rows, cols = normalise_slices(slices, self.grid.shape)
-        arr = np.asarray(array)
-        if arr.ndim == 2:
-            arr = arr[None]
-        expected = (self.count, rows.stop - rows.start, cols.stop - cols.start)
-        if arr.shape != expected:
-            raise InvalidInputError(f"{self.path}: window array {arr.shape} != expected {expected}")
-        window = Window.from_slices(rows, cols)
-        with self._lock:
-            self._dst.write(arr.astype(self.dtype, copy=False), window=window)
-            if self.write_mask and mask is not None:
-                self._dst.write_mask(
-                    np.where(np.asarray(mask), 255, 0).astype(np.uint8), window=window
-                )
-
-    def _finish_part(self) -> None:
-        dst = self._dst
-        if self.band_names is not None:
-            for i, name in enumerate(self.band_names[: self.count], start=1):
-                dst.set_band_description(i, str(name))
-        tags = {k: str(v) for k, v in self.tags.items()}
-        if self.classes:
-            tags[CLASSES_TAG] = _class_tag(self.classes)
-        if tags:
-            dst.update_tags(**tags)
-        dst.close()
-        self._dst = None
-        if self.classes:
-            Path(f"{self._part}.aux.xml").write_text(_pam_xml(self.classes), encoding="utf-8")
-
-    def _cog_options(self) -> dict[str, Any]:
-        pred = {1: "NO", 2: "STANDARD", 3: "FLOATING_POINT"}.get(self.predictor, "YES")
-        return dict(
-            BLOCKSIZE=self.blocksize,
-            COMPRESS=self.compress,
-            PREDICTOR=pred,
-            OVERVIEW_RESAMPLING=self.resampling.upper(),
-            BIGTIFF="IF_SAFER",
-        )
-
-    def _commit_aux(self, tmp: Path) -> None:
-        aux_tmp, aux_final = Path(f"{tmp}.aux.xml"), Path(f"{self.path}.aux.xml")
-        if aux_tmp.exists():
-            os.replace(aux_tmp, aux_final)
-        elif aux_final.exists():  # stale sidecar of the file being replaced
-            aux_final.unlink()
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            if exc_type is None:
-                self._commit()
-        finally:
-            self._cleanup()
-
-    def _commit(self) -> None:
-        try:
-            self._finish_part()
-            with atomic_output(self.path, self.overwrite) as tmp:
-                try:
-                    if self.cog:
-                        rasterio.shutil.copy(self._part, tmp, driver="COG", **self._cog_options())
-                    else:
-                        os.replace(self._part, tmp)
-                        os.replace(
-                            f"{self._part}.aux.xml", f"{tmp}.aux.xml"
-                        ) if self.classes else None
-                    self._commit_aux(tmp)
-                finally:
-                    _remove(Path(f"{tmp}.aux.xml"))
-        except RasterioError as exc:
-            raise WriteError(f"{self.path}: GDAL failed writing: {_one_line(exc)}") from exc
-
-    def _cleanup(self) -> None:
-        if self._dst is not None:
-            try:
-                self._dst.close()
-            except RasterioError:
-                log.debug("closing %s after an error failed", self._part)
-            self._dst = None
-        if self._part is not None:
-            _remove(Path(f"{self._part}.aux.xml"))
-            _remove(self._part)
-
-
-def _aligned(chunks: tuple[int, ...], block: int) -> tuple[int, ...]:
-    return tuple(max(int(math.ceil(c / block)), 1) * block for c in chunks)
-
-
-def write_geotiff(
-    image: Image,
-    path: str | os.PathLike,
-    *,
-    overwrite: bool = False,
-    cog: bool = True,
-    classes: Any = None,
-    compress: str = "deflate",
-    dtype: Any = None,
-) -> Path:
-    """Stream ``image`` chunk by chunk into a COG (or tiled GeoTIFF) at ``path``; return the path.
-
-    Only one dask chunk (all bands, spatial edges rounded up to 512-pixel multiples) is in
-    memory at a time. CRS, transform and nodata are written exactly; ``classes`` (default
-    ``image.attrs["classes"]``) adds colour table, category names and mode overviews;
-    ``image.mask`` becomes an internal mask. ``dtype`` casts on write.
-    """
-    if not isinstance(image.grid, GeoGrid):
-        raise InvalidInputError(f"{path}: GeoTIFF needs a raster Image (GeoGrid), got {image.kind}")
-    classes = classes if classes is not None else image.attrs.get("classes")
-    blocksize = 512
-    arr = image.darray
-    arr = arr.rechunk((arr.shape[0], *_aligned(arr.chunksize[1:], blocksize)))
-    mask = None
-    if image.mask is not None:
-        mask = image.valid_mask().rechunk(arr.chunks[1:])
-    tags = {k: v for k, v in image.attrs.get("tags", {}).items() if not k.startswith("STATISTICS_")}
-    with GeoTIFFBlockWriter(
-        path,
-        image.grid,
-        arr.shape[0],
-        dtype or image.dtype,
-        nodata=image.nodata,
-        classes=classes,
-        band_names=image.channel_names,
-        overwrite=overwrite,
-        cog=cog,
-        compress=compress,
-        blocksize=blocksize,
-        tags=tags,
-        write_mask=mask is not None,
-    ) as writer:
-        starts = [np.cumsum((0, *c[:-1])) for c in arr.chunks[1:]]
-        for i, j in np.ndindex(*arr.numblocks[1:]):
-            r0, c0 = int(starts[0][i]), int(starts[1][j])
-            block = np.asarray(arr.blocks[:, i, j].compute())
-            sl = (slice(r0, r0 + block.shape[1]), slice(c0, c0 + block.shape[2]))
-            m = None if mask is None else np.asarray(mask.blocks[i, j].compute())
-            writer.write(block, sl, mask=m)
-    return Path(path)
+__all__ = ["GeoTIFFBlockWriter", "block_chunks", "open_geotiff", "write_geotiff"]

@@ -295,3 +295,16 @@ def test_truncated_file_raises_read_error(tiled_tif, tmp_path, kind):
     cut.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ReadError, match=re.escape(str(cut))):
         open_geotiff(cut).compute()  # at open (IFD or block offsets) or at the latest on read
+
+
+def test_corrupt_tile_raises_read_error_on_compute(tiled_tif, tmp_path):
+    with rasterio.open(tiled_tif) as src:
+        off = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
+    raw = bytearray(tiled_tif.read_bytes())
+    raw[off : off + size] = b"\xff" * size
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(bytes(raw))
+    img = open_geotiff(bad)  # header and first/last blocks are intact
+    with pytest.raises(ReadError, match=re.escape(str(bad)) + ".*TIFFReadEncodedTile"):
+        img.compute()

@@ -1,4 +1,4 @@
-"""Opening a huge GeoTIFF reads no pixels: < 1 s and < 300 MB peak RSS in a fresh process.
+"""Opening a huge GeoTIFF reads no pixels: < 1 s CPU and < 300 MB peak RSS in a fresh process.
 
 The test files are written with rasterio as *sparse* tiled GeoTIFFs (``SPARSE_OK``): only a
 few 512-pixel tiles are stored, the rest read as 0, so a 2 GiB or 20 GiB (uncompressed)
@@ -25,11 +25,12 @@ import json, resource, sys, time
 from geomed_seg.io.registry import open_image
 report = []
 for path, row, col in json.loads(sys.argv[1]):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     img = open_image(path)
     summary = {"shape": img.shape, "chunksize": img.darray.chunksize, "repr": repr(img),
                "npartitions": img.darray.npartitions}
     summary["open_s"] = time.perf_counter() - t0
+    summary["open_cpu_s"] = time.process_time() - c0
     summary["pixel"] = img.darray[:, row, col].compute().tolist()
     report.append(summary)
 rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -75,4 +76,6 @@ def test_open_is_lazy_fast_and_small(tmp_path):
         with rasterio.open(path) as src:  # the independent reader agrees on the pixel we read
             expected = src.read(window=Window(col, row, 1, 1))[:, 0, 0].tolist()
         assert got["pixel"] == expected == [1002, 1003, 1004, 1005]
-        assert got["open_s"] < 1.0, got
+        # CPU time, so the bound holds on a loaded shared machine; wall time only sanity-checked
+        assert got["open_cpu_s"] < 1.0, got
+        assert got["open_s"] < 5.0, got
