@@ -1,0 +1,279 @@
+"""Window planning: where sliding windows go, how they blend, when an output chunk is done.
+
+Pure numpy (no torch, no I/O), so planning is testable without a model. The numerics follow
+MONAI 1.6 exactly (``monai.inferers.utils._get_scan_interval``, ``monai.data.utils.
+dense_patch_slices`` and ``compute_importance_map``) so that our streamed blend equals
+``monai.inferers.sliding_window_inference``. They are re-implemented here, not imported,
+because MONAI's versions are torch-bound and the streaming engine additionally needs the
+window/chunk incidence (which windows touch which output chunk), which MONAI does not offer.
+
+All shapes, slices and sizes are in array order: ``(y, x)`` for rasters, ``(z, y, x)`` for
+volumes, in pixels/voxels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import product
+
+import numpy as np
+
+from geomed_seg.errors import InvalidInputError
+
+Window = tuple[slice, ...]
+
+BLEND_MODES = ("constant", "gaussian")
+
+
+def resolve_roi(
+    roi_size: int | Sequence[int | None] | None, image_size: Sequence[int]
+) -> tuple[int, ...]:
+    """Return the window size in array order, replacing ``None``/non-positive entries by the image size.
+
+    Same rule as MONAI's ``fall_back_tuple``: ``roi_size=(32, -1)`` on a ``(100, 64)`` image
+    gives ``(32, 64)``; a scalar applies to every axis.
+    """
+    nd = len(image_size)
+    if roi_size is None or isinstance(roi_size, int | np.integer):
+        roi = (roi_size,) * nd
+    else:
+        roi = tuple(roi_size)
+    if len(roi) != nd:
+        raise InvalidInputError(f"roi_size {roi_size} has {len(roi)} values for a {nd}D image")
+    return tuple(
+        int(r) if r is not None and r > 0 else int(s) for r, s in zip(roi, image_size, strict=True)
+    )
+
+
+def _per_axis(value: float | Sequence[float], nd: int, what: str) -> tuple[float, ...]:
+    vals = (value,) * nd if isinstance(value, int | float) else tuple(value)
+    if len(vals) != nd:
+        raise InvalidInputError(f"{what} {value} has {len(vals)} values for {nd} axes")
+    return tuple(float(v) for v in vals)
+
+
+def scan_interval(
+    image_size: Sequence[int], roi_size: Sequence[int], overlap: float | Sequence[float]
+) -> tuple[int, ...]:
+    """Return the step between window starts per axis (pixels), as MONAI computes it.
+
+    ``int(roi * (1 - overlap))`` (at least 1), or ``roi`` when the roi equals the image size.
+    ``image_size`` is the (padded) image size, at least ``roi_size`` on every axis.
+    """
+    ov = _per_axis(overlap, len(roi_size), "overlap")
+    if any(not 0 <= o < 1 for o in ov):
+        raise InvalidInputError(f"overlap must be >= 0 and < 1, got {overlap}")
+    out = []
+    for size, roi, o in zip(image_size, roi_size, ov, strict=True):
+        if roi == size:
+            out.append(int(roi))
+        else:
+            out.append(max(int(roi * (1 - o)), 1))
+    return tuple(out)
+
+
+def window_starts(size: int, roi: int, interval: int) -> tuple[int, ...]:
+    """Return window starts along one axis of length ``size`` (>= ``roi``), MONAI's dense grid.
+
+    Starts are ``0, interval, 2*interval, ...`` until a window reaches the end; the last one is
+    shifted back so that it ends exactly at ``size``.
+    """
+    num = math.ceil(size / interval)
+    count = next((d + 1 for d in range(num) if d * interval + roi >= size), 1)
+    return tuple(i * interval - max(i * interval + roi - size, 0) for i in range(count))
+
+
+def pad_widths(image_size: Sequence[int], roi_size: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """Return ``(before, after)`` padding per axis so that every axis is at least the roi.
+
+    MONAI pads ``diff // 2`` before and the rest after (so odd differences pad more after).
+    """
+    out = []
+    for size, roi in zip(image_size, roi_size, strict=True):
+        diff = max(roi - size, 0)
+        out.append((diff // 2, diff - diff // 2))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Sliding windows over one image.
+
+    Attributes
+    ----------
+    image_shape : tuple of int
+        Spatial shape of the unpadded image.
+    roi_size : tuple of int
+        Window size.
+    pad : tuple of (int, int)
+        Padding before/after per axis (non-zero only where the image is smaller than the roi).
+    interval : tuple of int
+        Step between window starts.
+    windows : tuple of Window
+        Window slices in *padded* coordinates, in MONAI's order (C order over start grids).
+    """
+
+    image_shape: tuple[int, ...]
+    roi_size: tuple[int, ...]
+    pad: tuple[tuple[int, int], ...]
+    interval: tuple[int, ...]
+    windows: tuple[Window, ...] = field(repr=False)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.image_shape)
+
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        """Spatial shape after padding."""
+        return tuple(s + b + a for s, (b, a) in zip(self.image_shape, self.pad, strict=True))
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def clip(self, index: int) -> tuple[Window, Window]:
+        """Return ``(image_slices, window_slices)`` of window ``index``'s part inside the image.
+
+        ``image_slices`` index the unpadded image, ``window_slices`` the matching part of a
+        ``roi_size`` window array (they differ only where the image was padded).
+        """
+        img, win = [], []
+        for s, (before, _), n in zip(self.windows[index], self.pad, self.image_shape, strict=True):
+            lo, hi = max(s.start - before, 0), min(s.stop - before, n)
+            img.append(slice(lo, hi))
+            win.append(slice(lo + before - s.start, hi + before - s.start))
+        return tuple(img), tuple(win)
+
+
+def plan_windows(
+    spatial_shape: Sequence[int],
+    roi_size: int | Sequence[int | None] | None,
+    overlap: float | Sequence[float] = 0.25,
+) -> WindowPlan:
+    """Return the :class:`WindowPlan` MONAI's ``sliding_window_inference`` would use.
+
+    Parameters
+    ----------
+    spatial_shape : sequence of int
+        Image size in array order (pixels/voxels).
+    roi_size : int, sequence or None
+        Window size; ``None``/non-positive entries take the image size.
+    overlap : float or sequence of float
+        Fraction of overlap between neighbouring windows, in ``[0, 1)``.
+    """
+    shape = tuple(int(s) for s in spatial_shape)
+    if not shape or min(shape) < 1:
+        raise InvalidInputError(f"image shape {shape} must be non-empty and positive")
+    roi = resolve_roi(roi_size, shape)
+    pad = pad_widths(shape, roi)
+    padded = tuple(max(s, r) for s, r in zip(shape, roi, strict=True))
+    step = scan_interval(padded, roi, overlap)
+    starts = [window_starts(n, r, i) for n, r, i in zip(padded, roi, step, strict=True)]
+    windows = tuple(
+        tuple(slice(s, s + r) for s, r in zip(st, roi, strict=True)) for st in product(*starts)
+    )
+    return WindowPlan(shape, roi, pad, step, windows)
+
+
+def importance_map(
+    roi_size: Sequence[int],
+    mode: str = "constant",
+    sigma_scale: float | Sequence[float] = 0.125,
+) -> np.ndarray:
+    """Return the float32 blending weights of one window, shape ``roi_size`` (array order).
+
+    ``"constant"``: ones. ``"gaussian"``: separable Gaussian with sigma ``sigma_scale * roi``
+    per axis, centred on the window centre (peak 1 for odd sizes, as in MONAI), then clamped
+    below at ``max(min, 1e-3)`` so every pixel keeps a positive weight, as MONAI does.
+    """
+    roi = tuple(int(r) for r in roi_size)
+    if mode not in BLEND_MODES:
+        raise InvalidInputError(f"unknown blend mode {mode!r}; use one of {BLEND_MODES}")
+    if mode == "constant":
+        w = np.ones(roi, dtype=np.float32)
+    else:
+        scales = _per_axis(sigma_scale, len(roi), "sigma_scale")
+        w = np.ones((), dtype=np.float32)
+        for n, sc in zip(roi, scales, strict=True):
+            sigma = n * sc
+            x = np.arange(-(n - 1) / 2.0, (n - 1) / 2.0 + 1, dtype=np.float32)
+            g = np.exp(x**2 / np.float32(-2 * sigma**2)).astype(np.float32)
+            w = w[..., None] * g
+    floor = max(float(w.min()), 1e-3)
+    return np.maximum(w, np.float32(floor)).astype(np.float32)
+
+
+# -- output chunks -----------------------------------------------------------------------
+
+
+def regular_chunks(shape: Sequence[int], chunk: int | Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Return dask-style chunk sizes per axis for a regular ``chunk`` edge (last one shorter)."""
+    edges = (chunk,) * len(shape) if isinstance(chunk, int | np.integer) else tuple(chunk)
+    out = []
+    for n, c in zip(shape, edges, strict=True):
+        c = max(min(int(c), int(n)), 1)
+        out.append((c,) * (n // c) + ((n % c,) if n % c else ()))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ChunkSchedule:
+    """Which output chunks each window touches, in chunk order, with reference counts.
+
+    Attributes
+    ----------
+    chunks : tuple of tuple of int
+        Output chunk sizes per axis (dask convention) over the unpadded image.
+    order : tuple of int
+        Window indices (into ``plan.windows``) in chunk order: grouped by the output chunk
+        that holds the window's first pixel, chunk groups in C order, so an output chunk is
+        complete soon after its own group and only about one "row" of chunks is open.
+    touches : tuple of tuple of tuple of int
+        ``touches[w]``: chunk indices (block coordinates) touched by window ``w``.
+    counts : dict
+        ``counts[block]``: number of windows touching ``block``.
+    """
+
+    chunks: tuple[tuple[int, ...], ...]
+    order: tuple[int, ...]
+    touches: tuple[tuple[tuple[int, ...], ...], ...] = field(repr=False)
+    counts: dict[tuple[int, ...], int] = field(repr=False)
+
+    def block_slices(self, block: Sequence[int]) -> Window:
+        """Return the image slices of chunk ``block``."""
+        out = []
+        for b, sizes in zip(block, self.chunks, strict=True):
+            start = int(sum(sizes[:b]))
+            out.append(slice(start, start + sizes[b]))
+        return tuple(out)
+
+    def windows_touching(self, block: Sequence[int]) -> int:
+        """Return how many windows touch chunk ``block`` (0 if none)."""
+        return self.counts.get(tuple(block), 0)
+
+
+def schedule_chunks(plan: WindowPlan, chunks: Sequence[Sequence[int]]) -> ChunkSchedule:
+    """Return the :class:`ChunkSchedule` of ``plan`` over output ``chunks`` (dask convention)."""
+    chunks = tuple(tuple(int(c) for c in ax) for ax in chunks)
+    if tuple(sum(ax) for ax in chunks) != plan.image_shape:
+        raise InvalidInputError(f"chunks {chunks} do not tile image shape {plan.image_shape}")
+    bounds = [np.cumsum((0, *ax)) for ax in chunks]
+    touches = []
+    first = []
+    counts: dict[tuple[int, ...], int] = {}
+    for i in range(len(plan)):
+        img, _ = plan.clip(i)
+        ranges = []
+        for s, b in zip(img, bounds, strict=True):
+            lo = int(np.searchsorted(b, s.start, side="right") - 1)
+            hi = int(np.searchsorted(b, s.stop, side="left"))
+            ranges.append(range(lo, hi))
+        blocks = tuple(product(*ranges))
+        touches.append(blocks)
+        first.append(blocks[0])
+        for blk in blocks:
+            counts[blk] = counts.get(blk, 0) + 1
+    order = tuple(sorted(range(len(plan)), key=lambda i: (first[i], i)))
+    return ChunkSchedule(chunks, order, tuple(touches), counts)
