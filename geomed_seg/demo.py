@@ -1,9 +1,14 @@
 """The main job on bundled real data: what ``make demo`` / ``geomed-seg demo`` runs.
 
-1. Describe the bundled Landsat 7 scene and MNI152 T1 template (``info``).
-2. Convert them keeping geometry: GeoTIFF → COG and Zarr, NIfTI → Zarr → NIfTI.
-3. Map water on the Landsat scene with the classical baseline (NDWI + scene-wide Otsu),
-   written as a label COG with class names and colours.
+1. Describe the bundled Landsat 7 scene and MNI152 T1 template and convert them keeping
+   geometry (GeoTIFF → COG, NIfTI → Zarr → NIfTI).
+2. The ``flood`` pipeline on the Landsat scene with the classical baseline (NDWI + scene-wide
+   Otsu): label COG, GeoPackage polygons, quicklook, report; and the U-Net when
+   ``checkpoints/water_unet`` exists.
+3. The ``brats`` pipeline on a BraTS-like phantom: SYNTHETIC tumour compartments and four
+   SYNTHETIC sequences built on the real MNI152 anatomy, written as NIfTI files; the 3D U-Net
+   of ``checkpoints/brats_unet`` when present, else the whole-tumour T2-FLAIR baseline,
+   evaluated against the phantom's truth (BraTS 2023 regions).
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ from geomed_seg.core.labels import ClassInfo
 
 log = logging.getLogger(__name__)
 
-SAMPLES = Path(__file__).resolve().parent.parent / "tests" / "data"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "tests" / "data"
+CHECKPOINTS = ROOT / "checkpoints"
 LANDSAT = "landsat7_olinda_L7_ETMs.tif"
 MNI_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 #: ETM+ bands stored in the bundled scene, in file order (see tests/data/NOTICE.md).
 LANDSAT_BANDS = ["blue", "green", "red", "nir", "swir1", "swir2"]
 WATER_CLASSES = [ClassInfo(0, "land", (200, 190, 150)), ClassInfo(1, "water", (30, 90, 220))]
+PHANTOM_SEED = 7
 
 
 @dataclass
@@ -55,35 +63,100 @@ def water_baseline(image, bands: dict[str, str | int]):
     return out, threshold, fraction
 
 
-def run_demo(output: Path, data_dir: Path = SAMPLES, *, overwrite: bool = True) -> DemoResult:
-    """Run the demo into ``output`` (created if missing) and return what it wrote."""
+def _conversions(res: DemoResult, data_dir: Path, output: Path, overwrite: bool) -> None:
     from geomed_seg.core.describe import describe
     from geomed_seg.io.registry import open_image, write_image
 
-    start = time.perf_counter()
-    output.mkdir(parents=True, exist_ok=True)
-    res = DemoResult()
     scene = open_image(data_dir / LANDSAT)
     brain = open_image(data_dir / MNI_T1)
     res.facts["landsat"] = _one_line(describe(scene))
     res.facts["mni152"] = _one_line(describe(brain))
-
-    res.outputs["landsat COG"] = write_image(scene, output / "landsat_cog.tif", overwrite=overwrite)
-    res.outputs["landsat Zarr"] = write_image(scene, output / "landsat.zarr", overwrite=overwrite)
-    zarr_path = write_image(brain, output / "mni_t1.zarr", overwrite=overwrite)
-    res.outputs["MNI Zarr"] = zarr_path
-    res.outputs["MNI NIfTI (from Zarr)"] = write_image(
-        open_image(zarr_path), output / "mni_t1_roundtrip.nii.gz", overwrite=overwrite
+    out = output / "conversions"
+    out.mkdir(parents=True, exist_ok=True)
+    res.outputs["landsat COG"] = write_image(scene, out / "landsat_cog.tif", overwrite=overwrite)
+    zarr_path = write_image(brain, out / "mni_t1.zarr", overwrite=overwrite)
+    res.outputs["MNI NIfTI (via Zarr)"] = write_image(
+        open_image(zarr_path), out / "mni_t1_roundtrip.nii.gz", overwrite=overwrite
     )
 
-    bands = {name: i + 1 for i, name in enumerate(LANDSAT_BANDS)}
-    labels, threshold, fraction = water_baseline(scene, bands)
-    res.outputs["water map (NDWI+Otsu)"] = write_image(
-        labels, output / "water_ndwi_otsu.tif", overwrite=overwrite, classes=WATER_CLASSES
+
+def _flood(res: DemoResult, data_dir: Path, output: Path, overwrite: bool) -> None:
+    from geomed_seg.pipelines.runner import run_pipeline
+
+    sets = [f"input.path={data_dir / LANDSAT}", "model.method=ndwi_otsu"]
+    run = run_pipeline("flood", output=output / "flood", overrides=sets, overwrite=overwrite)
+    water = next(r for r in run.report["classes"] if r["name"] == "water")
+    valid = sum(r["samples"] for r in run.report["classes"])
+    res.facts["flood (NDWI+Otsu)"] = (
+        f"threshold {run.report['threshold']:.4f}, water {water['area_km2']:.2f} km² "
+        f"({100 * water['samples'] / max(valid, 1):.1f}% of valid pixels), "
+        f"{run.report['engine'].get('polygons', 0)} polygons, {run.seconds:.1f} s"
     )
-    res.facts["water baseline"] = (
-        f"NDWI Otsu threshold {threshold:.4f}, water {100 * fraction:.1f}% of valid pixels"
-    )
+    res.outputs["flood labels"] = run.outputs["labels"]
+    res.outputs["flood polygons"] = run.outputs["polygons"]
+    res.outputs["flood quicklook"] = run.outputs["quicklook"]
+    res.outputs["flood report"] = run.outputs["report (Markdown)"]
+    ckpt = CHECKPOINTS / "water_unet"
+    if not ckpt.exists():
+        res.facts["flood (U-Net)"] = f"skipped: no checkpoint at {ckpt}"
+        return
+    sets = [f"input.path={data_dir / LANDSAT}", "model.method=checkpoint",
+            f"model.checkpoint={ckpt}"]  # fmt: skip
+    run = run_pipeline("flood", output=output / "flood_unet", overrides=sets, overwrite=overwrite)
+    water = next((r for r in run.report["classes"] if r["name"] == "water"), None)
+    area = f"water {water['area_km2']:.2f} km², " if water else ""
+    res.facts["flood (U-Net)"] = f"{area}{run.seconds:.1f} s"
+    res.outputs["flood U-Net labels"] = run.outputs["labels"]
+
+
+def write_phantom_case(
+    folder: Path, seed: int, data_dir: Path = SAMPLES, *, zoom: int = 2, overwrite: bool = True
+) -> tuple[Path, Path]:
+    """Write a SYNTHETIC BraTS-like case (four sequences + truth) as NIfTI; return (case, truth)."""
+    from geomed_seg.io.registry import open_image, write_image
+    from geomed_seg.synthetic.phantom import SEQUENCES, make_phantom
+
+    ph = make_phantom(open_image(data_dir / MNI_T1), seed=seed, zoom=zoom)
+    case = folder / "case"
+    case.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(SEQUENCES):
+        seq = ph.image.with_data(ph.image.darray[i : i + 1], attrs=dict(ph.image.attrs))
+        write_image(seq, case / f"phantom-{seed:03d}-{name}.nii.gz", overwrite=overwrite)
+    truth = write_image(ph.labels, folder / f"phantom-{seed:03d}-seg.nii.gz", overwrite=overwrite)
+    return case, truth
+
+
+def _brats(res: DemoResult, data_dir: Path, output: Path, overwrite: bool) -> None:
+    from geomed_seg.pipelines.runner import run_pipeline
+
+    case, truth = write_phantom_case(output / "brats_phantom", PHANTOM_SEED, data_dir,
+                                     overwrite=overwrite)  # fmt: skip
+    ckpt = CHECKPOINTS / "brats_unet"
+    sets = [f"evaluation.reference={truth}", f"model.checkpoint={ckpt}", "input.synthetic=true"]
+    run = run_pipeline("brats", input=case, output=output / "brats", overrides=sets,
+                       overwrite=overwrite)  # fmt: skip
+    regions = {m["what"].split()[-1]: m["dice"] for m in run.report["metrics"]
+               if m["what"].startswith("region")}  # fmt: skip
+    dice = ", ".join(f"{k} {v:.3f}" for k, v in regions.items())
+    res.facts["brats input"] = "SYNTHETIC phantom: synthetic tumour + sequences on real MNI152"
+    res.facts["brats method"] = "; ".join(run.report["notes"]) or run.report["method"]
+    res.facts["brats Dice vs phantom truth"] = dice
+    res.outputs["brats labels"] = run.outputs["labels"]
+    res.outputs["brats quicklook"] = run.outputs["quicklook"]
+    res.outputs["brats report"] = run.outputs["report (Markdown)"]
+
+
+def run_demo(
+    output: Path, data_dir: Path = SAMPLES, *, overwrite: bool = True, brats: bool = True
+) -> DemoResult:
+    """Run the demo into ``output`` (created if missing) and return what it wrote."""
+    start = time.perf_counter()
+    output.mkdir(parents=True, exist_ok=True)
+    res = DemoResult()
+    _conversions(res, data_dir, output, overwrite)
+    _flood(res, data_dir, output, overwrite)
+    if brats:
+        _brats(res, data_dir, output, overwrite)
     res.seconds = time.perf_counter() - start
     log.info("demo finished in %.1f s", res.seconds)
     return res

@@ -16,12 +16,13 @@ def demo(
     output: Path = typer.Option(
         Path("demo-output"), "--output", "-o", help="Folder for the outputs."
     ),
+    brats: bool = typer.Option(True, "--brats/--no-brats", help="Also run the BraTS phantom."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
-    """Run the demo on the bundled Landsat 7 scene and MNI152 template."""
+    """Run the flood pipeline on the bundled Landsat scene and BraTS on a SYNTHETIC phantom."""
     from geomed_seg.demo import run_demo
 
-    result = run_demo(output)
+    result = run_demo(output, brats=brats)
     if quiet:
         return
     console = Console()
@@ -33,3 +34,8 @@ def demo(
     for key, path in result.outputs.items():
         table.add_row(key, str(path))
     console.print(table)
+    if brats:
+        console.print(
+            "[yellow]The BraTS case is SYNTHETIC (phantom tumour and sequences on the real "
+            "MNI152 template): its scores say nothing about clinical performance.[/yellow]"
+        )

@@ -67,7 +67,7 @@ def write_outputs(
     if o.quicklook:
         names = [n.lower() for n in image.channel_names or []]
         ch = names.index("t1c") if "t1c" in names else 0
-        if source.attrs.get("synthetic"):
+        if source.attrs.get("synthetic") or cfg.input.synthetic:
             title += " — SYNTHETIC phantom"
         written["quicklook"] = quicklook.volume_quicklook(
             image,

@@ -143,7 +143,7 @@ def run_pipeline(
     seconds = time.perf_counter() - start
     rep = {
         "pipeline": cfg.name,
-        "synthetic": bool(source.attrs.get("synthetic")),
+        "synthetic": bool(source.attrs.get("synthetic") or cfg.input.synthetic),
         "inputs": [str(f) for f in files],
         "method": out.method,
         "threshold": out.threshold,

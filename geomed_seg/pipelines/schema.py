@@ -41,6 +41,7 @@ class InputSpec(_Strict):
     bands: dict[str, str] | None = None
     folder: str | None = None
     sequences: dict[str, str] | None = None
+    synthetic: bool = Field(False, description="the input is synthetic: reports say so")
 
     @model_validator(mode="after")
     def _one_source(self) -> InputSpec:
