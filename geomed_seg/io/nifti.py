@@ -273,8 +273,8 @@ def _build_header(image: Image, meta: dict | None, dtype: np.dtype, shape: tuple
 
 def _cast(block: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
     if dtype.kind in "iu" and block.dtype.kind in "iuf":
-        if block.dtype.kind == "f":
-            block = np.rint(block)
+        if block.dtype.kind == "f":  # nan -> 0 as nibabel's nan2zero
+            block = np.nan_to_num(np.rint(block), nan=0.0, posinf=np.inf, neginf=-np.inf)
         info = np.iinfo(dtype)
         if block.size and (block.min() < info.min or block.max() > info.max):
             raise InvalidInputError(
@@ -329,7 +329,10 @@ def write_nifti(
         out_dtype = np.dtype(np.uint8)
     lo = hi = None
     if out_dtype.kind in "iu":
-        lo, hi = (float(v) for v in da.compute(src.min(), src.max()))
+        vals = src
+        if src.dtype.kind == "f":  # the values as _cast will store them
+            vals = da.where(da.isnan(src), 0.0, da.rint(src))
+        lo, hi = (float(v) for v in da.compute(vals.min(), vals.max()))
         if dtype is None and out_dtype.itemsize == 8:  # int64 labels: most readers lack it
             out_dtype = _smallest_int(lo, hi)
     out_dtype = out_dtype.newbyteorder("<")

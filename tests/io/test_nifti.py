@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import dask.array as da
 import nibabel as nib
 import nibabel.testing
 import numpy as np
@@ -144,17 +145,22 @@ def test_labels_new_grid_and_chunks(tmp_path: Path) -> None:
 
 
 def test_write_errors(mni_t1_path: Path, tmp_path: Path) -> None:
-    img = open_nifti(mni_t1_path).sel_window((slice(0, 4), slice(0, 4), slice(0, 4)))
+    img = open_nifti(mni_t1_path).sel_window((slice(60, 64), slice(110, 114), slice(60, 64)))
     write_nifti(img, tmp_path / "a.nii")
     with pytest.raises(OutputExistsError):
         write_nifti(img, tmp_path / "a.nii")
     big = img.with_data(img.darray.astype("int32") + 1000)
-    labels = img.with_data(img.darray.astype("int64") - 5)
+    probs = img.with_data(da.where(img.darray > 180, np.nan, img.darray / 10.0))
+    out = nib.load(write_nifti(probs, tmp_path / "p.nii", dtype="int16"))
+    expected = np.where(img.compute()[0] > 180, 0, np.rint(img.compute()[0] / 10.0))
+    np.testing.assert_array_equal(np.asarray(out.dataobj), expected.transpose(2, 1, 0))
+    assert out.header["cal_max"] == expected.max() and 0 < (expected == 0).sum() < expected.size
+    labels = img.with_data(img.darray.astype("int64") - 200)
     assert nib.load(write_nifti(labels, tmp_path / "l.nii")).get_data_dtype() == np.int16
     with pytest.raises(InvalidInputError, match="do not fit"):
         write_nifti(big, tmp_path / "b.nii", dtype="uint8")
     assert not (tmp_path / "b.nii").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii", "l.nii"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii", "l.nii", "p.nii"]
 
 
 def test_truncated_gz(mni_t1_path: Path, tmp_path: Path) -> None:
