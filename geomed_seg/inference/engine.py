@@ -1,0 +1,345 @@
+"""Streaming sliding-window executor: prefetch, batch, run, blend per output chunk, flush.
+
+The loop (see DESIGN.md, "The engine's contract"):
+
+1. a reader thread reads windows in chunk order (:func:`~geomed_seg.inference.plan.
+   schedule_chunks`) from the lazy image, decides skips from the window's own validity, and
+   normalises runnable windows, one batch ahead of the model;
+2. the main thread runs the model (``torch.inference_mode``, AMP on CUDA, optional mirror TTA)
+   and adds ``weight * probability`` and ``weight`` into float32 buffers of only the output
+   chunks the window touches;
+3. when a chunk's remaining-window count reaches zero it is normalised, reduced (argmax to
+   labels, nodata where the input is invalid) and handed to the sink, then freed.
+
+Peak memory is bounded by the batches in flight and the open chunks (about one row of
+chunks), not by the image size. Hand-written because MONAI's ``sliding_window_inference``
+and ``SlidingWindowInferer`` hold the whole image and output in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import combinations
+
+import dask
+import numpy as np
+import torch
+
+from geomed_seg.core.image import Image
+from geomed_seg.errors import ModelError
+from geomed_seg.inference.plan import ChunkSchedule, WindowPlan
+from geomed_seg.inference.sinks import Sink
+
+log = logging.getLogger(__name__)
+
+SkipRule = Callable[[np.ndarray, np.ndarray], bool]
+
+
+@dataclass
+class WindowItem:
+    """One read window: plan index, normalised data (None if skipped) and validity."""
+
+    index: int
+    data: np.ndarray | None
+    valid: np.ndarray
+
+
+@dataclass
+class EngineStats:
+    """Counters of one run."""
+
+    windows_total: int = 0
+    windows_run: int = 0
+    windows_skipped: int = 0
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def read_window(
+    image: Image, plan: WindowPlan, index: int, valid_source
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(data (C, *clip), valid (*clip))`` of window ``index``'s part inside the image."""
+    img, _ = plan.clip(index)
+    data, valid = dask.compute(
+        image.darray[(slice(None), *img)], valid_source[img], scheduler="synchronous"
+    )
+    return np.asarray(data), np.asarray(valid, dtype=bool)
+
+
+def pad_window(arr: np.ndarray, plan: WindowPlan, index: int, cval: float = 0.0) -> np.ndarray:
+    """Return ``arr`` (C, *clip) placed in a ``roi_size`` window filled with ``cval``."""
+    _, win = plan.clip(index)
+    if arr.shape[1:] == plan.roi_size:
+        return arr
+    out = np.full((arr.shape[0], *plan.roi_size), cval, dtype=arr.dtype)
+    out[(slice(None), *win)] = arr
+    return out
+
+
+def iter_batches(
+    image: Image,
+    plan: WindowPlan,
+    order: tuple[int, ...],
+    batch_size: int,
+    normalise: Callable[[np.ndarray], np.ndarray],
+    skip: SkipRule | None,
+    valid_source,
+    stop: threading.Event,
+) -> Iterator[list[WindowItem]]:
+    """Yield lists of windows holding up to ``batch_size`` runnable ones (skipped ones ride along)."""
+    items: list[WindowItem] = []
+    n_run = 0
+    for index in order:
+        if stop.is_set():
+            return
+        data, valid = read_window(image, plan, index, valid_source)
+        if skip is not None and skip(data, valid):
+            items.append(WindowItem(index, None, valid))
+        else:
+            norm = normalise(data[None])[0]
+            items.append(WindowItem(index, pad_window(norm, plan, index), valid))
+            n_run += 1
+        if n_run == batch_size:
+            yield items
+            items, n_run = [], 0
+    if items:
+        yield items
+
+
+def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Run ``iterator`` in a thread, ``depth`` items ahead; re-raise its errors here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in iterator:
+                q.put(item)
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            q.put(exc)
+        q.put(done)
+
+    thread = threading.Thread(target=work, name="geomed-seg-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        # unblock a reader waiting on a full queue (it stops at its next window)
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+# -- model ---------------------------------------------------------------------------------
+
+
+def mirror_axes(ndim: int) -> list[tuple[int, ...]]:
+    """Return every subset of the spatial axes (2**ndim flips, the identity first)."""
+    return [c for k in range(ndim + 1) for c in combinations(range(2, ndim + 2), k)]
+
+
+class Predictor:
+    """Run a torch module on numpy batches: device, AMP, TTA and activation in one place."""
+
+    def __init__(self, module: Callable, device: torch.device, amp: bool, tta: bool) -> None:
+        self.module, self.device, self.tta = module, device, tta
+        self.amp_dtype = None
+        if amp and device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.amp_dtype is not None:
+            with torch.autocast("cuda", dtype=self.amp_dtype):
+                return self.module(x).float()
+        return self.module(x).float()
+
+    @staticmethod
+    def activate(logits: torch.Tensor) -> torch.Tensor:
+        """Return probabilities: softmax over channels, sigmoid for one output channel."""
+        return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Return float32 probabilities ``(N, K, *roi)`` of a normalised ``(N, C, *roi)`` batch."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            flips = mirror_axes(x.ndim - 2) if self.tta else [()]
+            prob = None
+            for axes in flips:
+                xi = torch.flip(x, axes) if axes else x
+                p = self.activate(self._forward(xi))
+                p = torch.flip(p, axes) if axes else p
+                prob = p if prob is None else prob + p
+            assert prob is not None
+            if len(flips) > 1:
+                prob = prob / len(flips)
+            return prob.cpu().numpy().astype(np.float32, copy=False)
+
+
+# -- blending ------------------------------------------------------------------------------
+
+
+class ChunkAccumulator:
+    """Per-output-chunk float32 sums of ``weight * prob`` and ``weight``, flushed when complete.
+
+    ``background_skips``: skipped windows count as probability 1 for class 0 (volumes);
+    otherwise they add nothing (rasters: their area becomes nodata).
+    """
+
+    def __init__(
+        self,
+        plan: WindowPlan,
+        schedule: ChunkSchedule,
+        weight: np.ndarray,
+        n_classes: int,
+        background_skips: bool,
+    ) -> None:
+        self.plan, self.schedule, self.weight = plan, schedule, weight
+        self.n_classes, self.background_skips = n_classes, background_skips
+        self.remaining = dict(schedule.counts)
+        self.open: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.peak_open = 0
+
+    def _buffers(self, block: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if block not in self.open:
+            shape = tuple(s.stop - s.start for s in self.schedule.block_slices(block))
+            self.open[block] = (
+                np.zeros((self.n_classes, *shape), np.float32),
+                np.zeros(shape, np.float32),
+                np.zeros(shape, bool),
+            )
+            self.peak_open = max(self.peak_open, len(self.open))
+        return self.open[block]
+
+    def add(self, item: WindowItem, prob: np.ndarray | None) -> Iterator[tuple]:
+        """Blend one window (``prob`` ``(K, *roi)`` or None if skipped); yield finished chunks.
+
+        Yields ``(block, slices, probabilities (K, *chunk), weight_sum, valid)``.
+        """
+        img, win = self.plan.clip(item.index)
+        for block in self.schedule.touches[item.index]:
+            bsl = self.schedule.block_slices(block)
+            inter = tuple(
+                slice(max(a.start, b.start), min(a.stop, b.stop))
+                for a, b in zip(img, bsl, strict=True)
+            )
+            in_block = tuple(
+                slice(i.start - b.start, i.stop - b.start) for i, b in zip(inter, bsl, strict=True)
+            )
+            in_win = tuple(
+                slice(w.start + i.start - a.start, w.start + i.stop - a.start)
+                for i, a, w in zip(inter, img, win, strict=True)
+            )
+            in_clip = tuple(
+                slice(i.start - a.start, i.stop - a.start) for i, a in zip(inter, img, strict=True)
+            )
+            acc, wsum, valid = self._buffers(block)
+            w = self.weight[in_win]
+            if prob is not None:
+                acc[(slice(None), *in_block)] += prob[(slice(None), *in_win)] * w
+                wsum[in_block] += w
+            elif self.background_skips:
+                acc[(0, *in_block)] += w
+                wsum[in_block] += w
+            valid[in_block] |= item.valid[in_clip]
+            self.remaining[block] -= 1
+            if self.remaining[block] == 0:
+                acc, wsum, valid = self.open.pop(block)
+                np.divide(acc, wsum, out=acc, where=wsum > 0)
+                yield block, bsl, acc, wsum, valid
+
+
+def reduce_chunk(
+    prob: np.ndarray,
+    wsum: np.ndarray,
+    valid: np.ndarray,
+    *,
+    output: str,
+    lut: np.ndarray,
+    dtype: np.dtype,
+    nodata: float | None,
+    mask_invalid: bool,
+) -> np.ndarray:
+    """Return the chunk to write: labels ``(1, *chunk)`` or probabilities ``(K, *chunk)``.
+
+    Pixels no run window covered (``wsum == 0``) and, when ``mask_invalid``, invalid input
+    pixels get ``nodata`` (labels) or NaN (probabilities).
+    """
+    bad = wsum <= 0
+    if mask_invalid:
+        bad |= ~valid
+    if output == "probabilities":
+        out = prob.astype(np.float32, copy=False)
+        if bad.any():
+            out[:, bad] = np.nan
+        return out
+    if prob.shape[0] == 1:
+        idx = (prob[0] > 0.5).astype(np.intp)
+        labels = np.where(idx == 1, lut[0], 0).astype(dtype)
+    else:
+        labels = lut[np.argmax(prob, axis=0)].astype(dtype)
+    if nodata is not None and bad.any():
+        labels[bad] = nodata
+    return labels[None]
+
+
+def run_windows(
+    image: Image,
+    plan: WindowPlan,
+    schedule: ChunkSchedule,
+    predictor: Callable[[np.ndarray], np.ndarray],
+    normalise: Callable[[np.ndarray], np.ndarray],
+    weight: np.ndarray,
+    n_classes: int,
+    sink: Sink,
+    *,
+    batch_size: int,
+    skip: SkipRule | None,
+    background_skips: bool,
+    reduce: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    on_progress: Callable[[int], None] | None = None,
+) -> EngineStats:
+    """Run every window of ``plan`` through ``predictor`` and stream finished chunks to ``sink``."""
+    stats = EngineStats(windows_total=len(plan))
+    acc = ChunkAccumulator(plan, schedule, weight, n_classes, background_skips)
+    stop = threading.Event()
+    valid_source = image.valid_mask()
+    batches = iter_batches(
+        image, plan, schedule.order, batch_size, normalise, skip, valid_source, stop
+    )
+    stream = prefetch(batches)
+    try:
+        for items in stream:
+            runnable = [it for it in items if it.data is not None]
+            probs = iter(predictor(np.stack([it.data for it in runnable])) if runnable else [])
+            for it in items:
+                prob = next(probs) if it.data is not None else None
+                if prob is not None and prob.shape[0] != n_classes:
+                    raise ModelError(
+                        f"model gave {prob.shape[0]} output channels, expected {n_classes}"
+                    )
+                for _, bsl, p, wsum, valid in acc.add(it, prob):
+                    sink.write(reduce(p, wsum, valid), bsl)
+            stats.windows_run += len(runnable)
+            stats.windows_skipped += len(items) - len(runnable)
+            if on_progress is not None:
+                on_progress(len(items))
+    finally:
+        stop.set()
+        stream.close()
+    log.debug("peak open output chunks: %d", acc.peak_open)
+    return stats

@@ -1,0 +1,208 @@
+"""Where blended output goes: memory, Zarr, (COG) GeoTIFF or NIfTI.
+
+The engine hands each finished output chunk (``(band, *spatial)`` numpy, array order) to a
+sink with its spatial slices. Every file sink is atomic (the writers of :mod:`geomed_seg.io`
+commit by rename on success; :meth:`Sink.abort` leaves nothing behind). Writers are imported
+lazily so this module stays import-light.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geomed_seg.core.grid import GeoGrid, Grid, VoxelGrid
+from geomed_seg.core.image import Image
+from geomed_seg.core.labels import ClassInfo
+from geomed_seg.errors import InvalidInputError, UnsupportedFormatError
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What the engine will write: geometry, bands, dtype, nodata and class table."""
+
+    grid: Grid
+    count: int
+    dtype: np.dtype
+    nodata: float | None
+    classes: list[ClassInfo] = field(default_factory=list)
+    band_names: list[str] | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.count, *self.grid.shape)
+
+
+class Sink:
+    """Base sink: ``start(spec)``, ``write(array, slices)`` per chunk, then ``finish()``/``abort()``."""
+
+    #: Preferred output chunk edge in pixels (None: let the engine choose).
+    chunk: int | None = None
+    path: Path | None = None
+
+    def start(self, spec: OutputSpec) -> None:
+        self.spec = spec
+
+    def write(self, array: np.ndarray, slices: tuple[slice, ...]) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> Image:
+        """Commit the output and return it as an :class:`Image` on the input grid."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop everything written so far (no partial file is left)."""
+
+
+class MemorySink(Sink):
+    """Collect the output in one numpy array (channel-first)."""
+
+    def start(self, spec: OutputSpec) -> None:
+        super().start(spec)
+        fill = 0 if spec.nodata is None else spec.nodata
+        self.array = np.full(spec.shape, fill, dtype=spec.dtype)
+
+    def write(self, array: np.ndarray, slices: tuple[slice, ...]) -> None:
+        self.array[(slice(None), *slices)] = array
+
+    def finish(self) -> Image:
+        s = self.spec
+        attrs = dict(s.attrs)
+        if s.classes:
+            attrs["classes"] = [
+                {"index": c.index, "name": c.name, "color": c.color} for c in s.classes
+            ]
+        return Image.from_array(
+            self.array, s.grid, nodata=s.nodata, channel_names=s.band_names, attrs=attrs
+        )
+
+    def abort(self) -> None:
+        self.array = None  # type: ignore[assignment]
+
+
+class _WriterSink(Sink):
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self._writer: Any = None
+
+    def write(self, array: np.ndarray, slices: tuple[slice, ...]) -> None:
+        self._writer.write(array, slices)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            err = RuntimeError("segmentation aborted")
+            self._writer.__exit__(RuntimeError, err, None)
+            self._writer = None
+
+    def _close(self) -> None:
+        self._writer.__exit__(None, None, None)
+        self._writer = None
+
+
+class ZarrSink(_WriterSink):
+    """Write into a Zarr v3 store (``*.zarr``) chunk by chunk, committed on success."""
+
+    chunk = 512
+
+    def start(self, spec: OutputSpec) -> None:
+        from geomed_seg.io.zarr import ZarrBlockWriter
+
+        super().start(spec)
+        edge = 512 if isinstance(spec.grid, GeoGrid) else 128
+        self.chunk = edge
+        chunks = (spec.count, *(min(edge, n) for n in spec.grid.shape))
+        attrs = dict(spec.attrs)
+        if spec.classes:
+            attrs["classes"] = [
+                {"index": c.index, "name": c.name, "color": c.color} for c in spec.classes
+            ]
+        self._writer = ZarrBlockWriter(
+            self.path, spec.grid, spec.shape, spec.dtype, chunks=chunks, nodata=spec.nodata,
+            attrs=attrs, channel_names=spec.band_names, overwrite=self.overwrite,
+        )  # fmt: skip
+        self._writer.__enter__()
+
+    def finish(self) -> Image:
+        from geomed_seg.io.zarr import open_zarr
+
+        self._close()
+        return open_zarr(self.path)
+
+
+class GeoTIFFSink(_WriterSink):
+    """Write a tiled GeoTIFF / COG (labels get the class colour table and names)."""
+
+    chunk = 512
+
+    def __init__(
+        self, path: str | os.PathLike, *, overwrite: bool = False, cog: bool = True
+    ) -> None:
+        super().__init__(path, overwrite=overwrite)
+        self.cog = cog
+
+    def start(self, spec: OutputSpec) -> None:
+        from geomed_seg.io.geotiff import GeoTIFFBlockWriter
+
+        super().start(spec)
+        if not isinstance(spec.grid, GeoGrid):
+            raise InvalidInputError(f"{self.path}: GeoTIFF output needs a raster input")
+        self._writer = GeoTIFFBlockWriter(
+            self.path, spec.grid, spec.count, spec.dtype, nodata=spec.nodata,
+            classes=spec.classes or None, band_names=spec.band_names,
+            overwrite=self.overwrite, cog=self.cog, blocksize=self.chunk,
+        )  # fmt: skip
+        self._writer.__enter__()
+
+    def finish(self) -> Image:
+        from geomed_seg.io.geotiff import open_geotiff
+
+        self._close()
+        return open_geotiff(self.path)
+
+
+class NiftiSink(MemorySink):
+    """Collect a volume in memory (volumes fit), then write NIfTI atomically on finish."""
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        from geomed_seg.io.atomic import check_output
+
+        self.path = check_output(path, overwrite)
+        self.overwrite = overwrite
+
+    def start(self, spec: OutputSpec) -> None:
+        if not isinstance(spec.grid, VoxelGrid):
+            raise InvalidInputError(f"{self.path}: NIfTI output needs a volume input")
+        super().start(spec)
+
+    def finish(self) -> Image:
+        from geomed_seg.io.nifti import open_nifti, write_nifti
+
+        image = super().finish()
+        assert self.path is not None
+        write_nifti(image, self.path, overwrite=self.overwrite)
+        return open_nifti(self.path)
+
+
+def sink_for(target: Sink | str | os.PathLike | None, *, overwrite: bool = False) -> Sink:
+    """Return a sink for ``target``: a Sink as is, None → memory, a path → by suffix."""
+    if target is None:
+        return MemorySink()
+    if isinstance(target, Sink):
+        return target
+    path = Path(target)
+    name = path.name.lower()
+    if name.endswith(".zarr"):
+        return ZarrSink(path, overwrite=overwrite)
+    if name.endswith((".tif", ".tiff")):
+        return GeoTIFFSink(path, overwrite=overwrite)
+    if name.endswith((".nii", ".nii.gz")):
+        return NiftiSink(path, overwrite=overwrite)
+    raise UnsupportedFormatError(
+        f"{path}: unknown output format; use .tif/.tiff (COG), .zarr or .nii/.nii.gz"
+    )
