@@ -215,3 +215,22 @@ def test_different_qform_and_sform_both_kept(tmp_path: Path) -> None:
     assert img.grid.is_oblique
     back = nib.load(write_nifti(img, tmp_path / "back.nii.gz"))
     _same_geometry(back, src)
+
+
+def test_open_is_lazy_and_reads_only_needed_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geomed_seg.io import nifti
+
+    reads: list = []
+    original = nifti._ProxyReader.__getitem__
+
+    def counting(self, index):  # type: ignore[no-untyped-def]
+        reads.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(nifti._ProxyReader, "__getitem__", counting)
+    img = open_nifti(NIB_DATA / "anatomical.nii", chunks=(1, 5, -1, -1))
+    assert reads == []  # opening reads the header only
+    window = img.sel_window((slice(5, 10), slice(None), slice(None))).compute()
+    assert len(reads) == 1
+    ref = np.asarray(nib.load(NIB_DATA / "anatomical.nii").dataobj)[:, :, 5:10]
+    np.testing.assert_array_equal(window[0], ref.transpose(2, 1, 0))
