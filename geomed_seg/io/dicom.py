@@ -7,8 +7,10 @@ sort them: by ``ImagePositionPatient`` projected on the slice normal, never by f
 highdicom's ``get_volume``. Geometry enters our world through
 :meth:`VoxelGrid.from_itk <geomed_seg.core.grid.VoxelGrid.from_itk>`, the one LPS↔RAS place.
 
-Series are read whole into memory (a CT/MR series is at most a few hundred MB) and then
-wrapped in dask; the ``Image`` is lazy only from there on.
+Regular single-frame series are lazy: opening reads headers only (pydicom) and SimpleITK's
+image information of the first slice; each dask chunk (a slab of whole slices, at most
+:data:`~geomed_seg.core.image.DEFAULT_CHUNK_BYTES`) reads its files with SimpleITK when
+computed. Multi-frame files and series resampled with ``resample=True`` are read whole.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
+import dask.array as da
 import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from geomed_seg.core.grid import VoxelGrid
-from geomed_seg.core.image import Image
+from geomed_seg.core.image import DEFAULT_CHUNK_BYTES, Image
 from geomed_seg.errors import InvalidInputError, ReadError, UnsupportedFormatError
 from geomed_seg.io.dicom_geometry import SliceGeometry, check_slices, resample_slices
 
@@ -215,6 +219,57 @@ def _read_series(files: list[Path], as_float: bool = False) -> sitk.Image:
         raise ReadError(f"{bad}: SimpleITK cannot read it ({_itk_message(exc)})") from exc
 
 
+def _read_block(files: list[Path], as_float: bool, dtype: np.dtype) -> np.ndarray:
+    """Read sorted ``files`` (one z slab) with SimpleITK; ``(z, y, x)`` in ``dtype``."""
+    return sitk.GetArrayFromImage(_read_series(files, as_float)).astype(dtype, copy=False)
+
+
+def _lazy_series(ordered: list[_File], report: Any, chunks: Any) -> tuple[da.Array, VoxelGrid]:
+    """Return a lazy ``(z, y, x)`` dask array of z slabs and the grid, reading no pixels.
+
+    Geometry is SimpleITK's for the first slice (origin, in-plane spacing, direction whose
+    third column is the slice normal) with the mean step along the normal between the
+    first and last slice, as ``ImageSeriesReader`` computes it. The dtype is the pixel type
+    GDCM gives the first slice (float32 for float types or when rescaling differs between
+    slices, which GDCM would otherwise truncate).
+    """
+    paths = [f.path for f in ordered]
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(paths[0]))
+    try:
+        info.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ReadError(f"{paths[0]}: SimpleITK cannot read it ({_itk_message(exc)})") from exc
+    if info.GetNumberOfComponents() != 1:
+        raise UnsupportedFormatError(
+            f"{paths[0].parent}: {info.GetNumberOfComponents()}-component (colour) pixels; "
+            "only scalar volumes are supported"
+        )
+    spacing = list(info.GetSpacing())
+    if len(paths) > 1:
+        proj = report.projections_mm
+        spacing[2] = float(proj[-1] - proj[0]) / (len(paths) - 1)
+    as_float = _varying_rescale(ordered)
+    dtype = np.dtype(sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], info.GetPixelID())).dtype)
+    if as_float or dtype.kind == "f":
+        dtype = np.dtype(np.float32)
+    ny, nx = int(ordered[0].get("Rows")), int(ordered[0].get("Columns"))
+    shape = (len(paths), ny, nx)
+    z_chunk = max(1, DEFAULT_CHUNK_BYTES // (ny * nx * dtype.itemsize))
+    if isinstance(chunks, tuple | list) and len(chunks) == 4 and chunks[1] not in (None, -1):
+        z_chunk = int(chunks[1])
+    blocks = [
+        da.from_delayed(
+            dask.delayed(_read_block, pure=True)(paths[z0 : z0 + z_chunk], as_float, dtype),
+            shape=(len(paths[z0 : z0 + z_chunk]), ny, nx),
+            dtype=dtype,
+        )
+        for z0 in range(0, len(paths), z_chunk)
+    ]
+    grid = VoxelGrid.from_itk(info.GetOrigin(), spacing, info.GetDirection(), shape)
+    return da.concatenate(blocks, axis=0), grid
+
+
 def _readable(path: Path) -> bool:
     try:
         sitk.ReadImage(str(path))
@@ -250,8 +305,9 @@ def open_dicom(
     series : str or int, optional
         Which series when several are found: a SeriesInstanceUID, a 1-based index in the
         listed order, or a unique SeriesDescription substring.
-    chunks : optional
-        Dask chunks ``(channel, z, y, x)``; default :func:`~geomed_seg.core.image.default_chunks`.
+    chunks : tuple, optional
+        Dask chunks ``(channel, z, y, x)``; default whole-slice slabs (series) or
+        :func:`~geomed_seg.core.image.default_chunks`.
     resample : bool
         Explicit opt-in for series with uneven spacing, missing slices or gantry tilt: they
         are resampled (linear interpolation, SimpleITK in-plane) onto a regular grid whose
@@ -261,8 +317,10 @@ def open_dicom(
     Returns
     -------
     Image
-        Rescale slope/intercept applied; integer-valued data are int16 (uint16/int32 if out
-        of range), others float32. ``x`` runs along the rows (column index), ``y`` down the
+        Rescale slope/intercept applied. dtype: for regular series the integer type GDCM
+        picks for the rescaled range of the first slice (e.g. int16, int32), float32 when it
+        is a float type or slopes differ between slices; for multi-frame and resampled
+        data int16 (uint16/int32) when integer-valued, else float32. ``x`` runs along the rows (column index), ``y`` down the
         columns, ``z`` along the slice normal (row × column cosines). ``attrs["dicom"]``:
         series/study/frame-of-reference UIDs, modality, description, patient id, and the
         SOP instance UIDs and files in ``z`` order (for DICOM SEG).
@@ -293,16 +351,7 @@ def open_dicom(
         order, report = check_slices(geoms, where, allow_irregular=resample)
         ordered = [chosen.files[i] for i in order]
         if report.regular:
-            itk = _read_series([f.path for f in ordered], _varying_rescale(ordered))
-            if itk.GetNumberOfComponentsPerPixel() != 1:
-                raise UnsupportedFormatError(
-                    f"{where}: {itk.GetNumberOfComponentsPerPixel()}-component (colour) pixels; "
-                    "only scalar volumes are supported"
-                )
-            arr = sitk.GetArrayFromImage(itk)
-            grid = VoxelGrid.from_itk(
-                itk.GetOrigin(), itk.GetSpacing(), itk.GetDirection(), arr.shape
-            )
+            arr, grid = _lazy_series(ordered, report, chunks)
         else:
             logger.info("%s: resampling onto a regular grid (%s)", where, report.problem)
             resampled = True
@@ -311,7 +360,8 @@ def open_dicom(
                 stack, spacing_xy, [geoms[i] for i in order], report
             )
             grid = VoxelGrid.from_itk(origin, spacing, direction, arr.shape)
-    arr = _sensible_dtype(arr)
+    if not isinstance(arr, da.Array):
+        arr = _sensible_dtype(arr)
     first = chosen.first
     attrs = {
         "dicom": {

@@ -68,7 +68,7 @@ def test_series_matches_simpleitk(orientation: tuple, tmp_path: Path) -> None:
     np.testing.assert_allclose(img.grid.affine, _sitk_affine_ras(ref), atol=1e-6)
     np.testing.assert_array_equal(img.compute()[0], sitk.GetArrayFromImage(ref))
     np.testing.assert_array_equal(img.compute()[0], values * 2 - 1024)
-    assert img.dtype == np.int16
+    assert img.dtype == sitk.GetArrayFromImage(ref).dtype  # GDCM's choice for the rescaled range
     assert img.attrs["dicom"]["files"] == [str(f) for f in files]  # spatial, not name order
     assert img.grid.spacing == pytest.approx((0.8, 0.9, 2.5))
     # first voxel sits at the first slice's ImagePositionPatient (LPS -> RAS)
@@ -221,8 +221,9 @@ def test_truncated_slice_and_duplicates(tmp_path: Path) -> None:
     files, _ = make_series(tmp_path / "t")
     raw = files[2].read_bytes()
     files[2].write_bytes(raw[: len(raw) - 50])
+    img = open_dicom(tmp_path / "t")  # lazy: pixels are read at compute time
     with pytest.raises(ReadError, match=files[2].name):
-        open_dicom(tmp_path / "t")
+        img.compute()
     files, _ = make_series(tmp_path / "d")
     shutil.copy(files[1], tmp_path / "d" / "copy.dcm")
     with pytest.raises(GeometryError, match="share a slice position"):
@@ -255,3 +256,22 @@ def test_per_slice_rescale_is_not_truncated(tmp_path: Path) -> None:
     img = open_dicom(tmp_path / "pet")
     assert img.dtype == np.float32
     np.testing.assert_allclose(img.compute()[0], np.stack(expected), rtol=1e-6)
+
+
+def test_series_is_read_lazily_by_slab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from geomed_seg.io import dicom
+
+    files, values = make_series(tmp_path / "s", shape=(6, 8, 10))
+    reads: list[int] = []
+    original = dicom._read_block
+
+    def counting(paths, as_float, dtype):  # type: ignore[no-untyped-def]
+        reads.append(len(paths))
+        return original(paths, as_float, dtype)
+
+    monkeypatch.setattr(dicom, "_read_block", counting)
+    img = open_dicom(tmp_path / "s", chunks=(1, 2, -1, -1))
+    assert reads == [] and img.chunks[1] == (2, 2, 2)
+    window = img.sel_window((slice(2, 4), slice(None), slice(None))).compute()
+    assert reads == [2]
+    np.testing.assert_array_equal(window[0], values[2:4])
