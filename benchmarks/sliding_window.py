@@ -129,10 +129,15 @@ def _peak_rss_mb() -> float:
 
 
 def case_ours(
-    work: Path, scene: str, ckpt: str, roi: list[int], out: str, device: str, skip: str
+    work: Path,
+    scene: str,
+    ckpt: str,
+    roi: list[int],
+    out: str,
+    device: str,
+    threshold: float | None = None,
 ) -> dict:
     from geomed_seg.inference.segment import segment
-
     from geomed_seg.io.registry import open_image
     from geomed_seg.models import load_checkpoint
 
@@ -141,7 +146,8 @@ def case_ours(
     model = load_checkpoint(work / ckpt)
     res = segment(
         image, model, roi_size=tuple(roi), overlap=0.25, mode="gaussian", batch_size=4,
-        device=device, amp=device != "cpu", output="labels", sink=work / out, skip=skip, overwrite=True,
+        device=device, amp=device != "cpu", output="labels", sink=work / out, skip="auto",
+        foreground_threshold=threshold, overwrite=True,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     stats = res.stats if isinstance(res.stats, dict) else vars(res.stats)
@@ -205,7 +211,7 @@ def case_gpu(work: Path, scene: str) -> dict:
 
     from geomed_seg.models import load_checkpoint
 
-    ours = case_ours(work, scene, "unet.safetensors", [256, 256], "gpu_labels.tif", "cuda", "auto")
+    ours = case_ours(work, scene, "unet.safetensors", [256, 256], "gpu_labels.tif", "cuda")
     n = int(ours["stats"].get("windows_run") or 0)
     model = load_checkpoint(work / "unet.safetensors", device="cuda")
     batch = torch.randn(4, 4, 256, 256, device="cuda")
@@ -237,20 +243,20 @@ def run_case(args: argparse.Namespace) -> dict:
     roi3 = [sz["roi3d"]] * 3
     table = {
         "a_ours": lambda: case_ours(
-            work, "scene.tif", "unet.safetensors", [256, 256], "a_ours.tif", "cpu", "auto"
+            work, "scene.tif", "unet.safetensors", [256, 256], "a_ours.tif", "cpu"
         ),
         "a_monai": lambda: case_monai2d(work, "scene.tif", "unet.safetensors", "a_monai.tif"),
         "b_ours": lambda: case_ours(
-            work, "scene_nodata.tif", "unet.safetensors", [256, 256], "b_ours.tif", "cpu", "auto"
+            work, "scene_nodata.tif", "unet.safetensors", [256, 256], "b_ours.tif", "cpu"
         ),
         "b_monai": lambda: case_monai2d(
             work, "scene_nodata.tif", "unet.safetensors", "b_monai.tif"
         ),
         "c_ours": lambda: case_ours(
-            work, "big.tif", "tiny2d.safetensors", [256, 256], "c_ours.tif", "cpu", "auto"
+            work, "big.tif", "tiny2d.safetensors", [256, 256], "c_ours.tif", "cpu"
         ),
         "d_ours": lambda: case_ours(
-            work, "volume.nii.gz", "basicunet.safetensors", roi3, "d_ours.nii.gz", "cpu", "auto"
+            work, "volume.nii.gz", "basicunet.safetensors", roi3, "d_ours.nii.gz", "cpu", 0.0
         ),
         "d_monai": lambda: case_monai3d(work, sz["roi3d"]),
         "e_gpu": lambda: case_gpu(work, "scene.tif"),

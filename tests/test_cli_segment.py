@@ -63,7 +63,6 @@ def _one_error_line(capsys) -> str:
 
 
 def test_segment_landsat_keeps_geometry(tmp_path, landsat_path, checkpoints, capsys):
-    pytest.importorskip("geomed_seg.inference.segment")
     out = tmp_path / "labels.tif"
     rc = main(
         ["segment", str(landsat_path), "-m", str(checkpoints[6]), "-o", str(out), "--roi", "64,64"]

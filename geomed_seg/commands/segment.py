@@ -47,6 +47,7 @@ def segment_file(
     overwrite: bool = False,
     series: str | None = None,
     card: str | os.PathLike | None = None,
+    quiet: bool = True,
 ) -> Any:
     """Segment ``input_path`` with ``checkpoint`` into ``output``; return the ``SegmentResult``.
 
@@ -89,6 +90,7 @@ def segment_file(
         output="probabilities" if probabilities else "labels",
         sink=Path(output),
         overwrite=overwrite,
+        quiet=quiet,
     )
 
 
@@ -119,7 +121,7 @@ def segment_command(
     result = segment_file(
         input_path, model, output, roi_size=parse_roi(roi), overlap=overlap, mode=mode,
         batch_size=batch_size, device=device, tta=tta, probabilities=probabilities,
-        overwrite=overwrite, series=series, card=card,
+        overwrite=overwrite, series=series, card=card, quiet=quiet,
     )  # fmt: skip
     if not quiet:
         _summary(result, output)
@@ -127,20 +129,20 @@ def segment_command(
 
 def _summary(result: Any, output: Path) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
     stats = getattr(result, "stats", None) or {}
     get = stats.get if isinstance(stats, dict) else lambda k, d=None: getattr(stats, k, d)
-    table = Table(title="geomed-seg segment", title_justify="left", show_header=False)
-    table.add_column(style="bold cyan")
-    table.add_column()
-    table.add_row("output", str(getattr(result, "path", None) or output))
-    run, total, skipped = get("windows_run"), get("windows_total"), get("windows_skipped")
-    table.add_row("windows", f"{run} run, {skipped} skipped of {total}")
     seconds = get("seconds")
-    table.add_row("time", f"{seconds:.1f} s" if isinstance(seconds, int | float) else str(seconds))
-    table.add_row("device", str(get("device")))
-    Console().print(table)
+    rows = {
+        "output": str(getattr(result, "path", None) or output),
+        "windows": f"{get('windows_run')} run, {get('windows_skipped')} skipped of {get('windows_total')}",
+        "time": f"{seconds:.1f} s" if isinstance(seconds, int | float) else str(seconds),
+        "device": str(get("device")),
+    }
+    console = Console()
+    for key, value in rows.items():  # one line each, never wrapped (paths stay copyable)
+        console.print(f"[bold cyan]{key:>8}[/] {escape(value)}", soft_wrap=True)
 
 
 @app.command("model-card")
