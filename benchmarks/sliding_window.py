@@ -35,7 +35,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-BEGIN, END = "<!-- BEGIN sliding_window -->", "<!-- END sliding_window -->"
 UNET = {"encoder_name": "resnet18"}
 TINY2D = {"spatial_dims": 2, "features": [4, 4, 8, 8, 16, 4]}  # case c: memory, not model speed
 BASICUNET = {"features": [8, 8, 16, 32, 64, 8]}
@@ -236,7 +235,8 @@ def run_case(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         write_scene(work / "scene.tif", sz["scene"])
         write_scene(work / "scene_nodata.tif", sz["scene"], nodata_fraction=0.4)
-        write_scene(work / "big.tif", sz["big"])
+        if "c" in args.cases.split(","):
+            write_scene(work / "big.tif", sz["big"])
         write_volume(work / "volume.nii.gz", sz["vol"])
         write_checkpoints(work)
         return {"seconds": time.perf_counter() - t0}
@@ -267,7 +267,7 @@ def run_case(args: argparse.Namespace) -> dict:
 # -- parent ---------------------------------------------------------------------------------
 def spawn(case: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--case", case, "--workdir", args.workdir]
-    cmd += ["--quick"] if args.quick else []
+    cmd += ["--cases", args.cases] + (["--quick"] if args.quick else [])
     print(f"[{time.strftime('%H:%M:%S')}] case {case} ...", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -306,7 +306,11 @@ def machine() -> str:
     except OSError:
         pass
     ram = psutil.virtual_memory().total / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, torch {torch.__version__}, Python {platform.python_version()}"
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {ram:.0f} GiB RAM{gpu}, torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def verdict(value: float | None, target: float, below: bool = True) -> str:
@@ -391,7 +395,9 @@ def report(res: dict, args: argparse.Namespace, fg: tuple[float, int] | None) ->
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, tag: str = "sliding_window") -> None:
+    """Replace (or append) the ``tag`` section of RESULTS.md with ``text``."""
+    BEGIN, END = f"<!-- BEGIN {tag} -->", f"<!-- END {tag} -->"
     old = (
         RESULTS.read_text()
         if RESULTS.exists()
@@ -414,6 +420,8 @@ def main() -> None:
     )
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     ap.add_argument("--cases", default="a,b,c,d", help="comma list of a,b,c,d (e via --gpu)")
+    ap.add_argument("--tag", default="sliding_window", help="RESULTS.md section marker")
+    ap.add_argument("--report", help="also write the section text to this file")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
@@ -442,8 +450,10 @@ def main() -> None:
         fg = identical_in_foreground(Path(args.workdir))
     text = report(res, args, fg)
     print("\n" + text)
+    if args.report:
+        Path(args.report).write_text(text + "\n")
     if not args.no_write:
-        write_section(text)
+        write_section(text, args.tag)
     if tmp is not None:
         tmp.cleanup()
 
