@@ -206,10 +206,12 @@ def open_nifti(path: str | os.PathLike, chunks: Any = None) -> Image:
         dtype = img.header.get_data_dtype().newbyteorder("=")
     reader = _ProxyReader(proxy, path, dtype)
     st = path.stat()
-    name = f"nifti-{tokenize(str(path.resolve()), st.st_size, st.st_mtime_ns)}"
+    nib_chunks = _nib_chunks(shape, dtype.itemsize, chunks)
+    token = tokenize(str(path.resolve()), st.st_size, st.st_mtime_ns, nib_chunks, dtype.str)
+    name = f"nifti-{token}"
     arr = da.from_array(
         reader,
-        chunks=_nib_chunks(shape, dtype.itemsize, chunks),
+        chunks=nib_chunks,
         name=name,
         meta=np.empty((0,) * 4, dtype),
     )
