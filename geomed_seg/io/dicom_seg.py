@@ -35,6 +35,28 @@ _PROPERTY_TYPES = {
 _NEOPLASM = ("108369006", "Neoplasm")
 
 
+#: Type 2 Patient/General Study attributes that a SEG copies from its source (may be empty).
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _with_type2(ds: Any) -> Any:
+    """Return ``ds`` with missing type 2 attributes present and empty (in memory only)."""
+    for key in _TYPE2:
+        if key not in ds:
+            setattr(ds, key, "")
+    return ds
+
+
 def _property_type(name: str):
     from highdicom.sr import CodedConcept
 
@@ -99,7 +121,7 @@ def write_dicom_seg(
     arr = np.asarray(labels.darray[0].compute())
     if arr.shape[0] != len(files):
         raise GeometryError(f"{path}: {arr.shape[0]} label slices for {len(files)} source files")
-    sources = [pydicom.dcmread(f) for f in files]
+    sources = [_with_type2(pydicom.dcmread(f)) for f in files]
     if (int(sources[0].Rows), int(sources[0].Columns)) != arr.shape[1:]:
         raise GeometryError(f"{path}: label slices {arr.shape[1:]} != source rows/columns")
     present = [c for c in sorted(classes, key=lambda c: c.index) if c.index != 0]

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 
 from geomed_seg.core.grid import GeoGrid
@@ -79,6 +80,7 @@ def write_polygons(
     background: Sequence[int] = (0,),
     tile: int = 1024,
     overwrite: bool = False,
+    batch: int = 50_000,
 ) -> VectorSummary:
     """Vectorise a single-band label raster into a GeoPackage; return a summary.
 
@@ -94,6 +96,8 @@ def write_polygons(
         Names of the classes; only these are vectorised when given.
     tile : int
         Tile edge in pixels: memory holds one tile plus the pieces touching tile edges.
+    batch : int
+        Finished polygons buffered before each append to the GeoPackage.
     """
     import pyogrio.raw
     import shapely
@@ -115,6 +119,8 @@ def write_polygons(
 
     with atomic_output(path, overwrite) as tmp:
         started = False
+        done: list = []
+        done_v: list[int] = []
 
         def flush(polys: list, values: list[int]) -> None:
             nonlocal started
@@ -126,7 +132,7 @@ def write_polygons(
             pyogrio.raw.write(
                 tmp,
                 shapely.to_wkb(np.array(geoms, dtype=object)),
-                field_data=[vals, np.array([names.get(v, str(v)) for v in values]), areas],
+                field_data=[vals, np.array([names.get(v, str(v)) for v in values], object), areas],
                 fields=["class", "name", "area_m2"],
                 layer=LAYER,
                 driver="GPKG",
@@ -141,13 +147,14 @@ def write_polygons(
             summary.n_features += len(values)
 
         for r0, r1, c0, c1 in _tile_slices((height, width), tile):
-            block = np.asarray(arr[r0:r1, c0:c1].compute())
-            keep = np.asarray(valid[r0:r1, c0:c1].compute()) & ~np.isin(block, background)
+            block, keep = (
+                np.asarray(x) for x in da.compute(arr[r0:r1, c0:c1], valid[r0:r1, c0:c1])
+            )
+            keep = keep & ~np.isin(block, background)
             if wanted is not None:
                 keep &= np.isin(block, wanted)
             if not keep.any():
                 continue
-            done, done_v = [], []
             for poly, value in _pixel_polygons(block, keep, r0, c0):
                 x0, y0, x1, y1 = poly.bounds
                 inner = (x0 == c0 and c0 > 0) or (y0 == r0 and r0 > 0)
@@ -157,7 +164,10 @@ def write_polygons(
                 else:
                     done.append(poly)
                     done_v.append(value)
-            flush(done, done_v)
+            if len(done) >= batch:
+                flush(done, done_v)
+                done, done_v = [], []
+        flush(done, done_v)
         for value, pieces in sorted(border.items()):
             merged = list(shapely.get_parts(shapely.union_all(pieces)))
             flush(merged, [value] * len(merged))
@@ -165,7 +175,7 @@ def write_polygons(
             pyogrio.raw.write(
                 tmp,
                 np.array([], dtype=object),
-                field_data=[np.array([], np.int32), np.array([], str), np.array([], float)],
+                field_data=[np.array([], np.int32), np.array([], object), np.array([], float)],
                 fields=["class", "name", "area_m2"],
                 layer=LAYER,
                 driver="GPKG",
