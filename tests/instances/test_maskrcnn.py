@@ -70,6 +70,7 @@ def test_objects_in_tile_overlaps_are_detected_once_in_scene_coordinates():
     assert table.iloc[0]["centroid_x"] == pytest.approx(100.0 + 2 * 55.0)
 
 
+@pytest.mark.slow  # ResNet-50 FPN build + forward: ~12 s on a loaded 2-core box
 def test_random_maskrcnn_end_to_end_without_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     torch.manual_seed(0)
