@@ -67,7 +67,8 @@ def sliding_window_inference(
     if any(b or a for b, a in plan.pad):
         # F.pad takes (before, after) pairs from the last axis backwards
         flat = [w for pair in reversed(plan.pad) for w in pair]
-        inputs = F.pad(inputs, flat, mode=padding_mode, value=cval)
+        value = cval if padding_mode == "constant" else None
+        inputs = F.pad(inputs, flat, mode=padding_mode, value=value)
     weight = torch.as_tensor(importance_map(plan.roi_size, mode, sigma_scale))
     weight = weight.to(device=sw_device, dtype=dtype)[None, None]
 
