@@ -42,6 +42,8 @@ from geomed_seg.io.atomic import _remove, atomic_output, check_output
 log = logging.getLogger(__name__)
 
 CLASSES_TAG = "GEOMED_CLASSES"
+#: GDAL block cache (MB) while writing, unless the user set ``GDAL_CACHEMAX`` themselves.
+WRITE_CACHE_MB = 256
 
 
 def gdal_message(exc: BaseException) -> str:
@@ -220,6 +222,10 @@ class GeoTIFFBlockWriter:
 
     def __enter__(self) -> GeoTIFFBlockWriter:
         self._part = self.path.with_name(f".{self.path.name}.part-{uuid.uuid4().hex[:8]}.tif")
+        # GDAL's block cache defaults to 5% of RAM and holds dirty tiles until it is full
+        cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": WRITE_CACHE_MB}
+        self._env = rasterio.Env(**cache)
+        self._env.__enter__()
         try:
             with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
                 self._dst = rasterio.open(self._part, "w", **self._profile(final=not self.cog))
@@ -329,6 +335,9 @@ class GeoTIFFBlockWriter:
         if self._part is not None:
             _remove(Path(f"{self._part}.aux.xml"))
             _remove(self._part)
+        env, self._env = getattr(self, "_env", None), None
+        if env is not None:
+            env.__exit__(None, None, None)
 
 
 def _aligned(chunks: tuple[int, ...], block: int) -> tuple[int, ...]:
