@@ -146,8 +146,13 @@ def _sensible_dtype(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _is_multiframe(ds: pydicom.Dataset) -> bool:
-    return "PerFrameFunctionalGroupsSequence" in ds or int(ds.get("NumberOfFrames") or 1) > 1
+def _is_multiframe(f: _File) -> bool:
+    if "PerFrameFunctionalGroupsSequence" in f.ds:
+        return True
+    try:
+        return int(f.get("NumberOfFrames") or 1) > 1
+    except ValueError as exc:
+        raise InvalidInputError(f"{f.path}: invalid NumberOfFrames ({exc})") from exc
 
 
 def _itk_message(exc: Exception) -> str:
@@ -339,7 +344,7 @@ def open_dicom(
         raise InvalidInputError(f"{where}: no DICOM image files found")
     chosen = _choose(_group(headers), series, where)
     where = f"{where} (series {chosen.uid})"
-    multi = [f for f in chosen.files if _is_multiframe(f.ds)]
+    multi = [f for f in chosen.files if _is_multiframe(f)]
     resampled = False
     if multi:
         if len(chosen.files) != 1:

@@ -39,9 +39,18 @@ class SliceGeometry:
     @classmethod
     def from_dataset(cls, ds: Any, path: Path) -> SliceGeometry:
         """Read the geometry attributes of a pydicom dataset."""
+        try:
+            return cls._parse(ds, path)
+        except (ValueError, TypeError, IndexError, AttributeError) as exc:
+            raise GeometryError(f"{path}: malformed geometry attributes ({exc})") from exc
+
+    @classmethod
+    def _parse(cls, ds: Any, path: Path) -> SliceGeometry:
         ipp, iop, ps = (
             ds.get(k) for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
         )
+        if (ipp is not None and len(ipp) != 3) or (iop is not None and len(iop) != 6):
+            raise ValueError("ImagePositionPatient needs 3 values, ImageOrientationPatient 6")
         return cls(
             path=path,
             position=None if ipp is None else np.asarray([float(v) for v in ipp]),

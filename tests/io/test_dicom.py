@@ -275,3 +275,12 @@ def test_series_is_read_lazily_by_slab(tmp_path: Path, monkeypatch: pytest.Monke
     window = img.sel_window((slice(2, 4), slice(None), slice(None))).compute()
     assert reads == [2]
     np.testing.assert_array_equal(window[0], values[2:4])
+
+
+def test_malformed_geometry_names_the_file(tmp_path: Path) -> None:
+    files, _ = make_series(tmp_path / "s")
+    ds = pydicom.dcmread(files[3])
+    ds.ImagePositionPatient = [1.0, 2.0]
+    ds.save_as(files[3])
+    with pytest.raises(GeometryError, match=f"{files[3].name}: malformed geometry"):
+        open_dicom(tmp_path / "s")
