@@ -308,3 +308,22 @@ def test_corrupt_tile_raises_read_error_on_compute(tiled_tif, tmp_path):
     img = open_geotiff(bad)  # header and first/last blocks are intact
     with pytest.raises(ReadError, match=re.escape(str(bad)) + ".*TIFFReadEncodedTile"):
         img.compute()
+
+
+def test_classes_from_gdal_category_names(make_tif, tmp_path):
+    """A label GeoTIFF made by GDAL (no GEOMED tag) reads back its category names and colours."""
+    src = make_tif("plain.tif", (np.indices((1, 40, 50)).sum(0) % 3).astype("uint8"))
+    with rasterio.open(src, "r+") as ds:
+        ds.write_colormap(1, {0: (0, 0, 0), 1: (0, 0, 255), 2: (10, 200, 10)})
+    rasterio.shutil.copy(src, tmp_path / "plain.vrt", driver="VRT")
+    xml = (tmp_path / "plain.vrt").read_text()
+    cats = "<CategoryNames><Category></Category><Category>water</Category><Category>grass</Category></CategoryNames>"
+    (tmp_path / "named.vrt").write_text(xml.replace("<ColorTable>", cats + "<ColorTable>", 1))
+    out = tmp_path / "gdal_labels.tif"
+    rasterio.shutil.copy(tmp_path / "named.vrt", out, driver="GTiff")  # GDAL writes the .aux.xml
+    assert (tmp_path / "gdal_labels.tif.aux.xml").exists()
+    classes = open_geotiff(out).attrs["classes"]
+    assert classes == [
+        {"index": 1, "name": "water", "color": [0, 0, 255, 255]},
+        {"index": 2, "name": "grass", "color": [10, 200, 10, 255]},
+    ]
