@@ -178,11 +178,9 @@ class GeoTIFFBlockWriter:
         self.nodata, self.overwrite, self.cog = nodata, overwrite, cog
         self.classes = parse_classes(classes)
         self.band_names = list(band_names) if band_names is not None else None
-        self.compress, self.blocksize, self.tags = (
-            compress.upper(),
-            int(blocksize),
-            dict(tags or {}),
-        )
+        self.compress = compress.upper()
+        self.blocksize = int(blocksize)
+        self.tags = dict(tags or {})
         if predictor is None:
             predictor = 3 if np.issubdtype(self.dtype, np.floating) else 2
         self.predictor = int(predictor)
@@ -316,9 +314,8 @@ class GeoTIFFBlockWriter:
                         rasterio.shutil.copy(self._part, tmp, driver="COG", **self._cog_options())
                     else:
                         os.replace(self._part, tmp)
-                        os.replace(
-                            f"{self._part}.aux.xml", f"{tmp}.aux.xml"
-                        ) if self.classes else None
+                        if self.classes:
+                            os.replace(f"{self._part}.aux.xml", f"{tmp}.aux.xml")
                     self._commit_aux(tmp)
                 finally:
                     _remove(Path(f"{tmp}.aux.xml"))

@@ -327,3 +327,17 @@ def test_classes_from_gdal_category_names(make_tif, tmp_path):
         {"index": 1, "name": "water", "color": [0, 0, 255, 255]},
         {"index": 2, "name": "grass", "color": [10, 200, 10, 255]},
     ]
+
+
+def test_plain_tiled_geotiff_with_classes(tmp_path):
+    labels = (np.indices((600, 700)).sum(0) % 3).astype(np.uint8)
+    grid = GeoGrid(CRS.from_user_input(UTM33), NORTH_UP, labels.shape)
+    out = write_geotiff(
+        Image.from_array(labels, grid), tmp_path / "plain.tif", cog=False, classes="0:a,1:b,2:c"
+    )
+    assert _files(tmp_path) == {"plain.tif", "plain.tif.aux.xml"}
+    with rasterio.open(out) as ds:
+        assert ds.profile["tiled"] and ds.profile["blockxsize"] == 512
+        assert ds.overviews(1) == [] and ds.compression.name == "deflate"
+        np.testing.assert_array_equal(ds.read(1), labels)
+    assert [c["name"] for c in open_geotiff(out).attrs["classes"]] == ["a", "b", "c"]
