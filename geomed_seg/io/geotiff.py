@@ -230,7 +230,7 @@ def _attrs(src: Any, path: Path) -> dict[str, Any]:
     if any(s != 1.0 for s in src.scales) or any(o != 0.0 for o in src.offsets):
         attrs["scales"], attrs["offsets"] = list(src.scales), list(src.offsets)
     cmap = _colormap(src)
-    if cmap is not None:
+    if cmap is not None and len(cmap) <= 256:  # uint16 palettes (65536 entries) stay in the file
         attrs["colormap"] = {str(k): list(v) for k, v in cmap.items()}
     classes = _read_classes(src)
     if classes:
@@ -248,6 +248,14 @@ def open_geotiff(path: str | os.PathLike, chunks: Any = None) -> Image:
     chunks : tuple, dict or "auto", optional
         dask chunks ``(band, rows, cols)`` or ``{"y": rows, ...}``; default: multiples of the
         internal block shape, all bands together, ~64 MiB per chunk (see :func:`block_chunks`).
+
+    Returns
+    -------
+    Image
+        ``attrs`` holds ``source``, ``driver``, ``dtype``, ``band_names`` (descriptions or
+        ``band_1..``), ``band_nodata``, ``colorinterp``, ``tags``, ``block_shape``,
+        ``compression``, and when present ``colormap``, ``classes`` (``[{index, name,
+        color}]``), ``scales``/``offsets``.
 
     Notes
     -----
