@@ -53,6 +53,12 @@ def _gdal_errors(path: str | os.PathLike, what: str) -> Iterator[None]:
         raise ReadError(f"{path}: {what}: {gdal_message(exc)}") from exc
 
 
+def is_gdal_path(path: str | os.PathLike) -> bool:
+    """True for GDAL virtual-file paths and URLs (``/vsicurl/...``, ``s3://...``, ``https://``)."""
+    text = os.fspath(path)
+    return isinstance(text, str) and (text.startswith("/vsi") or "://" in text)
+
+
 def _check_path(path: Path) -> None:
     if not path.exists():
         raise ReadError(f"{path}: no such file or folder")
@@ -128,8 +134,11 @@ class _WindowReader:
         self.ndim = len(shape)
 
     def __dask_tokenize__(self) -> tuple:
+        if is_gdal_path(self.path):
+            return (self.path, self.shape, str(self.dtype), self.mask)
         st = os.stat(self.path)
-        return (self.path, st.st_mtime_ns, st.st_size, self.shape, str(self.dtype), self.mask)
+        stamp = (st.st_mtime_ns, st.st_size)
+        return (self.path, stamp, self.shape, str(self.dtype), self.mask)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         # dask passes slices, but fuses integer (and stepped) indexing into the getter:
@@ -271,12 +280,16 @@ def open_geotiff(path: str | os.PathLike, chunks: Any = None) -> Image:
     UnsupportedFormatError
         The file is neither TIFF nor VRT.
     """
-    path = Path(path)
-    _check_path(path)
-    _check_magic(path)
+    if is_gdal_path(path):  # /vsicurl/, s3://, ...: GDAL reads it, no local checks
+        path = str(path)
+    else:
+        path = Path(path)
+        _check_path(path)
+        _check_magic(path)
     with _gdal_errors(path, "cannot open as GeoTIFF (corrupt or truncated?)"):
         with rasterio.open(path) as src:
-            _check_blocks(src, path)
+            if isinstance(path, Path):
+                _check_blocks(src, path)
             shape = (src.count, src.height, src.width)
             dtype = np.dtype(src.dtypes[0])
             if len(set(src.dtypes)) > 1:

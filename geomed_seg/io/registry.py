@@ -61,6 +61,11 @@ class Adapter:
     sniff: Callable[[Path, bytes], bool] | None = field(default=None, compare=False)
 
 
+def _is_gdal_path(path: Any) -> bool:
+    text = os.fspath(path) if isinstance(path, str | os.PathLike) else ""
+    return isinstance(text, str) and (text.startswith("/vsi") or "://" in text)
+
+
 def _resolve(ref: Callable | str) -> Callable:
     if callable(ref):
         return ref
@@ -227,6 +232,8 @@ def detect_format(path: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
     """
     if isinstance(path, list | tuple):
         return "dicom"
+    if _is_gdal_path(path):
+        return "vrt" if str(path).lower().endswith(".vrt") else "geotiff"
     name = _find(Path(path)).name
     return "dicom" if name == "dicom-folder" else name
 
@@ -255,6 +262,8 @@ def open_image(
         for p in paths:
             _check_exists(p)
         return _resolve(BUILTIN[-1].open)(paths, series=series, chunks=chunks, **kw)
+    if _is_gdal_path(path):  # remote / virtual rasters (COGs over HTTP, S3): GDAL opens them
+        return _resolve(BUILTIN[0].open)(path, chunks=chunks, **kw)
     p = Path(path)
     adapter = _find(p)
     if adapter.name.startswith("dicom"):

@@ -341,3 +341,14 @@ def test_plain_tiled_geotiff_with_classes(tmp_path):
         assert ds.overviews(1) == [] and ds.compression.name == "deflate"
         np.testing.assert_array_equal(ds.read(1), labels)
     assert [c["name"] for c in open_geotiff(out).attrs["classes"]] == ["a", "b", "c"]
+
+
+def test_gdal_virtual_path_opens_without_local_checks(tiled_tif):
+    from rasterio.io import MemoryFile
+
+    from geomed_seg.io.registry import detect_format, open_image
+
+    with MemoryFile(tiled_tif.read_bytes(), ext=".tif") as mem:
+        assert mem.name.startswith("/vsimem/") and detect_format(mem.name) == "geotiff"
+        img = open_image(mem.name)
+        np.testing.assert_array_equal(img.compute(), _read(tiled_tif)[0])
