@@ -113,6 +113,15 @@ class RegionResult:
         return d
 
 
+def _in(arr: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """``np.isin`` through a lookup table for small unsigned labels (several times faster)."""
+    if arr.dtype.kind == "u" and arr.dtype.itemsize <= 2:
+        lut = np.zeros(2 ** (8 * arr.dtype.itemsize), dtype=bool)
+        lut[[v for v in labels if 0 <= v < lut.size]] = True
+        return lut[arr]
+    return np.isin(arr, labels)
+
+
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     s = int(a.sum()) + int(b.sum())
     return 0.0 if s == 0 else 2.0 * int(np.count_nonzero(a & b)) / s
@@ -301,11 +310,15 @@ def brats_metrics(
         raise InvalidInputError(f"spacing {tuple(spacing)} does not match {ref.ndim} axes")
     if protocol not in ("panoptica", "brats2023"):
         raise InvalidInputError(f"protocol must be 'panoptica' or 'brats2023', got {protocol!r}")
+    margin = 2 if protocol == "panoptica" else dilation_iterations + 2
+    # Everything below happens inside the tumour's box: regions are subsets of non-zero.
+    box = union_bbox(bbox(pred != 0, margin), bbox(ref != 0, margin))
+    if box is not None:
+        pred, ref = pred[box], ref[box]
     out = []
     for name, labels in region_definitions(convention).items():
-        p_full = np.isin(pred, labels)
-        r_full = np.isin(ref, labels)
-        margin = 2 if protocol == "panoptica" else dilation_iterations + 2
+        p_full = _in(pred, labels)
+        r_full = _in(ref, labels)
         box = union_bbox(bbox(p_full, margin), bbox(r_full, margin))
         if box is None:  # region absent from both
             nan = float("nan")

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from geomed_seg.errors import InvalidInputError
@@ -67,8 +66,22 @@ def union_bbox(
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
-    """Return the surface samples of a boolean mask (mask XOR face-connected erosion)."""
-    return mask ^ ndimage.binary_erosion(mask, border_value=0)
+    """Return the surface samples of a boolean mask (mask XOR face-connected erosion).
+
+    Equal to ``mask ^ scipy.ndimage.binary_erosion(mask)`` (cross structuring element,
+    background outside the array), computed with 2·ndim shifted views, which is several
+    times faster than the generic erosion.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    interior = np.pad(mask, 1, constant_values=False)
+    core = tuple(slice(1, -1) for _ in range(mask.ndim))
+    eroded = mask.copy()
+    for ax in range(mask.ndim):
+        for shift in (0, 2):
+            view = list(core)
+            view[ax] = slice(shift, shift + mask.shape[ax])
+            eroded &= interior[tuple(view)]
+    return mask & ~eroded
 
 
 def surface_distances(
@@ -108,23 +121,31 @@ def surface_distances(
     scale = np.ones(pred.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
     if scale.shape != (pred.ndim,):
         raise InvalidInputError(f"spacing {tuple(spacing or ())} does not match {pred.ndim} axes")
-    idx_p = np.argwhere(surface(pred))
-    idx_r = np.argwhere(surface(ref))
-    if len(idx_p) == 0 or len(idx_r) == 0:
-        return np.full(len(idx_p), np.inf), np.full(len(idx_r), np.inf)
-    return _nearest(idx_p, idx_r, scale), _nearest(idx_r, idx_p, scale)
+    s_p, s_r = surface(pred), surface(ref)
+    if not s_p.any() or not s_r.any():
+        return np.full(int(s_p.sum()), np.inf), np.full(int(s_r.sum()), np.inf)
+    shared = s_p & s_r
+    return _nearest(s_p, s_r, shared, scale), _nearest(s_r, s_p, shared, scale)
 
 
-def _nearest(src: np.ndarray, dst: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Distance from each ``src`` index to the nearest ``dst`` index, physical units.
+def _nearest(src: np.ndarray, dst: np.ndarray, shared: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Distance from each ``src`` surface sample to the nearest ``dst`` one, physical units.
 
-    The KD-tree finds the neighbour; the distance is then recomputed from the integer index
-    offsets times the spacing, exactly as scipy's EDT does, so values that are multiples of
-    the spacing compare exactly with a tolerance (``d <= 0.9`` for 0.9 mm voxels).
+    Samples on both surfaces are 0; the others ask a KD-tree for their neighbour, and the
+    distance is recomputed from the integer index offsets times the spacing, exactly as
+    scipy's EDT does, so values that are multiples of the spacing compare exactly with a
+    tolerance (``d <= 0.9`` for 0.9 mm voxels). Output order: ``np.argwhere(src)`` order.
     """
-    _, j = cKDTree(dst * scale, leafsize=32).query(src * scale, k=1)
-    delta = (dst[j] - src).T.astype(np.float64) * scale[:, None]
-    return np.sqrt(np.add.reduce(delta * delta, axis=0))
+    out = np.zeros(int(src.sum()), dtype=np.float64)
+    todo = ~shared[src]
+    if todo.any():
+        dst_idx = np.argwhere(dst)
+        src_idx = np.argwhere(src & ~shared)
+        tree = cKDTree(dst_idx * scale, leafsize=32, balanced_tree=False, compact_nodes=False)
+        _, j = tree.query(src_idx * scale, k=1)
+        delta = (dst_idx[j] - src_idx).T.astype(np.float64) * scale[:, None]
+        out[todo] = np.sqrt(np.add.reduce(delta * delta, axis=0))
+    return out
 
 
 @dataclass(frozen=True)

@@ -104,3 +104,13 @@ def test_empty_cases():
     assert np.isinf(surface_metrics(z, m).hd95)
     same = scores_from_distances(np.zeros(3), np.zeros(3))
     assert same.hd95 == 0.0 and same.nsd == 1.0
+
+
+@pytest.mark.parametrize("shape", [(30, 40, 35), (20, 25), (7,)])
+def test_surface_equals_scipy_erosion(shape):
+    from scipy import ndimage
+
+    from geomed_seg.metrics.surface import surface
+
+    m = np.random.default_rng(0).random(shape) < 0.7
+    np.testing.assert_array_equal(surface(m), m ^ ndimage.binary_erosion(m))
