@@ -121,7 +121,8 @@ class ZarrBlockWriter:
     dtype : dtype-like
         Stored data type.
     chunks : tuple of int
-        Zarr chunk shape (channel-first). Windows aligned to it write without read-modify-write.
+        Zarr chunk shape, channel-first (or spatial only: all channels in one chunk).
+        Windows aligned to it write without read-modify-write.
     nodata : float, optional
         Nodata value (also the zarr ``fill_value`` for never-written chunks; 0 otherwise).
     attrs : dict, optional
@@ -164,7 +165,10 @@ class ZarrBlockWriter:
             overwrite,
         )
         self.dims = tuple(dims or (RASTER_DIMS if grid.ndim == 2 else VOLUME_DIMS))
-        self.chunks = _regular_chunks(tuple(chunks), self.shape, self.dtype)
+        chunks = tuple(chunks)
+        if len(chunks) == len(self.shape) - 1:  # spatial chunks: keep all channels together
+            chunks = (self.shape[0], *chunks)
+        self.chunks = _regular_chunks(chunks, self.shape, self.dtype)
         self.meta = _metadata(grid, self.dims, nodata, channel_names, attrs)
         self._lock = threading.Lock()
         self._cond = threading.Condition()

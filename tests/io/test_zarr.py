@@ -75,7 +75,9 @@ def test_block_writer_slices(tmp_path, spatial_only):
     grid = VoxelGrid(OBLIQUE, (6, 8, 10))
     full = np.arange(2 * 6 * 8 * 10, dtype=np.uint16).reshape(2, 6, 8, 10)
     path = tmp_path / "sink.zarr"
-    with ZarrBlockWriter(path, grid, full.shape, "uint16", chunks=(2, 3, 4, 5), nodata=0) as w:
+    chunks = (3, 4, 5) if spatial_only else (2, 3, 4, 5)
+    with ZarrBlockWriter(path, grid, full.shape, "uint16", chunks=chunks, nodata=0) as w:
+        assert w.chunks == (2, 3, 4, 5)
         assert not path.exists()  # only the temporary folder exists while writing
         for z in (0, 3):
             for y in (0, 4):
