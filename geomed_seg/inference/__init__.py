@@ -1,20 +1,26 @@
-"""Sliding-window inference: pure planning, an in-memory MONAI-equal loop, a streaming engine."""
+"""Sliding-window inference: pure planning, an in-memory MONAI-equal loop, a streaming engine.
+
+The public entry point is :func:`geomed_seg.inference.segment.segment` (also
+``geomed_seg.segment``). It is not re-exported here because the attribute ``segment`` of this
+package is the submodule of that name. Importing this package does not import torch.
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
-__all__ = ["SegmentResult", "segment", "sliding_window_inference"]
+_LAZY = {
+    "SegmentResult": "geomed_seg.inference.segment",
+    "sliding_window_inference": "geomed_seg.inference.sliding",
+    "plan_windows": "geomed_seg.inference.plan",
+    "importance_map": "geomed_seg.inference.plan",
+}
+
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    # lazy: importing geomed_seg.inference.plan must not import torch
-    if name in ("segment", "SegmentResult"):
-        from geomed_seg.inference import segment as _segment
-
-        return getattr(_segment, name)
-    if name == "sliding_window_inference":
-        from geomed_seg.inference.sliding import sliding_window_inference
-
-        return sliding_window_inference
-    raise AttributeError(name)
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'geomed_seg.inference' has no attribute {name!r}")

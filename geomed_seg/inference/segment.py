@@ -218,7 +218,11 @@ def segment(
     weight = importance_map(plan.roi_size, mode, sigma_scale)
     if not classes:  # bare module: one probe window tells the number of output channels
         probe = np.zeros((1, image.n_channels, *plan.roi_size), np.float32)
-        classes = [ClassInfo(k, f"class_{k}") for k in range(predictor(probe).shape[1])]
+        try:
+            n_out = predictor(probe).shape[1]
+        except RuntimeError as exc:  # shape/channel mismatch inside the module
+            raise ModelError(f"model failed on a {probe.shape} window: {exc}") from exc
+        classes = [ClassInfo(k, f"class_{k}") for k in range(n_out)]
     n_classes = len(classes)
     lut = np.array([c.index for c in classes], dtype=np.int64)
 

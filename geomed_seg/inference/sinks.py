@@ -60,7 +60,14 @@ class Sink:
 
 
 class MemorySink(Sink):
-    """Collect the output in one numpy array (channel-first)."""
+    """Collect the output in one numpy array (channel-first).
+
+    ``chunk``: output chunk edge (pixels) the engine blends and flushes by (default 512
+    for rasters, 128 for volumes).
+    """
+
+    def __init__(self, chunk: int | None = None) -> None:
+        self.chunk = chunk
 
     def start(self, spec: OutputSpec) -> None:
         super().start(spec)
