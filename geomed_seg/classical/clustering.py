@@ -59,13 +59,17 @@ def kmeans(
     stable between runs. The fitted centres are stored in ``attrs["centers"]``.
     """
     from sklearn.cluster import MiniBatchKMeans
+    from threadpoolctl import threadpool_limits
 
     if not 2 <= n_clusters <= 254:
         raise InvalidInputError(f"n_clusters must be 2..254, got {n_clusters}")
     idx = _bands(image, bands)
     x = sample_valid_pixels(image, n_samples, bands)
     km = MiniBatchKMeans(n_clusters=n_clusters, random_state=random_state, n_init=3)
-    km.fit(x)
+    # small mini-batches gain nothing from OpenMP threads, and on a busy machine the
+    # threads' spin-waiting made fitting 20x slower (measured: 14 s vs 0.7 s on 100k px)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        km.fit(x)
     order = np.argsort(km.cluster_centers_[:, 0])
     km.cluster_centers_ = km.cluster_centers_[order]
     arr = image.darray[idx].astype(np.float64)
@@ -73,7 +77,8 @@ def kmeans(
     def _predict(block: np.ndarray) -> np.ndarray:
         flat = block.reshape(block.shape[0], -1).T
         flat = np.where(np.isfinite(flat), flat, 0.0)
-        return km.predict(flat).astype(np.uint8).reshape(block.shape[1:])
+        with threadpool_limits(limits=1, user_api="openmp"):  # dask already runs chunks in parallel
+            return km.predict(flat).astype(np.uint8).reshape(block.shape[1:])
 
     lab = arr.rechunk({0: len(idx)}).map_blocks(_predict, drop_axis=0, dtype=np.uint8)
     return label_image(image, lab, nodata=255, attrs={"centers": km.cluster_centers_.tolist()})

@@ -46,12 +46,7 @@ def map_spatial(
     arr = arr.rechunk({0: arr.shape[0]})
     nsp = arr.ndim - 1
     halos = [int(halo)] * nsp if np.isscalar(halo) else [int(h) for h in halo]  # type: ignore[arg-type]
-    # each chunk must be at least as large as the halo for dask's overlap
-    spatial_chunks = []
-    for ax, h in enumerate(halos):
-        c = arr.chunks[ax + 1]
-        spatial_chunks.append(c if min(c) >= h or len(c) == 1 else max(max(c), h))
-    arr = arr.rechunk((arr.shape[0], *spatial_chunks))
+    arr = arr.rechunk((arr.shape[0], *min_chunks(arr.chunks[1:], halos)))
     depth = {0: 0, **{ax + 1: h for ax, h in enumerate(halos)}}
     ext = da.overlap.overlap(arr, depth=depth, boundary="none")
 
@@ -61,6 +56,20 @@ def map_spatial(
     out = ext.map_blocks(_block, dtype=dtype, chunks=((1,), *ext.chunks[1:]))
     out = da.overlap.trim_internal(out, depth, boundary="none")
     return out[0]
+
+
+def min_chunks(chunks: Sequence[tuple[int, ...]], halos: Sequence[int]) -> tuple:
+    """Return ``chunks`` with chunks smaller than the halo merged into a neighbour.
+
+    dask's overlap needs every chunk at least as large as its depth; merging only the small
+    ones (``ensure_minimum_chunksize``) keeps the caller's chunking elsewhere.
+    """
+    from dask.array.overlap import ensure_minimum_chunksize
+
+    return tuple(
+        c if len(c) == 1 or h == 0 else ensure_minimum_chunksize(h, c)
+        for c, h in zip(chunks, halos, strict=True)
+    )
 
 
 def label_image(

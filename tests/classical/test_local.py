@@ -89,3 +89,34 @@ def test_sar_water_is_low_backscatter(geogrid):
     fixed, t2 = sar_water(image, threshold_db=-15.0)
     np.testing.assert_array_equal(fixed.compute()[0][1:], (db[1:] < -15).astype(np.uint8))
     assert t2 == -15.0
+
+
+def test_threshold_marker_watershed_on_coins_tiled_equals_gallery():
+    from skimage import data
+    from skimage.filters import sobel
+
+    from geomed_seg.core import GeoGrid
+
+    img = data.coins()
+    markers = np.zeros_like(img)
+    markers[img < 30] = 1
+    markers[img > 150] = 2
+    ref = sk_watershed(sobel(img), markers)  # scikit-image gallery, whole image
+    image = Image.from_array(
+        img[None], GeoGrid(None, (1, 0, 0, 0, 1, 0), img.shape), chunks=(1, 128, 128)
+    )
+    ours = watershed(image, markers="thresholds", low=30, high=150, halo=64).compute()[0]
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_canny_on_volume_is_slice_wise():
+    from geomed_seg.core import VoxelGrid
+
+    rng = np.random.default_rng(2)
+    vol = np.zeros((4, 40, 50), np.float32)
+    vol[:, 10:30, 15:35] = 1.0
+    vol += rng.normal(0, 0.05, vol.shape).astype(np.float32)
+    image = Image.from_array(vol[None], VoxelGrid(np.eye(4), vol.shape), chunks=(1, 2, 20, 25))
+    ours = canny(image, sigma=1.0, low_threshold=0.1, high_threshold=0.1).compute()[0]
+    ref = np.stack([sk_canny(s, 1.0, 0.1, 0.1) for s in vol])
+    np.testing.assert_array_equal(ours, ref.astype(np.uint8))
