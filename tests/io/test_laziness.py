@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 from affine import Affine
 from rasterio.windows import Window
@@ -79,3 +80,38 @@ def test_open_is_lazy_fast_and_small(tmp_path):
         # CPU time, so the bound holds on a loaded shared machine; wall time only sanity-checked
         assert got["open_cpu_s"] < 1.0, got
         assert got["open_s"] < 5.0, got
+
+
+WRITE_PROBE = """
+import json, resource, sys, time
+from geomed_seg.io.registry import open_image, write_image
+t0 = time.perf_counter()
+write_image(open_image(sys.argv[1]), sys.argv[2])
+print(json.dumps({"write_s": time.perf_counter() - t0,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+@pytest.mark.slow
+def test_cog_write_streams_without_loading_the_raster(tmp_path):
+    """1 GiB (4 x 16384 x 16384 uint8) sparse raster -> COG with peak RSS well under 1 GiB."""
+    src = tmp_path / "big.tif"
+    with rasterio.open(
+        src, "w", driver="GTiff", width=16384, height=16384, count=4, dtype="uint8",
+        tiled=True, blockxsize=BLOCK, blockysize=BLOCK, compress="deflate", SPARSE_OK=True,
+        crs="EPSG:32633", transform=Affine(10, 0, 5e5, 0, -10, 4e6),
+    ) as dst:  # fmt: skip
+        dst.write(np.full((4, BLOCK, BLOCK), 7, np.uint8), window=Window(4096, 8192, BLOCK, BLOCK))
+    out = tmp_path / "big_cog.tif"
+    run = subprocess.run(
+        [sys.executable, "-c", WRITE_PROBE, str(src), str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    res = json.loads(run.stdout)
+    assert res["rss_mb"] < 700, res
+    with rasterio.open(out) as ds:
+        assert (
+            ds.overviews(1) and ds.read(1, window=Window(4096, 8192, 2, 2)).tolist() == [[7, 7]] * 2
+        )
+        assert ds.read(1, window=Window(0, 0, 2, 2)).tolist() == [[0, 0]] * 2
