@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -176,12 +178,62 @@ def bench_raster(sizes: list[int], chunk: int) -> list[dict]:
     return out
 
 
+def section(res: dict, quick: bool) -> str:
+    """Markdown for RESULTS.md from the numbers of one run."""
+    b, raster = res["brats"], res["raster"]
+    lines = [
+        "## Evaluation metrics (`benchmarks/metrics.py`)",
+        "",
+        f"Machine: {platform.machine()}, Linux, {os.cpu_count()} CPU cores shared with other jobs, "
+        f"no GPU; {'--quick' if quick else 'full sizes'}. Best of repeats, after imports.",
+        "",
+        f"BraTS-size case {b['shape_zyx']} (z, y, x), 1 mm, 2023 labels, regions WT/TC/ET, global + "
+        "lesion-wise Dice/NSD/HD95 (synthetic: two reference tumours, prediction shifted, "
+        "one missed, one false positive):",
+        "",
+        "| implementation | time (s) | speed-up | max abs. difference of all values |",
+        "|---|---|---|---|",
+        f"| brats-evaluation 0.0.10 (panoptica, numpy input) | {b['brats_evaluation_s']:.2f} | 1 | reference |",
+        f"| geomed-seg `brats_metrics` | {b['ours_s']:.2f} | {b['speedup_vs_brats_evaluation']:.1f}x "
+        f"| {b['max_abs_diff_vs_brats_evaluation']:.1e} |",
+        f"| MONAI `compute_hausdorff_distance(percentile=95)`, 3 regions | {b['monai_hd95_s']:.2f} | 1 | reference |",
+        f"| geomed-seg `surface_metrics` HD95, 3 regions | {b['ours_hd95_s']:.2f} | "
+        f"{b['speedup_vs_monai_hd95']:.1f}x | rel. {b['max_rel_diff_hd95_vs_monai']:.1e} |",
+        "",
+        "Streamed confusion matrix on a lazy two-class dask raster (2048² chunks, blocks generated "
+        "on the fly; time includes generating them), each size in its own process (peak RSS = VmHWM):",
+        "",
+        "| raster | time (s) | Mpx/s | peak RSS (MB) |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['size']}² | {r['s']:.1f} | {r['mpix_per_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+        for r in raster
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) this script's section of benchmarks/RESULTS.md."""
+    path = ROOT / "benchmarks" / "RESULTS.md"
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    block = f"<!-- BEGIN metrics -->\n{text}<!-- END metrics -->\n"
+    pattern = re.compile(r"<!-- BEGIN metrics -->.*?<!-- END metrics -->\n", re.S)
+    new = (
+        pattern.sub(lambda _: block, old)
+        if pattern.search(old)
+        else old.rstrip("\n") + "\n\n" + block
+    )
+    path.write_text(new)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, smaller raster")
     ap.add_argument("--raster-worker", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--chunk", type=int, default=2048)
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
     if args.raster_worker:
         raster_worker(args.raster_worker, args.chunk)
@@ -204,8 +256,11 @@ def main() -> None:
     for r in raster:
         print(f"raster {r['size']}^2 (chunks {args.chunk}^2): {r['s']:.1f} s, "
               f"{r['mpix_per_s']:.0f} Mpx/s, peak RSS {r['peak_rss_mb']:.0f} MB, Dice(1) {r['dice1']:.4f}")  # fmt: skip
+    res = {"brats": brats, "raster": raster}
     if args.json:
-        args.json.write_text(json.dumps({"brats": brats, "raster": raster}, indent=2))
+        args.json.write_text(json.dumps(res, indent=2))
+    if not args.no_write:
+        write_section(section(res, args.quick))
 
 
 if __name__ == "__main__":
