@@ -37,12 +37,16 @@ def evaluate(
     resample_to: str | None = typer.Option(None, "--resample-to", help="'reference'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Score a prediction against a reference (Dice, IoU, Tversky, ..., HD95, BraTS)."""
+    """Score a prediction against a reference (Dice, IoU, Tversky, ..., HD95, BraTS).
+
+    With two folders, files pair by case name; -o writes the per-case report and
+    <name>_summary.csv (mean, std, median per class); exit code 1 if any pair is missing.
+    """
     from geomed_seg.io.atomic import atomic_output
     from geomed_seg.metrics.evaluate import evaluate as run_evaluate
     from geomed_seg.metrics.evaluate import evaluate_folder
     from geomed_seg.metrics.report import plot as save_plot
-    from geomed_seg.metrics.report import render
+    from geomed_seg.metrics.report import render, to_csv
 
     kwargs = dict(
         classes=classes, ignore_index=ignore, tversky=_pair(tversky), surface=surface,
@@ -56,6 +60,10 @@ def evaluate(
     if output is not None:
         with atomic_output(output, overwrite) as tmp:
             tmp.write_text(text)
+        if hasattr(result, "summary"):  # folders: the per-case file plus a summary beside it
+            summary = output.with_name(f"{output.name.split('.')[0]}_summary.csv")
+            with atomic_output(summary, overwrite) as tmp:
+                tmp.write_text(to_csv(result.summary()))
     typer.echo(text)
     if plot is not None:
         if not hasattr(result, "overlap"):

@@ -165,6 +165,8 @@ def test_folders_pair_by_name_and_report_missing(tmp_path, capsys):
     rc = main(["evaluate", str(pdir), str(rdir), "--format", "csv", "-o", str(csv_path)])
     assert rc == 1  # a missing pair is an error the caller must see
     assert "case0" in csv_path.read_text()
+    summary = (tmp_path / "cases_summary.csv").read_text().splitlines()
+    assert summary[0].startswith("kind,name,stat,n") and any(",median," in line for line in summary)
     rc = main(["evaluate", str(pdir), str(rdir)])
     assert "MISSING prediction for: case2" in capsys.readouterr().out
 
@@ -185,3 +187,15 @@ def test_cli_single_pair_json_and_plot(tmp_path, capsys):
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["evaluate", str(p), str(r), "--tversky", "0.3"]) == 2
+
+
+def test_evaluate_command_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from geomed_seg.cli import _register; _register(); "
+        "import geomed_seg.metrics.evaluate, geomed_seg.metrics.report; "
+        "assert 'torch' not in sys.modules and 'monai' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
