@@ -57,13 +57,16 @@ def semantic_to_instances(
     elif split == "watershed":
         from geomed_seg.classical.local import watershed
 
-        # one watershed per object class would be exact; classes are few, so run on the
-        # class map: distance to any other class or background separates touching objects
+        # basins of the foreground's distance transform, intersected with the same-class
+        # components so that no instance mixes two classes
         vals = Image.from_array(classes[None], semantic.grid, chunks=(1, *lab.chunks))
         ws = watershed(
             vals, markers="distance", threshold=0.5, footprint=2 * min_distance + 1, halo=halo
         )
-        ids, n = relabel_sequential(ws.darray[0])
+        cc, n_cc = label_components(classes, background=0, connectivity=connectivity)
+        cc = cc.rechunk(ws.darray.chunks[1:])
+        pair = ws.darray[0].astype(np.uint64) * np.uint64(n_cc + 1) + cc.astype(np.uint64)
+        ids, n = relabel_sequential(da.where(cc > 0, pair, np.uint64(0)))
     else:
         raise InvalidInputError(f"unknown split {split!r}; choose 'components' or 'watershed'")
     out = Image.from_array(

@@ -122,6 +122,8 @@ def detect_tiled(
 
     if image.grid.ndim != 2:
         raise InvalidInputError("Mask R-CNN runs on rasters (band, y, x)")
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device).eval()
     arr, lo, hi = _scaled(image, rgb)
     scale = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
     h, w = image.spatial_shape

@@ -145,3 +145,18 @@ def test_watershed_split_separates_touching_disks(sem_image):
     ids = split.compute()[0]
     assert split.attrs["n_instances"] == 2
     assert ids[20, 10] != ids[20, 44] and ids[20, 10] > 0
+
+
+def test_watershed_split_never_mixes_classes():
+    yy, xx = np.indices((40, 60))
+    sem = np.zeros((40, 60), np.uint8)
+    sem[(yy - 20) ** 2 + (xx - 18) ** 2 <= 100] = 1
+    sem[((yy - 20) ** 2 + (xx - 36) ** 2 <= 100) & (sem == 0)] = 2
+    image = Image.from_array(
+        sem[None], GeoGrid(None, Affine.identity(), sem.shape), chunks=(1, 20, 30)
+    )
+    inst = semantic_to_instances(image, split="watershed", min_distance=5, halo=30)
+    ids = inst.compute()[0]
+    for i in np.unique(ids[ids > 0]):
+        assert len(np.unique(sem[ids == i])) == 1
+    assert np.array_equal(ids > 0, sem > 0)
