@@ -31,6 +31,10 @@ def evaluate(
     tolerance: float = typer.Option(1.0, "--tolerance", help="NSD tolerance (mm or m)."),
     brats: str | None = typer.Option(None, "--brats", help="BraTS regions: legacy, 2023, 2024."),
     lesion_wise: bool = typer.Option(False, "--lesion-wise", help="BraTS lesion-wise metrics."),
+    protocol: str = typer.Option(
+        "panoptica", "--brats-protocol", help="panoptica (brats-evaluation) or brats2023."
+    ),
+    empty: str = typer.Option("brats", "--empty", help="Class absent from both: brats (1) or nan."),
     fmt: str = typer.Option("table", "--format", help="table, json, csv or md."),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the report here."),
     plot: Path | None = typer.Option(None, "--plot", help="Save a confusion-matrix PNG."),
@@ -51,6 +55,7 @@ def evaluate(
     kwargs = dict(
         classes=classes, ignore_index=ignore, tversky=_pair(tversky), surface=surface,
         tolerance=tolerance, brats=brats, lesion_wise=lesion_wise, resample_to=resample_to,
+        empty=empty, brats_protocol=protocol,
     )  # fmt: skip
     if pred.is_dir() and ref.is_dir():
         result = evaluate_folder(pred, ref, **kwargs)

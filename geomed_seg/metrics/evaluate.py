@@ -91,9 +91,11 @@ def _sample_size(grid) -> tuple[float, str, tuple[float, ...], str]:
         crs = grid.crs
         metres = False
         if crs is not None and crs.is_projected:
+            from rasterio.errors import CRSError
+
             try:
                 metres = crs.linear_units_factor[1] == 1.0
-            except Exception:  # noqa: BLE001 - pyproj cannot say: keep CRS units
+            except CRSError:  # units unknown to PROJ: keep CRS units
                 metres = False
         unit = "m" if metres else "crs"
         return grid.pixel_area, ("m2" if metres else "crs_units2"), (y_res, x_res), unit

@@ -147,6 +147,20 @@ def test_volume_surface_and_brats_from_nifti(tmp_path):
     json.loads(render(res, "json"))
 
 
+def test_cli_brats_lesion_wise_json(tmp_path, capsys):
+    pred, ref = brats_case("missed")
+    for name, vol in (("p", pred), ("r", ref)):
+        nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0), np.eye(4)), tmp_path / f"{name}.nii.gz")
+    args = ["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz"), "--format", "json"]
+    assert main([*args, "--brats", "2023", "--lesion-wise"]) == 0
+    regions = {r["region"]: r for r in json.loads(capsys.readouterr().out)["brats"]}
+    assert regions["WT"]["fn"] == 1 and regions["WT"]["tp"] == 1
+    assert main([*args, "--brats", "2023", "--lesion-wise", "--brats-protocol", "brats2023"]) == 0
+    wt = {r["region"]: r for r in json.loads(capsys.readouterr().out)["brats"]}["WT"]
+    assert wt["lesionwise_hd95_mean"] > 100  # the missed lesion scores the 373 mm penalty
+    assert main([*args, "--brats", "1999"]) == 2
+
+
 def test_folders_pair_by_name_and_report_missing(tmp_path, capsys):
     pdir, rdir = tmp_path / "pred", tmp_path / "ref"
     pdir.mkdir()
