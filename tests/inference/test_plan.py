@@ -124,3 +124,24 @@ def test_clip_maps_padding():
     img, win = plan.clip(0)
     assert img == (slice(0, 5), slice(0, 8))
     assert win == (slice(1, 6), slice(0, 8))  # 3 rows of padding: 1 before, 2 after
+
+
+def _max_open(shape, roi, chunk):
+    plan = plan_windows(shape, roi, 0.25)
+    sched = schedule_chunks(plan, regular_chunks(shape, chunk))
+    left, open_, peak = dict(sched.counts), set(), 0
+    for i in sched.order:
+        for blk in sched.touches[i]:
+            open_.add(blk)
+            left[blk] -= 1
+            if left[blk] == 0:
+                open_.remove(blk)
+        peak = max(peak, len(open_))
+    assert not open_
+    return peak
+
+
+def test_open_chunks_do_not_grow_with_image_height():
+    # chunk order keeps about one row of chunks open, whatever the number of rows
+    short, tall = _max_open((600, 800), (64, 64), 100), _max_open((6000, 800), (64, 64), 100)
+    assert short == tall <= 2 * 8 + 2
