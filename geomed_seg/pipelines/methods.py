@@ -110,10 +110,9 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
         from geomed_seg.inference.segment import segment
     except ModuleNotFoundError:
         segment = None
+    probs = None
     if segment is not None:
-        res = segment(
-            img,
-            loaded,
+        kw = dict(
             roi_size=e.roi_size,
             overlap=e.overlap if e.overlap is not None else card.overlap,
             mode=e.mode or card.mode,
@@ -121,9 +120,16 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
             device=e.device,
             amp=e.amp,
             tta=e.tta,
-            output="labels",
+            foreground_threshold=0.0 if cfg.preprocess.foreground == "nonzero" else None,
         )
-        labels, stats = res.image, dict(res.stats)
+        if cfg.outputs.probabilities:
+            res = segment(img, loaded, output="probabilities", **kw)
+            probs = res.image
+            labels = _argmax_labels(probs, card)
+        else:
+            res = segment(img, loaded, output="labels", **kw)
+            labels = res.image
+        stats = dict(res.stats)
     else:
         labels, stats = _in_memory(img, loaded, cfg)
     stats.setdefault("seconds", time.perf_counter() - start)
@@ -132,10 +138,25 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
         labels,
         classes,
         f"checkpoint:{card.name}",
+        probabilities=probs,
         stats=stats,
         model_card=card.model_dump(mode="json"),
         notes=[f"model {card.name} ({card.architecture})"],
     )
+
+
+def _argmax_labels(probs: Image, card) -> Image:
+    """Return card class indices of the most probable channel; nodata 255 where NaN (rasters)."""
+    lut = card.channel_to_label()
+    dtype = np.uint8 if lut.max() < 255 else np.uint16
+    arr = probs.darray
+    idx = da.argmax(da.where(da.isnan(arr), -1.0, arr), axis=0)
+    lab = idx.map_blocks(lambda b: lut[b].astype(dtype), dtype=dtype)
+    nodata = None
+    if probs.kind == "raster":
+        lab = da.where(da.isnan(arr[0]), dtype(255), lab).astype(dtype)
+        nodata = 255
+    return Image.from_array(lab[None], probs.grid, nodata=nodata)
 
 
 def _in_memory(img: Image, loaded, cfg: PipelineConfig) -> tuple[Image, dict[str, Any]]:

@@ -86,6 +86,14 @@ def test_checkpoint_pipeline_matches_monai(checkpoint, landsat_path, tmp_path):
     assert (ours != ref_lab).mean() < 1e-3
     assert run.report["method"] == "checkpoint:tiny-water"
     assert run.report["engine"]["windows_run"] > 0
+    # probabilities (Zarr) requested: they sum to 1 and their argmax gives the same labels
+    from geomed_seg.io.registry import open_image
+
+    run2 = run_pipeline("flood", output=tmp_path / "p", overrides=[*sets,
+                        "outputs.probabilities=zarr"])  # fmt: skip
+    probs = open_image(run2.outputs["probabilities"]).compute()
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(probs.argmax(0), ours)
 
 
 def test_missing_checkpoint_falls_back_or_fails(landsat_path, tmp_path):
