@@ -1,8 +1,8 @@
 """``evaluate``: score a label prediction against a reference, for one pair or two folders.
 
-Overlap scores come from one streamed pass (:mod:`.overlap`); surface distances
-(:mod:`.surface`) and BraTS regions (:mod:`.brats`) are computed per class / region on the
-in-memory labels, cropped to the objects. Grids must agree (``GeometryError`` naming both
+Overlap scores come from one streamed pass (:mod:`.overlap`), in bounded memory whatever
+the image size; surface distances (:mod:`.surface`) and BraTS regions (:mod:`.brats`) load
+the label arrays into memory and work per class / region cropped to the objects. Grids must agree (``GeometryError`` naming both
 otherwise) unless ``resample_to="reference"``.
 """
 

@@ -6,6 +6,9 @@ import dask.array as da
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from monai.metrics import DiceMetric, MeanIoU
 from monai.networks.utils import one_hot
 from sklearn.metrics import (
@@ -160,3 +163,18 @@ def test_areas_in_units():
 def test_shape_mismatch_raises():
     with pytest.raises(InvalidInputError):
         overlap_metrics(np.zeros((3, 3)), np.zeros((3, 4)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.integers(0, 4)),
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 5),
+)
+def test_property_confusion_equals_sklearn_for_any_chunking(ref, seed, chunk):
+    pred = np.random.default_rng(seed).integers(0, 5, ref.shape).astype(np.uint8)
+    res = overlap_metrics(
+        da.from_array(pred, chunks=chunk), da.from_array(ref, chunks=chunk + 1), labels=range(5)
+    )
+    want = confusion_matrix(ref.ravel(), pred.ravel(), labels=range(5))
+    np.testing.assert_array_equal(res.confusion[:, :5], want)
