@@ -116,3 +116,26 @@ def test_region_grow_and_kmeans(tmp_path, capsys):
     assert main(["classical", "kmeans", str(src), "-o", str(out2), "--classes", "2"]) == 0
     with rasterio.open(out2) as ds:
         np.testing.assert_array_equal(ds.read(1), (a == 5).astype(np.uint8))
+
+
+def test_instances_on_nifti_volume_table_in_mm3(tmp_path, capsys):
+    import nibabel as nib
+
+    vol = np.zeros((10, 12, 8), np.uint8)  # nibabel (i, j, k)
+    vol[1:4, 2:5, 1:3] = 1  # 18 voxels
+    vol[6:9, 6:10, 4:7] = 2  # 36 voxels
+    aff = np.diag([0.5, 1.0, 2.0, 1.0])
+    src = tmp_path / "seg.nii.gz"
+    nib.save(nib.Nifti1Image(vol, aff), src)
+    out, tab = tmp_path / "inst.nii.gz", tmp_path / "inst.json"
+    assert main(["classical", "instances", str(src), "-o", str(out), "--table", str(tab)]) == 0, (
+        capsys.readouterr().err
+    )
+    ids = np.asarray(nib.load(out).dataobj)
+    assert ids.shape == vol.shape and ids.max() == 2
+    np.testing.assert_allclose(nib.load(out).affine, aff)
+    table = pd.read_json(tab)
+    assert sorted(table["volume_mm3"]) == [18.0, 36.0]
+    row = table[table["n_pixels"] == 18].iloc[0]
+    # centre (i, j, k) = (2, 3, 1.5) -> RAS = (1.0, 3.0, 3.0)
+    assert (row.centroid_r, row.centroid_a, row.centroid_s) == (1.0, 3.0, 3.0)
