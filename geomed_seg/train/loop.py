@@ -341,18 +341,23 @@ def _to_channels(label, card: ModelCard, ignore: int | None):
 
 
 def _append_csv(path: Path, row: dict[str, Any], fresh: bool) -> None:
-    exists = path.is_file() and not fresh
+    """Append ``row``; a new column (validation runs every few epochs) rewrites the header."""
+    rows: list[dict[str, Any]] = []
     fields = list(row)
-    if exists:
-        with path.open() as f:
-            header = next(csv.reader(f), None)
-        if header:
-            fields = header + [k for k in row if k not in header]
-    with path.open("a" if exists else "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if not exists:
-            w.writeheader()
-        w.writerow(row)
+    if path.is_file() and not fresh:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+        fields = header + [k for k in row if k not in header]
+        if fields == header:
+            with path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=fields, restval="").writerow(row)
+            return
+    with atomic_output(path, True) as tmp, tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows([*rows, row])
 
 
 def _tensorboard(out: Path):
