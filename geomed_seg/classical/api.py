@@ -193,9 +193,17 @@ def classical_file(
     overwrite: bool = False,
     band_names: str | Sequence[str] | None = None,
     table: str | os.PathLike | None = None,
+    panoptic: str | os.PathLike | None = None,
+    things: Sequence[int] | None = None,
     **options: Any,
 ) -> ClassicalResult:
-    """Open ``input_path``, run :func:`run_classical`, write ``output`` (and the instance table)."""
+    """Open ``input_path``, run :func:`run_classical`, write ``output``.
+
+    For ``method="instances"`` also the instance ``table`` (.csv/.json) and a ``panoptic``
+    output: a raster/volume of ``class * 1000 + k`` (any writable suffix), or for ``.png``
+    a COCO-panoptic PNG plus its ``.json`` beside it. ``things`` are the instance classes
+    (default: every non-zero class).
+    """
     from geomed_seg.io.atomic import check_output
     from geomed_seg.io.registry import open_image, write_image
 
@@ -204,11 +212,25 @@ def classical_file(
     result = run_classical(method, image, **options)
     kw = {"classes": result.classes} if result.classes else {}
     write_image(result.image, output, overwrite=overwrite, **kw)
-    if table is not None:
-        if method != "instances":
-            raise InvalidInputError("--table is only written by the 'instances' method")
-        from geomed_seg.instances.instances import instance_table, write_table
+    if (table is not None or panoptic is not None) and method != "instances":
+        raise InvalidInputError("--table/--panoptic are only written by the 'instances' method")
+    if table is None and panoptic is None:
+        return result
+    from geomed_seg.instances.instances import instance_table, write_table
 
-        write_table(instance_table(result.image, image), table, overwrite=overwrite)
+    tab = instance_table(result.image, image)
+    if table is not None:
+        write_table(tab, table, overwrite=overwrite)
         result.facts["table"] = str(Path(table))
+    if panoptic is not None:
+        from geomed_seg.instances.panoptic import panoptic_ids, write_coco_panoptic
+
+        th = sorted(set(tab["class"].tolist())) if things is None else list(things)
+        pan = panoptic_ids(image, result.image, tab, things=th)
+        p = Path(panoptic)
+        if p.suffix.lower() == ".png":
+            write_coco_panoptic(pan, p, p.with_suffix(".json"), things=th, overwrite=overwrite)
+        else:
+            write_image(pan, p, overwrite=overwrite)
+        result.facts["panoptic"] = str(p)
     return result

@@ -66,6 +66,12 @@ def classical(
     table: Path | None = typer.Option(
         None, "--table", help="instances: write the table (.csv/.json)."
     ),
+    panoptic: Path | None = typer.Option(
+        None, "--panoptic", help="instances: class*1000+k raster, or COCO-panoptic .png (+ .json)."
+    ),
+    things: str | None = typer.Option(
+        None, "--things", help="instances: classes with instances, e.g. 1,2 (default: all)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Run a classical segmentation method and write a label/index image on the input grid."""
@@ -78,6 +84,10 @@ def classical(
         overwrite=overwrite,
         band_names=band_names,
         table=table,
+        panoptic=panoptic,
+        things=None
+        if things is None
+        else [int(v) for v in _floats(things, tuple(range(1, 256)), "--things")],
         band=band,
         bands=_mapping(bands),
         threshold=threshold,

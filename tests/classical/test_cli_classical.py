@@ -61,6 +61,41 @@ def test_instances_with_table_and_errors(tmp_path, capsys):
     assert ids.max() == ref.max() == 3
     table = pd.read_csv(tab)
     assert sorted(table["area_m2"]) == sorted([75 * 25.0, 20 * 25.0, 150 * 25.0])
+    pan_tif, pan_png = tmp_path / "pan.tif", tmp_path / "pan.png"
+    assert (
+        main(
+            [
+                "classical",
+                "instances",
+                str(src),
+                "-o",
+                str(tmp_path / "i2.tif"),
+                "--panoptic",
+                str(pan_tif),
+                "--things",
+                "1",
+            ]
+        )
+        == 0
+    )
+    with rasterio.open(pan_tif) as ds:
+        pan = ds.read(1)
+    assert set(np.unique(pan)) == {0, 1001, 1002, 2000}  # class 2 is stuff here
+    assert (
+        main(
+            [
+                "classical",
+                "instances",
+                str(src),
+                "-o",
+                str(tmp_path / "i3.tif"),
+                "--panoptic",
+                str(pan_png),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "pan.json").exists()
     # a second run without --overwrite refuses; unknown method and missing seed are user errors
     assert main(["classical", "instances", str(src), "-o", str(out)]) == 2
     assert main(["classical", "bogus", str(src), "-o", str(tmp_path / "b.tif")]) == 2
