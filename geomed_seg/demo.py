@@ -110,9 +110,12 @@ def _flood(res: DemoResult, data_dir: Path, output: Path, overwrite: bool) -> No
 
 
 def write_phantom_case(
-    folder: Path, seed: int, data_dir: Path = SAMPLES, *, zoom: int = 2, overwrite: bool = True
+    folder: Path, seed: int, data_dir: Path = SAMPLES, *, zoom: int = 3, overwrite: bool = True
 ) -> tuple[Path, Path]:
-    """Write a SYNTHETIC BraTS-like case (four sequences + truth) as NIfTI; return (case, truth)."""
+    """Write a SYNTHETIC BraTS-like case (four sequences + truth) as NIfTI; return (case, truth).
+
+    ``zoom=3`` gives 3 mm voxels, the spacing the demo ``brats_unet`` checkpoint was trained at.
+    """
     from geomed_seg.io.registry import open_image, write_image
     from geomed_seg.synthetic.phantom import SEQUENCES, make_phantom
 
