@@ -1,7 +1,7 @@
 """geomed-seg: segment very large satellite scenes and medical volumes with one streaming engine.
 
 Public API (imported lazily so ``geomed-seg info`` starts fast and never imports torch):
-``open_image``, ``write_image``, ``segment``, ``evaluate``, ``Image``, ``GeoGrid``, ``VoxelGrid``.
+``open_image``, ``write_image``, ``segment``, ``evaluate``, ``run_pipeline``, ``Image``, ``GeoGrid``, ``VoxelGrid``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _LAZY = {
     "write_image": "geomed_seg.io.registry",
     "segment": "geomed_seg.inference.segment",
     "evaluate": "geomed_seg.metrics.evaluate",
+    "run_pipeline": "geomed_seg.pipelines.runner",
 }
 
 
