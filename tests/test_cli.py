@@ -169,3 +169,26 @@ def test_gzip_helper_is_not_nifti(capsys, tmp_path):
         f.write(b"hello world" * 100)
     rc, _, err = _run(capsys, "info", path)
     assert rc == 2 and "thing.nii.gz" in err
+
+
+def test_nested_dicom_folder_and_resample_opt_in(capsys, tmp_path):
+    """A PACS-style nested export is found; an uneven series needs --resample."""
+    import nibabel as nib
+
+    from tests.io.dicom_data import make_series
+
+    nested = tmp_path / "DICOM" / "ST0" / "SE0"
+    nested.mkdir(parents=True)
+    make_series(nested, shape=(6, 8, 10), spacing=(0.8, 0.8, 2.0), uneven=True)
+    rc, _, err = _run(capsys, "info", tmp_path / "DICOM")
+    assert rc == 2 and "--resample" in err and len(err.strip().splitlines()) == 1
+    out = tmp_path / "ct.nii.gz"
+    rc, _, err = _run(capsys, "convert", tmp_path / "DICOM", out, "--resample", "-q")
+    assert rc == 0, err
+    zooms = nib.load(out).header.get_zooms()
+    assert zooms[0] == pytest.approx(0.8) and zooms[1] == pytest.approx(0.8)
+
+
+def test_resample_refused_for_non_dicom(capsys, landsat_path):
+    rc, _, err = _run(capsys, "info", landsat_path, "--resample")
+    assert rc == 2 and "DICOM" in err

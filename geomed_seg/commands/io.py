@@ -54,12 +54,16 @@ def info(
     series: str | None = typer.Option(
         None, "--series", help="DICOM series UID, index or description."
     ),
+    resample: bool = typer.Option(
+        False, "--resample", help="DICOM: resample uneven/tilted series onto a regular grid."
+    ),
 ) -> None:
     """Describe an image: format, dims, shape, dtype, chunks, nodata and geometry."""
     from geomed_seg.core.describe import describe
-    from geomed_seg.io.registry import detect_format, open_image
+    from geomed_seg.io.convert import open_input
+    from geomed_seg.io.registry import detect_format
 
-    image = open_image(path, series=series)
+    image = open_input(path, series=series, resample=resample)
     summary = {"format": detect_format(path), **describe(image, stats=stats)}
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
@@ -75,11 +79,14 @@ def convert(
     series: str | None = typer.Option(
         None, "--series", help="DICOM series UID, index or description."
     ),
+    resample: bool = typer.Option(
+        False, "--resample", help="DICOM: resample uneven/tilted series onto a regular grid."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Convert between formats keeping geometry (DICOM → NIfTI, GeoTIFF → COG/Zarr, NIfTI ↔ Zarr)."""
     from geomed_seg.io.convert import convert_image
 
-    out = convert_image(src, dst, overwrite=overwrite, series=series)
+    out = convert_image(src, dst, overwrite=overwrite, series=series, resample=resample)
     if not quiet:
         Console(stderr=True).print(f"wrote {out}")

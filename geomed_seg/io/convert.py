@@ -5,7 +5,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from geomed_seg.core.image import Image
 from geomed_seg.errors import InvalidInputError
+
+
+def open_input(
+    src: str | os.PathLike, *, series: str | None = None, resample: bool = False
+) -> Image:
+    """Return the image at ``src``; ``resample`` is the DICOM opt-in for uneven/tilted series."""
+    from geomed_seg.io.registry import detect_format, open_image
+
+    if not resample:
+        return open_image(src, series=series)
+    fmt = detect_format(src)
+    if not fmt.startswith("dicom"):
+        raise InvalidInputError(f"{src}: --resample applies to DICOM series only (this is {fmt})")
+    return open_image(src, series=series, resample=True)
 
 
 def convert_image(
@@ -14,15 +29,16 @@ def convert_image(
     *,
     overwrite: bool = False,
     series: str | None = None,
+    resample: bool = False,
 ) -> Path:
     """Return the path written after converting ``src`` to the format of ``dst``'s suffix.
 
     Rasters go to ``.tif`` (COG) or ``.zarr``; volumes to ``.nii``/``.nii.gz`` or ``.zarr``.
     The output is written atomically and never replaces an existing file unless ``overwrite``.
     """
-    from geomed_seg.io.registry import open_image, write_image
+    from geomed_seg.io.registry import write_image
 
     if Path(src).resolve() == Path(dst).resolve():
         raise InvalidInputError(f"{dst}: output is the input; choose another name")
-    image = open_image(src, series=series)
+    image = open_input(src, series=series, resample=resample)
     return write_image(image, dst, overwrite=overwrite)

@@ -103,8 +103,14 @@ def _is_dicom_file(path: Path, head: bytes) -> bool:
 def _is_dicom_folder(path: Path, head: bytes) -> bool:
     if not path.is_dir():
         return False
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))[:16]
-    return any(p.suffix.lower() == ".dcm" or _is_dicom_file(p, _head(p)) for p in files)
+    # PACS exports nest series in sub-folders (DICOM/ST0/SE0/IM0): look at the first files
+    # found walking the tree, as open_dicom does, without listing a huge archive in full.
+    for n, p in enumerate(f for f in path.rglob("*") if f.is_file() and not f.name.startswith(".")):
+        if p.suffix.lower() == ".dcm" or _is_dicom_file(p, _head(p)):
+            return True
+        if n >= 64:
+            return False
+    return False
 
 
 def _is_zarr(path: Path, head: bytes) -> bool:
