@@ -120,3 +120,28 @@ def test_existing_outputs_are_not_overwritten(tmp_path, landsat_path):
     with pytest.raises(OutputExistsError):
         run_pipeline("flood", output=tmp_path, overrides=sets)
     run_pipeline("flood", output=tmp_path, overrides=sets, overwrite=True)
+
+
+def test_band_stack_from_single_band_files_equals_one_file(tmp_path, landsat_path, flood_run):
+    run, out = flood_run
+    with rasterio.open(landsat_path) as src:
+        profile = {**src.profile, "count": 1}
+        files = {}
+        for i, name in enumerate(["blue", "green", "red", "nir"], start=1):
+            files[name] = tmp_path / f"{name}.tif"
+            with rasterio.open(files[name], "w", **profile) as dst:
+                dst.write(src.read(i), 1)
+    cfg = {
+        "name": "stack",
+        "kind": "raster",
+        "input": {"bands": {k: str(v) for k, v in files.items()}},
+        "model": {"method": "ndwi_otsu"},
+        "outputs": {"polygons": False, "quicklook": False},
+    }
+    stacked = run_pipeline(cfg, output=tmp_path / "out")
+    assert stacked.report["threshold"] == pytest.approx(run.report["threshold"], abs=1e-9)
+    with (
+        rasterio.open(tmp_path / "out" / "labels.tif") as a,
+        rasterio.open(out / "labels.tif") as b,
+    ):
+        np.testing.assert_array_equal(a.read(1), b.read(1))
