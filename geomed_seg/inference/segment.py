@@ -112,6 +112,16 @@ def _label_format(classes: list[ClassInfo], card: Any) -> tuple[np.dtype, int]:
     return dtype, int(nodata)
 
 
+def _peak_rss_mib() -> float | None:
+    """Peak resident memory of this process so far (MiB), where the OS reports it."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 def _progress_bar(total: int, quiet: bool):
     """Return ``(update(n), close())`` of a rich bar on a TTY, or no-ops."""
     if quiet or not sys.stderr.isatty():
@@ -281,6 +291,7 @@ def segment(
         "seconds": seconds,
         "device": str(dev),
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
+        "peak_rss_mib": _peak_rss_mib(),
     }
     log.info(
         "segmented %d windows (%d skipped) in %.1f s",

@@ -113,3 +113,27 @@ def test_memory_sink_chunking_does_not_change_labels():
     a = segment(img, net, roi_size=20, device="cpu", sink=MemorySink(chunk=13)).image.compute()
     b = segment(img, net, roi_size=20, device="cpu", sink=MemorySink(chunk=512)).image.compute()
     np.testing.assert_array_equal(a, b)
+
+
+def test_real_landsat_cog_matches_monai_and_source_geometry(landsat_path, tmp_path):
+    from monai.inferers import sliding_window_inference as monai_swi
+
+    from geomed_seg.io.geotiff import open_geotiff
+
+    img = open_geotiff(landsat_path)
+    net = tiny_net(2, img.n_channels, 3, seed=7)
+    res = segment(
+        img, net, roi_size=(64, 64), output="probabilities", sink=tmp_path / "p.tif",
+        device="cpu", batch_size=8,
+    )  # fmt: skip
+    x = torch.from_numpy(img.compute().astype(np.float32))[None]
+    with torch.no_grad():
+        ref = monai_swi(
+            x, (64, 64), 8, lambda t: torch.softmax(net(t), 1), overlap=0.25, mode="gaussian"
+        )
+    with rasterio.open(tmp_path / "p.tif") as out, rasterio.open(landsat_path) as src:
+        assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
+        got = out.read()
+    valid = img.valid_mask().compute()
+    np.testing.assert_allclose(got[:, valid], ref[0].numpy()[:, valid], atol=1e-4)
+    assert res.stats["windows_total"] >= 30
