@@ -60,7 +60,7 @@ def test_slic_single_chunk_equals_skimage(geogrid):
 
 
 def test_region_grow_world_seed_equals_flood_on_rotated_grid():
-    t = Affine(10.0, 0, 1000.0, 0, 10.0, 2000.0) * Affine.rotation(30)  # south-up + rotated
+    t = Affine(10.0, 0, 1000.0, 0, 10.0, 2000.0) @ Affine.rotation(30)  # south-up + rotated
     rng = np.random.default_rng(4)
     a = rng.integers(0, 3, (70, 90)).astype(np.float32)
     a[20:50, 30:60] = 10 + rng.random((30, 30))

@@ -57,7 +57,7 @@ def tiny_sam_folder(tmp_path_factory):
 
 
 def _rotated_scene():
-    t = Affine(10.0, 0, 5000.0, 0, 10.0, 9000.0) * Affine.rotation(25)  # south-up, rotated
+    t = Affine(10.0, 0, 5000.0, 0, 10.0, 9000.0) @ Affine.rotation(25)  # south-up, rotated
     a = np.zeros((3, 300, 280), np.float32)
     a[:, 123, 201] = 100.0  # marker pixel
     return Image.from_array(a, GeoGrid(None, t, (300, 280)), chunks=(3, 128, 128))
