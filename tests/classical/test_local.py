@@ -120,3 +120,11 @@ def test_canny_on_volume_is_slice_wise():
     ours = canny(image, sigma=1.0, low_threshold=0.1, high_threshold=0.1).compute()[0]
     ref = np.stack([sk_canny(s, 1.0, 0.1, 0.1) for s in vol])
     np.testing.assert_array_equal(ours, ref.astype(np.uint8))
+
+
+def test_chunks_smaller_than_the_halo_are_merged_not_wrong(blob_image):
+    _, img, image = blob_image
+    small = image.rechunk((1, 8, 9))  # halo ceil(4 * 1.5) + 3 = 9 > 8
+    ours = canny(small, sigma=1.5, low_threshold=0.05, high_threshold=0.05).compute()[0]
+    ref = sk_canny(img.astype(np.float32), 1.5, 0.05, 0.05)
+    np.testing.assert_array_equal(ours, ref.astype(np.uint8))
