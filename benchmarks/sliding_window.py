@@ -161,6 +161,11 @@ def _plain(v):
     return v if isinstance(v, int | float | str | bool | type(None)) else str(v)
 
 
+def _softmax(module):
+    """Predictor blending class probabilities (as our engine and nnU-Net do), not logits."""
+    return lambda x: module(x).softmax(1)
+
+
 def case_monai2d(work: Path, scene: str, ckpt: str, out: str) -> dict:
     import numpy as np
     import rasterio
@@ -176,7 +181,7 @@ def case_monai2d(work: Path, scene: str, ckpt: str, out: str) -> dict:
     x = torch.from_numpy(model.card.normalise(arr[None]))
     with torch.no_grad():
         prob = sliding_window_inference(
-            x, (256, 256), 4, model.module, overlap=0.25, mode="gaussian"
+            x, (256, 256), 4, _softmax(model.module), overlap=0.25, mode="gaussian"
         )
     labels = prob[0].argmax(0).numpy().astype(np.uint8)
     profile.update(count=1, dtype="uint8", nodata=None)
@@ -199,7 +204,7 @@ def case_monai3d(work: Path, roi: int) -> dict:
     model = load_checkpoint(work / "basicunet.safetensors")
     with torch.no_grad():
         prob = sliding_window_inference(
-            x, (roi,) * 3, 4, model.module, overlap=0.25, mode="gaussian"
+            x, (roi,) * 3, 4, _softmax(model.module), overlap=0.25, mode="gaussian"
         )
     np.save(work / "monai3d.npy", prob[0].argmax(0).numpy().astype(np.uint8))
     return {"seconds": time.perf_counter() - t0, "rss_mb": _peak_rss_mb()}
