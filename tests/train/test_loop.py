@@ -96,3 +96,16 @@ def test_unknown_config_key_is_named(tmp_path: Path, tiny_cases):
     d["optim"]["learning_rate"] = 0.1
     with pytest.raises(ConfigError, match="optim.learning_rate"):
         config_from_dict(d)
+
+
+def test_cli_train_with_overrides(tiny_cases, tmp_path, capsys):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(tiny_cases, tmp_path / "ignored")))
+    out = tmp_path / "cli_run"
+    rc = main(["train", str(cfg_path), "--epochs", "1", "--output", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert "best" in capsys.readouterr().out
+    with (out / "train_log.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 1
+    assert not (tmp_path / "ignored").exists()
+    assert load_checkpoint(out / "last").card.training.metrics["epoch"] == 0
