@@ -105,6 +105,11 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
             f"{path}: model needs {card.in_channels} channels, input has {img.n_channels}"
         )
     e = cfg.engine
+    notes = [f"model {card.name} ({card.architecture})"]
+    mismatch = _spacing_mismatch(img, card)
+    if mismatch:
+        notes.append(mismatch)
+        log.warning("%s", mismatch)
     start = time.perf_counter()
     try:
         from geomed_seg.inference.segment import segment
@@ -141,7 +146,27 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
         probabilities=probs,
         stats=stats,
         model_card=card.model_dump(mode="json"),
-        notes=[f"model {card.name} ({card.architecture})"],
+        notes=notes,
+    )
+
+
+def _spacing_mismatch(img: Image, card) -> str | None:
+    """Return a warning when the input's sample size differs > 10 % from the card's."""
+    if not card.spacing:
+        return None
+    if img.kind == "raster":
+        have = (img.grid.res[1], img.grid.res[0])
+    else:
+        have = tuple(img.grid.spacing_zyx)
+    want = tuple(card.spacing)
+    if len(want) != len(have) or all(
+        abs(h - w) <= 0.1 * w for h, w in zip(have, want, strict=True)
+    ):
+        return None
+    fix = "target_resolution" if img.kind == "raster" else "target_spacing_mm"
+    return (
+        f"input spacing {tuple(round(h, 3) for h in have)} differs from the model's "
+        f"{want} (array order); consider preprocess.{fix}"
     )
 
 
