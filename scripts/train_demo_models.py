@@ -8,7 +8,7 @@ Each model is trained by :func:`geomed_seg.train.loop.train` from ``configs/trai
 (seeded, 2 threads, CPU), then its best checkpoint is re-evaluated on the held-out data and
 written to ``<out>/<name>/`` with ``card.json`` (metrics included) and ``train_log.csv``.
 
-* water: IoU/Dice of the model vs the WEAK labels on the held-out southern half, and of the
+* water: IoU/Dice of the model vs the WEAK labels on the held-out northern half, and of the
   classical baseline (NDWI + Otsu without clean-up) vs the same weak labels.
 * brats: Dice of WT/TC/ET (2023 regions) on the held-out phantoms.
 
@@ -93,7 +93,7 @@ def run(which: str, out: Path, quick: bool) -> dict[str, float]:
         verdict = "beats" if m >= b else "does NOT beat"
         notes += (
             f" Labels are WEAK (NDWI + Otsu + clean-up), not ground truth. On the held-out "
-            f"southern half the model scores water IoU {m:.3f} vs the weak labels; the classical "
+            f"northern half the model scores water IoU {m:.3f} vs the weak labels; the classical "
             f"baseline (NDWI + Otsu, no clean-up) scores {b:.3f} vs the same weak labels, so the "
             f"model {verdict} the baseline on this measure (the weak labels are derived from "
             "the baseline itself, which favours it)."
