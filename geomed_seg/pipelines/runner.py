@@ -54,6 +54,34 @@ def _classes(out, dataset) -> list[ClassInfo]:
     return out.classes
 
 
+def _relabel(out, dataset, cfg: PipelineConfig) -> None:
+    """Map the model's classes (index order) onto the dataset card's label convention."""
+    import dask.array as da
+    import numpy as np
+
+    if dataset is None:
+        raise ConfigError(f"{cfg.name}: outputs.relabel_to_dataset needs a dataset card")
+    src = sorted(out.classes, key=lambda c: c.index)
+    dst = sorted(dataset.class_infos(), key=lambda c: c.index)
+    if len(src) != len(dst):
+        raise ConfigError(
+            f"{cfg.name}: outputs.relabel_to_dataset: the model has {len(src)} classes, "
+            f"dataset card {dataset.name} has {len(dst)}"
+        )
+    lut = np.arange(max(256, max(c.index for c in src) + 1), dtype=np.uint16)
+    for a, b in zip(src, dst, strict=True):
+        lut[a.index] = b.index
+    lab = out.labels
+    dtype = np.uint8 if max(c.index for c in dst) < 255 else np.uint16
+    arr = lab.darray.map_blocks(lambda x: lut[x].astype(dtype), dtype=dtype)
+    if lab.nodata is not None:
+        arr = da.where(lab.darray == lab.nodata, dtype(lab.nodata), arr)
+    out.labels = Image.from_array(arr, lab.grid, nodata=lab.nodata, attrs=dict(lab.attrs))
+    out.classes = dst
+    pairs = ", ".join(f"{a.index}->{b.index}" for a, b in zip(src, dst, strict=True))
+    out.notes.append(f"labels mapped to the {dataset.name} convention ({pairs})")
+
+
 def _evaluate(labels: Image, cfg: PipelineConfig, classes, reference: Image | None):
     from geomed_seg.metrics.evaluate import evaluate
 
@@ -130,7 +158,11 @@ def run_pipeline(
     source = img
     img = inputs.preprocess(img, cfg, sensor)
     out = methods.postprocess(methods.run_model(img, cfg), cfg)
-    classes = _classes(out, dataset)
+    if cfg.outputs.relabel_to_dataset:
+        _relabel(out, dataset, cfg)
+        classes = out.classes
+    else:
+        classes = _classes(out, dataset)
     folder = Path(output) if output else cfg.resolve(cfg.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     result = RunResult(cfg, labels=out.labels)

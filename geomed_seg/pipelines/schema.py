@@ -123,6 +123,11 @@ class OutputSpec(_Strict):
     quicklook: bool = True
     report: bool = True
     dicom_seg: Literal["auto", "never"] = "auto"
+    relabel_to_dataset: bool = Field(
+        False,
+        description="map the model's classes, in index order, onto the dataset card's "
+        "(e.g. BraTS 2023 {1,2,3} -> legacy {1,2,4} with dataset: brats2021)",
+    )
 
 
 class EvaluationSpec(_Strict):
