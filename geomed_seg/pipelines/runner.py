@@ -135,7 +135,8 @@ def run_pipeline(
     input : path, optional
         Replaces ``input.path`` (or ``input.folder`` for sequence inputs).
     output : path, optional
-        Output folder (default: the config's ``output_dir``); created if missing.
+        Output folder (default: the config's ``output_dir``, relative to the current
+        folder); created if missing.
     overrides : sequence of str
         ``key.sub=value`` edits applied before validation.
     overwrite : bool
@@ -163,7 +164,7 @@ def run_pipeline(
         classes = out.classes
     else:
         classes = _classes(out, dataset)
-    folder = Path(output) if output else cfg.resolve(cfg.output_dir)
+    folder = Path(output) if output else Path(cfg.output_dir)  # relative to the current folder
     folder.mkdir(parents=True, exist_ok=True)
     result = RunResult(cfg, labels=out.labels)
     if cfg.outputs.labels:

@@ -153,7 +153,7 @@ class PipelineConfig(_Strict):
     postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
     outputs: OutputSpec = Field(default_factory=OutputSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    output_dir: str = "output"
+    output_dir: str = Field("output", description="relative to the current folder")
     base_dir: str = Field("", exclude=True, description="folder relative paths resolve against")
 
     def resolve(self, path: str | os.PathLike) -> Path:

@@ -92,3 +92,12 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys):
 def test_cli_unknown_pipeline_exits_2(capsys):
     assert main(["run", "no-such-pipeline"]) == 2
     assert "bundled" in capsys.readouterr().err
+
+
+def test_cli_run_succeeds_with_input_output_and_set(tmp_path, landsat_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["run", "flood", "--input", str(landsat_path), "-o", str(out), "--quiet",
+               "--set", "outputs.polygons=false", "--set", "outputs.quicklook=false"])  # fmt: skip
+    assert rc == 0 and capsys.readouterr().out == ""
+    assert (out / "labels.tif").exists() and (out / "run.json").exists()
+    assert not (out / "polygons.gpkg").exists()
