@@ -84,7 +84,7 @@ def run(which: str, out: Path, quick: bool) -> dict[str, float]:
         f"{best.card.training.notes} Trained by scripts/train_demo_models.py from "
         f"configs/{CONFIGS[which].name} (seed {cfg.seed}, {cfg.epochs} epochs x "
         f"{cfg.steps_per_epoch} steps, batch {cfg.batch_size}, roi {cfg.roi_size}) in "
-        f"{seconds:.0f} s on CPU ({cfg.threads} threads, shared machine). Best epoch "
+        f"{seconds:.0f} s on CPU (torch threads: {cfg.threads}; shared 2-core machine). Best epoch "
         f"{res.best_epoch}. 'heldout_*' metrics: the best checkpoint re-evaluated on the "
         "held-out data by the script."
     ).strip()
@@ -95,8 +95,10 @@ def run(which: str, out: Path, quick: bool) -> dict[str, float]:
             f" Labels are WEAK (NDWI + Otsu + clean-up), not ground truth. On the held-out "
             f"northern half the model scores water IoU {m:.3f} vs the weak labels; the classical "
             f"baseline (NDWI + Otsu, no clean-up) scores {b:.3f} vs the same weak labels, so the "
-            f"model {verdict} the baseline on this measure (the weak labels are derived from "
-            "the baseline itself, which favours it)."
+            f"model {verdict} the baseline on this measure. Read with care: the weak labels "
+            "are the baseline plus a clean-up (opening, small-object removal), so this compares "
+            "how well each reproduces that clean-up; neither number measures agreement with "
+            "true water."
         )
     training = best.card.training.model_copy(update={"metrics": metrics, "notes": notes})
     card = best.card.model_copy(update={"training": training})
