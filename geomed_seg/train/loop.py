@@ -26,6 +26,7 @@ import csv
 import logging
 import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass, field
@@ -152,7 +153,7 @@ def _load_state(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path}: no {STATE_NAME} beside the weights; cannot resume")
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as exc:  # re-raised with the path: pickle/zip errors vary by torch version
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
         raise ModelError(f"{f}: unreadable trainer state ({exc})") from exc
 
 
