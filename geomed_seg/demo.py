@@ -101,11 +101,14 @@ def _flood(res: DemoResult, data_dir: Path, output: Path, overwrite: bool) -> No
         res.facts["flood (U-Net)"] = f"skipped: no checkpoint at {ckpt}"
         return
     sets = [f"input.path={data_dir / LANDSAT}", "model.method=checkpoint",
-            f"model.checkpoint={ckpt}"]  # fmt: skip
+            f"model.checkpoint={ckpt}", f"evaluation.reference={run.outputs['labels']}",
+            "outputs.polygons=false"]  # fmt: skip
     run = run_pipeline("flood", output=output / "flood_unet", overrides=sets, overwrite=overwrite)
     water = next((r for r in run.report["classes"] if r["name"] == "water"), None)
     area = f"water {water['area_km2']:.2f} km², " if water else ""
-    res.facts["flood (U-Net)"] = f"{area}{run.seconds:.1f} s"
+    agree = next((m["dice"] for m in run.report["metrics"] if m["what"].endswith("water")), None)
+    versus = "" if agree is None else f"Dice {agree:.3f} vs the NDWI baseline (its weak labels), "
+    res.facts["flood (U-Net)"] = f"{area}{versus}{run.seconds:.1f} s"
     res.outputs["flood U-Net labels"] = run.outputs["labels"]
 
 
