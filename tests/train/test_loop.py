@@ -109,3 +109,14 @@ def test_cli_train_with_overrides(tiny_cases, tmp_path, capsys):
         assert len(list(csv.DictReader(f))) == 1
     assert not (tmp_path / "ignored").exists()
     assert load_checkpoint(out / "last").card.training.metrics["epoch"] == 0
+
+
+def test_trainer_state_with_pickled_objects_is_refused(tmp_path):
+    from geomed_seg.errors import ModelError
+    from geomed_seg.train.loop import _load_state
+
+    torch.save({"epoch": 1, "evil": Path("/etc")}, tmp_path / STATE_NAME)
+    with pytest.raises(ModelError, match="trainer state"):
+        _load_state(tmp_path)
+    with pytest.raises(ModelError, match="cannot resume"):
+        _load_state(tmp_path / "missing")
