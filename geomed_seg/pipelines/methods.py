@@ -3,8 +3,7 @@
 Classical baselines need no weights: NDWI/MNDWI + scene-wide Otsu (optical water), SAR
 backscatter threshold in dB (Sentinel-1 water), and a T2-FLAIR hyperintensity baseline for
 brain volumes (whole tumour only). Checkpoints go through the streaming engine
-(``geomed_seg.inference.segment``) when it is installed, else through the in-memory
-sliding-window reference (:mod:`geomed_seg.inference.sliding`).
+(:func:`geomed_seg.inference.segment.segment`).
 """
 
 from __future__ import annotations
@@ -111,32 +110,27 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
         notes.append(mismatch)
         log.warning("%s", mismatch)
     start = time.perf_counter()
-    try:
-        from geomed_seg.inference.segment import segment
-    except ModuleNotFoundError:
-        segment = None
+    from geomed_seg.inference.segment import segment
+
+    kw = dict(
+        roi_size=e.roi_size,
+        overlap=e.overlap if e.overlap is not None else card.overlap,
+        mode=e.mode or card.mode,
+        batch_size=e.batch_size,
+        device=e.device,
+        amp=e.amp,
+        tta=e.tta,
+        foreground_threshold=0.0 if cfg.preprocess.foreground == "nonzero" else None,
+    )
     probs = None
-    if segment is not None:
-        kw = dict(
-            roi_size=e.roi_size,
-            overlap=e.overlap if e.overlap is not None else card.overlap,
-            mode=e.mode or card.mode,
-            batch_size=e.batch_size,
-            device=e.device,
-            amp=e.amp,
-            tta=e.tta,
-            foreground_threshold=0.0 if cfg.preprocess.foreground == "nonzero" else None,
-        )
-        if cfg.outputs.probabilities:
-            res = segment(img, loaded, output="probabilities", **kw)
-            probs = res.image
-            labels = _argmax_labels(probs, card)
-        else:
-            res = segment(img, loaded, output="labels", **kw)
-            labels = res.image
-        stats = dict(res.stats)
+    if cfg.outputs.probabilities:
+        res = segment(img, loaded, output="probabilities", **kw)
+        probs = res.image
+        labels = _argmax_labels(probs, card)
     else:
-        labels, stats = _in_memory(img, loaded, cfg)
+        res = segment(img, loaded, output="labels", **kw)
+        labels = res.image
+    stats = dict(res.stats)
     stats.setdefault("seconds", time.perf_counter() - start)
     classes = card.class_infos()
     return ModelOutput(
@@ -182,47 +176,6 @@ def _argmax_labels(probs: Image, card) -> Image:
         lab = da.where(da.isnan(arr[0]), dtype(255), lab).astype(dtype)
         nodata = 255
     return Image.from_array(lab[None], probs.grid, nodata=nodata)
-
-
-def _in_memory(img: Image, loaded, cfg: PipelineConfig) -> tuple[Image, dict[str, Any]]:
-    """Blend windows in memory (MONAI-equal reference) when the streaming engine is absent."""
-    import torch
-
-    from geomed_seg.inference.plan import plan_windows
-    from geomed_seg.inference.sliding import sliding_window_inference
-
-    card, e = loaded.card, cfg.engine
-    x = np.nan_to_num(img.compute().astype(np.float32))
-    x = card.normalise(x[None]).astype(np.float32)
-    roi = list(e.roi_size or card.roi_size)
-    overlap = e.overlap if e.overlap is not None else card.overlap
-    with torch.no_grad():
-        out = sliding_window_inference(
-            torch.from_numpy(x),
-            roi,
-            e.batch_size,
-            loaded.module,
-            overlap=overlap,
-            mode=e.mode or card.mode,
-        )
-    idx = out[0].argmax(0).numpy()
-    labels = card.channel_to_label()[idx]
-    n = len(plan_windows(img.spatial_shape, roi, overlap))
-    valid = np.asarray(img.valid_mask().compute())
-    nodata = None
-    if img.kind == "raster" and not valid.all():
-        labels = np.where(valid, labels, 255)
-        nodata = 255
-    lab = Image.from_array(
-        labels.astype(np.uint8 if labels.max() < 256 else np.uint16)[None], img.grid, nodata=nodata
-    )
-    return lab, {
-        "windows_total": n,
-        "windows_run": n,
-        "windows_skipped": 0,
-        "device": "cpu",
-        "engine": "in-memory sliding window",
-    }
 
 
 METHODS = {
