@@ -90,13 +90,21 @@ def iter_batches(
     skip: SkipRule | None,
     valid_source,
     stop: threading.Event,
+    known_empty: frozenset[int] = frozenset(),
 ) -> Iterator[list[WindowItem]]:
-    """Yield lists of windows holding up to ``batch_size`` runnable ones (skipped ones ride along)."""
+    """Yield lists of windows holding up to ``batch_size`` runnable ones (skipped ones ride along).
+
+    Windows in ``known_empty`` (no valid pixel, known from the mask alone) are skipped unread.
+    """
     items: list[WindowItem] = []
     n_run = 0
     for index in order:
         if stop.is_set():
             return
+        if index in known_empty:
+            shape = tuple(s.stop - s.start for s in plan.clip(index)[0])
+            items.append(WindowItem(index, None, np.zeros(shape, bool)))
+            continue
         data, valid = read_window(image, plan, index, valid_source)
         if skip is not None and skip(data, valid):
             items.append(WindowItem(index, None, valid))
@@ -109,6 +117,32 @@ def iter_batches(
             items, n_run = [], 0
     if items:
         yield items
+
+
+def empty_windows(image: Image, plan: WindowPlan) -> frozenset[int]:
+    """Return the windows without any valid pixel, from a per-chunk ``any()`` of ``image.mask``.
+
+    Reads only the mask (cheap next to the data); empty when the image has no mask.
+    Conservative: a window is listed only if every mask chunk it touches is all False.
+    """
+    if image.mask is None:
+        return frozenset()
+    mask = image.valid_mask()
+    one = tuple((1,) * len(c) for c in mask.chunks)
+    any_block = mask.map_blocks(
+        lambda b: np.array(b.any()).reshape((1,) * b.ndim), chunks=one, dtype=bool
+    ).compute()
+    bounds = [np.cumsum((0, *c)) for c in mask.chunks]
+    empty = set()
+    for i in range(len(plan)):
+        img, _ = plan.clip(i)
+        blocks = tuple(
+            slice(int(np.searchsorted(b, s.start, "right") - 1), int(np.searchsorted(b, s.stop)))
+            for s, b in zip(img, bounds, strict=True)
+        )
+        if not any_block[blocks].any():
+            empty.add(i)
+    return frozenset(empty)
 
 
 def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
@@ -312,6 +346,7 @@ def run_windows(
     background_skips: bool,
     reduce: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
     on_progress: Callable[[int], None] | None = None,
+    known_empty: frozenset[int] = frozenset(),
 ) -> EngineStats:
     """Run every window of ``plan`` through ``predictor`` and stream finished chunks to ``sink``."""
     stats = EngineStats(windows_total=len(plan))
@@ -319,7 +354,7 @@ def run_windows(
     stop = threading.Event()
     valid_source = image.valid_mask()
     batches = iter_batches(
-        image, plan, schedule.order, batch_size, normalise, skip, valid_source, stop
+        image, plan, schedule.order, batch_size, normalise, skip, valid_source, stop, known_empty
     )
     stream = prefetch(batches)
     try:

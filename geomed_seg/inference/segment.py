@@ -23,7 +23,7 @@ from geomed_seg.core.grid import GeoGrid
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import InvalidInputError, ModelError
-from geomed_seg.inference.engine import Predictor, reduce_chunk, run_windows
+from geomed_seg.inference.engine import Predictor, empty_windows, reduce_chunk, run_windows
 from geomed_seg.inference.plan import importance_map, plan_windows, regular_chunks, schedule_chunks
 from geomed_seg.inference.sinks import OutputSpec, Sink, sink_for
 
@@ -276,6 +276,7 @@ def segment(
             image, plan, schedule, predictor, normalise, weight, n_classes, out_sink,
             batch_size=batch_size, skip=_skip_rule(image, skip, foreground_threshold),
             background_skips=not is_raster, reduce=reduce, on_progress=on_progress,
+            known_empty=empty_windows(image, plan) if skip == "auto" else frozenset(),
         )  # fmt: skip
         result_image = out_sink.finish()
     except BaseException:

@@ -170,3 +170,33 @@ def test_progress_callback_and_errors():
         segment(img, net, roi_size=16, output="logits")
     with pytest.raises(ModelError, match="channels|window"):
         segment(img, tiny_net(2, 2, 2), roi_size=16, device="cpu")
+
+
+def test_mask_prepass_skips_windows_without_reading_them():
+    import dataclasses
+
+    import dask.array as da
+    import xarray as xr
+
+    base = raster(shape=(3, 96, 64))
+    x = base.compute()
+    reads: list[tuple[int, int]] = []
+
+    def load(block, block_info=None):
+        loc = block_info[None]["array-location"]
+        reads.append((loc[1][0], loc[2][0]))
+        return block
+
+    data = da.from_array(x, chunks=(3, 16, 16)).map_blocks(load, dtype=np.float32)
+    valid = np.ones((96, 64), bool)
+    valid[:48] = False
+    mask = xr.DataArray(da.from_array(valid, chunks=16), dims=("y", "x"))
+    img = dataclasses.replace(Image.from_array(data, base.grid), mask=mask)
+    net = tiny_net(2, 3, 2)
+    kw = dict(roi_size=(16, 16), output="probabilities", device="cpu", sink=MemorySink(32))
+    fast = segment(img, net, **kw)
+    assert fast.stats["windows_skipped"] > 0
+    assert all(row >= 32 for row, _ in reads)  # rows 0..31: only fully masked windows
+    full = segment(img, net, skip="none", **kw).image.compute()
+    np.testing.assert_allclose(fast.image.compute()[:, 48:], full[:, 48:], atol=1e-6)
+    assert np.isnan(fast.image.compute()[:, :48]).all()
