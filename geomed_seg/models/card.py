@@ -208,7 +208,8 @@ class ModelCard(_Strict):
     def check_image(self, image: Any, source: str | os.PathLike | None = None) -> None:
         """Raise :class:`ModelError` unless ``image`` (an :class:`~geomed_seg.core.image.Image`) fits.
 
-        Checks raster vs volume against ``spatial_dims`` and the band/channel count.
+        Checks raster vs volume against ``spatial_dims`` and the band/channel count (an image
+        whose named bands include all of the card's ``band_names`` fits: bands go by name).
         """
         where = f"{source}: " if source is not None else ""
         ndim = len(image.spatial_shape)
@@ -217,6 +218,9 @@ class ModelCard(_Strict):
             raise ModelError(
                 f"{where}model {self.name!r} is {self.spatial_dims}D but the input is a {ndim}D {kind}"
             )
+        have = getattr(image, "channel_names", None)
+        if self.band_names and have and set(self.band_names) <= set(have):
+            return  # the engine selects and orders the card's bands by name
         if image.n_channels != self.in_channels:
             names = f" ({', '.join(self.band_names)})" if self.band_names else ""
             raise ModelError(

@@ -114,6 +114,10 @@ def test_check_image_band_count_and_dims():
         ModelError, match="scene.tif: input has 6 bands/channels but model 'tiny-unet' expects 4"
     ):
         card.check_image(Image.from_array(np.zeros((6, 8, 8)), grid), "scene.tif")
+    named = ["coastal", "blue", "green", "red", "nir", "swir"]
+    card.check_image(Image.from_array(np.zeros((6, 8, 8)), grid, channel_names=named))
+    with pytest.raises(ModelError, match="expects 4"):
+        card.check_image(Image.from_array(np.zeros((6, 8, 8)), grid, channel_names=list("abcdef")))
     vol = Image.from_array(np.zeros((4, 4, 8, 8)), VoxelGrid(np.eye(4), (4, 8, 8)))
     with pytest.raises(ModelError, match="2D but the input is a 3D volume"):
         card.check_image(vol, "brain.nii.gz")
