@@ -16,8 +16,6 @@ from geomed_seg.train.config import load_config
 ROOT = Path(__file__).resolve().parents[2]
 CKPT = ROOT / "checkpoints"
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.mark.skipif(not (CKPT / "water_unet").is_dir(), reason="water_unet not bundled")
 def test_water_unet_heldout_scores_match_card():
@@ -39,6 +37,7 @@ def test_water_unet_heldout_scores_match_card():
     assert "WEAK" in notes and model.card.training.weak_labels
 
 
+@pytest.mark.slow  # builds three phantoms and segments them: ~6 s idle, > 20 s under load
 @pytest.mark.skipif(not (CKPT / "brats_unet").is_dir(), reason="brats_unet not bundled")
 def test_brats_unet_heldout_dice_matches_card():
     from geomed_seg.train.data import load_split
