@@ -120,3 +120,30 @@ def test_trainer_state_with_pickled_objects_is_refused(tmp_path):
         _load_state(tmp_path)
     with pytest.raises(ModelError, match="cannot resume"):
         _load_state(tmp_path / "missing")
+
+
+def test_early_stopping_and_cpu_bf16(tiny_cases, tmp_path):
+    # lr 0: the score cannot improve after the first validation, so patience 1 stops at epoch 1
+    d = tiny_config(tiny_cases, tmp_path / "run", epochs=5, steps_per_epoch=2, patience=1,
+                    amp="bf16")  # fmt: skip
+    d["optim"]["lr"] = 1e-12
+    res = train(config_from_dict(d))
+    assert [r["epoch"] for r in res.history] == [0, 1]
+    assert res.best_epoch == 0
+    assert all(np.isfinite(r["train_loss"]) for r in res.history)
+
+
+def test_workers_give_the_same_batches(tiny_cases, tmp_path):
+    from geomed_seg.train.augment import build_augment
+    from geomed_seg.train.data import PatchDataset, load_split, make_loader
+    from geomed_seg.train.sampling import PatchSampler
+
+    cfg = config_from_dict(tiny_config(tiny_cases, tmp_path / "run"))
+    split = load_split(cfg)
+    sampler = PatchSampler([(c.image, c.label) for c in split.train], (16, 16), [1], seed=2)
+    ds = PatchDataset(sampler, 8, build_augment(cfg.augment, 2))
+    ds.set_epoch(3)
+    a = [b["image"] for b in make_loader(ds, 4, num_workers=0)]
+    b = [b["image"] for b in make_loader(ds, 4, num_workers=2)]
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
