@@ -39,6 +39,21 @@ def default_chunks(shape: Sequence[int], itemsize: int, spatial_ndim: int) -> tu
     return (nch, *(min(int(s), max(edge, 1)) for s in shape[1:]))
 
 
+def valid_samples(arr: Any, nodata: float | None) -> Any:
+    """Return spatial validity of channel-first ``arr`` (numpy or dask): any channel valid.
+
+    A sample is invalid when it equals ``nodata`` (NaN matches NaN) or, without nodata, when
+    it is not finite (floats only). One rule for lazy images and for blocks in memory.
+    """
+    if nodata is None:
+        if not np.issubdtype(arr.dtype, np.floating):
+            return np.ones(arr.shape[1:], dtype=bool)
+        return np.isfinite(arr).any(axis=0)
+    if np.isnan(nodata):
+        return (~np.isnan(arr)).any(axis=0)
+    return (arr != nodata).any(axis=0)
+
+
 @dataclass(frozen=True)
 class Image:
     """A lazy channel-first image with exact geometry.
@@ -159,13 +174,9 @@ class Image:
             m = self.mask.data
             return m if isinstance(m, da.Array) else da.asarray(m)
         arr = self.darray
-        if self.nodata is None:
-            if np.issubdtype(arr.dtype, np.floating):
-                return da.isfinite(arr).any(axis=0)
+        if self.nodata is None and not np.issubdtype(arr.dtype, np.floating):
             return da.ones(arr.shape[1:], dtype=bool, chunks=arr.chunks[1:])
-        if np.isnan(self.nodata):
-            return (~da.isnan(arr)).any(axis=0)
-        return (arr != self.nodata).any(axis=0)
+        return valid_samples(arr, self.nodata)
 
     # -- windows and chunking -----------------------------------------------------------
     def sel_window(self, slices: Sequence[slice]) -> Image:

@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import combinations
 
-import dask
 import numpy as np
 import torch
 
 from geomed_seg.core.image import Image
 from geomed_seg.errors import ModelError
 from geomed_seg.inference.plan import ChunkSchedule, WindowPlan
+from geomed_seg.inference.reader import WindowReader
 from geomed_seg.inference.sinks import Sink
 
 log = logging.getLogger(__name__)
@@ -60,17 +60,6 @@ class EngineStats:
 # -- reading -------------------------------------------------------------------------------
 
 
-def read_window(
-    image: Image, plan: WindowPlan, index: int, valid_source
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(data (C, *clip), valid (*clip))`` of window ``index``'s part inside the image."""
-    img, _ = plan.clip(index)
-    data, valid = dask.compute(
-        image.darray[(slice(None), *img)], valid_source[img], scheduler="synchronous"
-    )
-    return np.asarray(data), np.asarray(valid, dtype=bool)
-
-
 def pad_window(arr: np.ndarray, plan: WindowPlan, index: int, cval: float = 0.0) -> np.ndarray:
     """Return ``arr`` (C, *clip) placed in a ``roi_size`` window filled with ``cval``."""
     _, win = plan.clip(index)
@@ -82,13 +71,12 @@ def pad_window(arr: np.ndarray, plan: WindowPlan, index: int, cval: float = 0.0)
 
 
 def iter_batches(
-    image: Image,
+    reader: WindowReader,
     plan: WindowPlan,
     order: tuple[int, ...],
     batch_size: int,
     normalise: Callable[[np.ndarray], np.ndarray],
     skip: SkipRule | None,
-    valid_source,
     stop: threading.Event,
     known_empty: frozenset[int] = frozenset(),
 ) -> Iterator[list[WindowItem]]:
@@ -105,7 +93,7 @@ def iter_batches(
             shape = tuple(s.stop - s.start for s in plan.clip(index)[0])
             items.append(WindowItem(index, None, np.zeros(shape, bool)))
             continue
-        data, valid = read_window(image, plan, index, valid_source)
+        data, valid = reader.read(index)
         if skip is not None and skip(data, valid):
             items.append(WindowItem(index, None, valid))
         else:
@@ -352,9 +340,9 @@ def run_windows(
     stats = EngineStats(windows_total=len(plan))
     acc = ChunkAccumulator(plan, schedule, weight, n_classes, background_skips)
     stop = threading.Event()
-    valid_source = image.valid_mask()
+    reader = WindowReader(image, plan, [i for i in schedule.order if i not in known_empty])
     batches = iter_batches(
-        image, plan, schedule.order, batch_size, normalise, skip, valid_source, stop, known_empty
+        reader, plan, schedule.order, batch_size, normalise, skip, stop, known_empty
     )
     stream = prefetch(batches)
     try:
