@@ -124,7 +124,16 @@ def write_checkpoints(work: Path) -> None:
 
 # -- child cases ----------------------------------------------------------------------------
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS of this process in MB from ``VmHWM``.
+
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` is not used: Linux carries the parent's peak into a
+    child started with fork + execve, which would inflate small cases.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def case_ours(
