@@ -157,7 +157,11 @@ class PipelineConfig(_Strict):
     base_dir: str = Field("", exclude=True, description="folder relative paths resolve against")
 
     def resolve(self, path: str | os.PathLike) -> Path:
-        """Return ``path`` made absolute against the config file's folder."""
+        """Return ``path`` made absolute against ``base_dir`` (the current folder on load).
+
+        Paths written in a config file were already anchored to that file's folder by
+        :func:`load_config`; paths from ``--set`` overrides are relative to the current folder.
+        """
         p = Path(os.path.expanduser(str(path)))
         return p if p.is_absolute() or not self.base_dir else Path(self.base_dir) / p
 
@@ -218,6 +222,28 @@ def validate_config(raw: Any, where: str, base_dir: str | os.PathLike = "") -> P
     return cfg.model_copy(update={"base_dir": str(base_dir)})
 
 
+#: Path fields of a config: ``(section, key)``; ``key=None`` means every value of the section.
+PATH_FIELDS = (("input", "path"), ("input", "folder"), ("input", "bands"), ("model", "checkpoint"),
+               ("evaluation", "reference"))  # fmt: skip
+
+
+def _anchor(value: Any, base: Path) -> Any:
+    if isinstance(value, dict):
+        return {k: _anchor(v, base) for k, v in value.items()}
+    if isinstance(value, str) and value and not Path(os.path.expanduser(value)).is_absolute():
+        return str(base / value)
+    return value
+
+
+def anchor_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Return ``raw`` with the relative path fields of a config file anchored to ``base``."""
+    for section, key in PATH_FIELDS:
+        node = raw.get(section)
+        if isinstance(node, dict) and node.get(key) is not None:
+            node[key] = _anchor(node[key], base)
+    return raw
+
+
 def load_config(
     name_or_path: str | os.PathLike | dict, overrides: Sequence[str] = ()
 ) -> PipelineConfig:
@@ -233,5 +259,6 @@ def load_config(
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
     if isinstance(raw, dict):
-        raw = apply_overrides(raw, overrides, str(path))
-    return validate_config(raw, str(path), path.resolve().parent)
+        # the file's own relative paths mean "beside this file"; --set values mean "from here"
+        raw = apply_overrides(anchor_paths(raw, path.resolve().parent), overrides, str(path))
+    return validate_config(raw, str(path), Path.cwd())
