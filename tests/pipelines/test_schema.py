@@ -29,7 +29,14 @@ def _write(tmp_path: Path, data: dict) -> Path:
 def test_bundled_pipelines_validate(name):
     cfg = load_config(name)
     assert cfg.name == name
-    assert Path(cfg.base_dir) == PIPELINES_DIR
+    # relative paths written in the file are anchored beside it
+    for value in (cfg.input.path, cfg.model.checkpoint):
+        if value:
+            assert Path(value).is_absolute()
+            assert Path(value).is_relative_to(PIPELINES_DIR)
+    if name == "flood":  # the one pipeline whose input and checkpoint are bundled
+        assert cfg.resolve(cfg.input.path).is_file()
+        assert cfg.resolve(cfg.model.checkpoint).is_dir()
 
 
 def test_bundled_set_is_complete():
