@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geomed_seg.core.labels import ClassInfo
-from geomed_seg.errors import ConfigError
+from geomed_seg.errors import ConfigError, validation_problems
 
 #: Folder holding the bundled cards (repository root / data_catalog).
 CATALOG_DIR = Path(__file__).resolve().parents[1] / "data_catalog"
@@ -93,5 +93,4 @@ def load_card(name_or_path: str | os.PathLike) -> DatasetCard:
     try:
         return DatasetCard.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{path}: {validation_problems(exc)}") from exc

@@ -56,3 +56,16 @@ __all__ = [
     "UnsupportedFormatError",
     "WriteError",
 ]
+
+
+def validation_problems(exc: Exception, limit: int | None = None) -> str:
+    """Return ``"key.sub: problem; ..."`` from a pydantic ``ValidationError`` (one line).
+
+    Unknown keys read "unknown key" rather than pydantic's "Extra inputs are not permitted".
+    ``limit`` keeps only the first problems of a long list.
+    """
+    out = []
+    for e in exc.errors()[:limit]:  # type: ignore[attr-defined]
+        key = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        out.append(f"{key}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}")
+    return "; ".join(out)

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from geomed_seg.core.labels import ClassInfo
-from geomed_seg.errors import InvalidInputError, ModelError
+from geomed_seg.errors import InvalidInputError, ModelError, validation_problems
 
 #: Schema of the STAC Machine Learning Model extension this module exports.
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
@@ -239,10 +239,7 @@ class ModelCard(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'card'}: {e['msg']}"
-                for e in exc.errors()[:5]
-            )
+            problems = validation_problems(exc, limit=5)
             raise ModelError(f"{source}: invalid model card ({problems})") from exc
 
     @classmethod

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geomed_seg.catalog import CATALOG_DIR, DatasetCard, card_path, load_card
-from geomed_seg.errors import ConfigError
+from geomed_seg.errors import ConfigError, validation_problems
 
 
 class Band(BaseModel):
@@ -77,8 +77,7 @@ def load_sensor_card(name_or_path: str | os.PathLike) -> SensorCard:
     try:
         return SensorCard.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{path}: {validation_problems(exc)}") from exc
 
 
 def load_any_card(name_or_path: str | os.PathLike) -> SensorCard | DatasetCard:

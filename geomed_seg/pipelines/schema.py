@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from geomed_seg.errors import ConfigError
+from geomed_seg.errors import ConfigError, validation_problems
 
 #: Folder of the bundled pipelines (repository root / pipelines).
 PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
@@ -198,17 +198,6 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) -
     return raw
 
 
-def _problems(exc: ValidationError) -> str:
-    out = []
-    for e in exc.errors():
-        key = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        out.append(f"{key}: {msg}")
-    return "; ".join(out)
-
-
 def validate_config(raw: Any, where: str, base_dir: str | os.PathLike = "") -> PipelineConfig:
     """Validate a raw mapping; :class:`ConfigError` names the key and ``where`` on failure."""
     if not isinstance(raw, dict):
@@ -218,7 +207,7 @@ def validate_config(raw: Any, where: str, base_dir: str | os.PathLike = "") -> P
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{where}: {_problems(exc)}") from exc
+        raise ConfigError(f"{where}: {validation_problems(exc)}") from exc
     return cfg.model_copy(update={"base_dir": str(base_dir)})
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from geomed_seg.errors import ConfigError
+from geomed_seg.errors import ConfigError, validation_problems
 from geomed_seg.models.card import ClassSpec, MeanStd, NoNormalisation, Percentile
 
 
@@ -217,10 +217,7 @@ def config_from_dict(data: dict[str, Any], source: str | os.PathLike = "<config>
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}"
-            for e in exc.errors()[:5]
-        )
+        problems = validation_problems(exc, limit=5)
         raise ConfigError(f"{source}: invalid training config ({problems})") from exc
 
 

@@ -20,7 +20,7 @@ def test_extra_key_rejected():
         tiny_card(colour_map="viridis")
     data = json.loads(tiny_card().to_json())
     data["roi"] = [1, 2]
-    with pytest.raises(ModelError, match=r"my\.json: invalid model card \(roi: Extra inputs"):
+    with pytest.raises(ModelError, match=r"my\.json: invalid model card \(roi: unknown key"):
         ModelCard.from_dict(data, source="my.json")
 
 
