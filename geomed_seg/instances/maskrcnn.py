@@ -27,7 +27,7 @@ import torch
 
 from geomed_seg.classical.indices import band_index
 from geomed_seg.core.image import Image
-from geomed_seg.errors import InvalidInputError, ModelError
+from geomed_seg.errors import InvalidInputError, ModelError, OutputExistsError
 
 
 def build_maskrcnn(
@@ -201,3 +201,62 @@ def detections_to_instances(image: Image, det: Detections) -> tuple[Image, Image
     sem = Image.from_array(cls[None], image.grid, chunks=chunks)
     sc = Image.from_array(score[None], image.grid, chunks=chunks)
     return inst, sem, instance_table(inst, sem, sc)
+
+
+def maskrcnn_file(
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    random_init: bool = False,
+    num_classes: int = 2,
+    class_names: dict[int, str] | None = None,
+    tile: int = 512,
+    overlap: int = 64,
+    rgb: Sequence[str | int] = (1, 2, 3),
+    score_threshold: float = 0.5,
+    table: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Return the instance table after writing Mask R-CNN instances (uint32) of a raster file.
+
+    The instance raster is written on the input grid (COG for ``.tif``) and, with ``table``,
+    the per-instance table (world centroids in CRS units, ``area_m2``, ``mean_score`` = detection
+    score, ``class_name`` when ``class_names`` maps class index -> name). Without ``weights``
+    the model is only run when ``random_init`` is set (pipeline tests); the model's internal
+    resize is the tile size.
+    """
+    from geomed_seg.instances.instances import write_table
+    from geomed_seg.io.registry import open_image, write_image
+
+    if weights is None and not random_init:
+        raise ModelError(
+            f"{input_path}: Mask R-CNN needs --weights (a .safetensors or state-dict file); "
+            "--random-init runs untrained weights for pipeline tests only"
+        )
+    if weights is not None and not Path(weights).is_file():
+        raise ModelError(f"{weights}: Mask R-CNN weights file not found")
+    for p in (output, table):
+        if p is not None and Path(p).exists() and not overwrite:
+            raise OutputExistsError(f"{p}: exists; pass --overwrite to replace it")
+    image = open_image(input_path)
+    if image.grid.ndim != 2:
+        raise InvalidInputError(f"{input_path}: Mask R-CNN runs on rasters (band, y, x)")
+    model = build_maskrcnn(num_classes, weights, image_size=tile)
+    det = detect_tiled(
+        image,
+        model,
+        tile=tile,
+        overlap=overlap,
+        rgb=rgb,
+        score_threshold=score_threshold,
+        device=device,
+    )
+    inst, _, tab = detections_to_instances(image, det)
+    if class_names and len(tab):
+        tab["class_name"] = [class_names.get(int(c), str(c)) for c in tab["class"]]
+    write_image(inst, output, overwrite=overwrite)
+    if table is not None:
+        write_table(tab, table, overwrite=overwrite)
+    return tab

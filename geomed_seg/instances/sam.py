@@ -18,13 +18,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from geomed_seg.classical.indices import band_index
 from geomed_seg.classical.tiling import place_window, world_to_index
 from geomed_seg.core.image import Image
-from geomed_seg.errors import InvalidInputError, ModelError
+from geomed_seg.errors import InvalidInputError, ModelError, OutputExistsError
 
 
 class SamSegmenter:
@@ -174,3 +175,32 @@ def sam_segment(
     if image.grid.ndim == 3:
         mask = mask[None]
     return place_window(image, w.slices, mask, attrs={"method": "sam"})
+
+
+def sam_file(
+    input_path: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    points: Sequence[Sequence[float]] | None = None,
+    box: Sequence[float] | None = None,
+    window: int = 1024,
+    overwrite: bool = False,
+    device: str = "cpu",
+) -> int:
+    """Return the mask's pixel count after writing SAM's mask (uint8 ``{0, 1}``) of a file.
+
+    ``points`` / ``box`` are WORLD coordinates of the input (CRS ``x, y`` for rasters, RAS mm
+    for volumes); the mask is written on the input grid (COG for ``.tif``).
+    """
+    from geomed_seg.io.registry import open_image, write_image
+
+    if not Path(checkpoint).is_dir():
+        raise ModelError(f"{checkpoint}: SAM checkpoint folder not found")
+    if Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"{output}: exists; pass --overwrite to replace it")
+    image = open_image(input_path)
+    segmenter = SamSegmenter(checkpoint, device=device)
+    mask = sam_segment(image, segmenter, points=points, box=box, window=window)
+    write_image(mask, output, overwrite=overwrite)
+    return int(mask.darray.sum().compute())
