@@ -27,7 +27,16 @@ app = typer.Typer(
 _STATE = {"debug": False}
 
 #: Command modules; each registers its commands on :data:`app` when imported.
-COMMAND_MODULES = ("io", "segment", "evaluate", "demo", "classical", "pipelines", "train")
+COMMAND_MODULES = (
+    "io",
+    "segment",
+    "evaluate",
+    "demo",
+    "classical",
+    "pipelines",
+    "train",
+    "instances",
+)
 
 
 def _version(value: bool) -> None:
