@@ -1,0 +1,129 @@
+"""The batch journal: ``OUT/journal.jsonl``, one JSON object per line, appended and fsynced.
+
+Line 1 is a header ``{"type": "header", "config_hash": ..., "version": ...}``; every other
+line is a tile record ``{"type": "tile", "stem", "input", "input_size", "input_mtime_ns",
+"status": "done"|"failed", "outputs": {name: {"path", "sha256"}}, "seconds", "attempts",
+"error", "finished"}``. The last record of a stem wins. Inputs are identified by size and
+modification time (not their SHA-256: hashing every input of a large batch costs a full read);
+outputs by SHA-256, checked again before a tile is skipped. A torn last line (a killed run)
+is ignored. Only the driver process writes the journal, so there is a single writer.
+
+Hand-written rather than SQLite: append-only JSON lines survive ``kill -9`` without a
+database lock and can be read with ``jq``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from geomed_seg import __version__
+from geomed_seg.errors import ConfigError, InvalidInputError
+from geomed_seg.pipelines.schema import PipelineConfig
+
+JOURNAL = "journal.jsonl"
+
+
+def config_hash(cfg: PipelineConfig) -> str:
+    """SHA-256 of the validated config (overrides applied; per-tile input/output removed) + version."""
+    data = cfg.model_dump(mode="json")
+    for key in ("path", "folder"):
+        data.get("input", {}).pop(key, None)
+    data.pop("output_dir", None)
+    text = json.dumps({"config": data, "version": __version__}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of one file (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_identity(path: Path) -> dict[str, int]:
+    """Size (bytes) and modification time (ns) of an input: its identity for resuming."""
+    st = path.stat()
+    return {"input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns}
+
+
+class Journal:
+    """Read and append the journal of one batch output folder ``out``."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.path = self.out / JOURNAL
+        self.header: dict[str, Any] | None = None
+        self.records: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        with open(self.path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # torn last line of a killed run
+                if rec.get("type") == "header":
+                    self.header = rec
+                elif rec.get("type") == "tile" and "stem" in rec:
+                    self.records[rec["stem"]] = rec
+
+    def open(self, chash: str, restart: bool) -> None:
+        """Start or continue the journal for ``chash``; a different hash needs ``restart``.
+
+        ``restart`` deletes the journal and every tile output under ``out/tiles``.
+        """
+        if self.header is not None and self.header.get("config_hash") != chash:
+            if not restart:
+                raise ConfigError(
+                    f"{self.path}: this output folder was made with another config or version "
+                    f"(hash {self.header.get('config_hash', '?')[:12]} != {chash[:12]}); "
+                    "use --restart to discard it, or another output folder"
+                )
+        if restart:
+            shutil.rmtree(self.out / "tiles", ignore_errors=True)
+            self.path.unlink(missing_ok=True)
+            self.header, self.records = None, {}
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.header is None:
+            self.header = {"type": "header", "config_hash": chash, "version": __version__,
+                           "created": time.time()}  # fmt: skip
+            self._append(self.header)
+
+    def _append(self, rec: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def record(self, rec: dict[str, Any]) -> None:
+        """Append one tile record (``type`` and ``finished`` are filled in)."""
+        rec = {**rec, "type": "tile", "finished": time.time()}
+        self.records[rec["stem"]] = rec
+        self._append(rec)
+
+    def is_done(self, stem: str, path: Path) -> bool:
+        """True when ``stem`` is recorded done for this same input and its outputs still match."""
+        rec = self.records.get(stem)
+        if rec is None or rec.get("status") != "done" or rec.get("input") != str(path):
+            return False
+        try:
+            ident = input_identity(path)
+        except OSError as exc:
+            raise InvalidInputError(f"{path}: cannot stat input ({exc.strerror})") from exc
+        if any(rec.get(k) != v for k, v in ident.items()):
+            return False
+        for out in rec.get("outputs", {}).values():
+            f = self.out / out["path"]
+            if not f.is_file() or file_sha256(f) != out["sha256"]:
+                return False
+        return True

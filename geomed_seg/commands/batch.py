@@ -1,0 +1,56 @@
+"""``geomed-seg batch``: run a pipeline over many tiles on dask.distributed, resumably."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from geomed_seg.cli import app
+
+
+@app.command()
+def batch(
+    config: str = typer.Argument(..., help="Pipeline YAML, or a bundled name (flood...)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Batch output folder."),
+    inputs: str | None = typer.Option(None, "--inputs", help="Glob of input tiles (quote it)."),
+    list_file: Path | None = typer.Option(None, "--list", help="Text file: one input per line."),
+    vrt: Path | None = typer.Option(None, "--vrt", help="A VRT whose source files are the tiles."),
+    stac: Path | None = typer.Option(None, "--stac", help="STAC ItemCollection / item JSON."),
+    workers: int = typer.Option(2, "--workers", help="Local cluster worker processes."),
+    threads: int = typer.Option(1, "--threads", help="Threads per worker."),
+    memory_limit: str = typer.Option("2GB", "--memory-limit", help="Memory per worker."),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", help="Existing dask scheduler address (tcp://host:port)."
+    ),
+    retries: int = typer.Option(1, "--retries", help="Extra attempts for a failing tile."),
+    restart: bool = typer.Option(False, "--restart", help="Discard journal and tile outputs."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a config value: key.sub=value (repeatable)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+) -> None:
+    """Run a pipeline on every tile; skip tiles already done; exit 1 if some tiles failed."""
+    from geomed_seg.batch.manifest import build_manifest
+    from geomed_seg.batch.progress import BatchProgress
+    from geomed_seg.batch.runner import run_batch
+
+    paths = build_manifest(inputs=inputs, list_file=list_file, vrt=vrt, stac=stac)
+    show = not quiet and sys.stdout.isatty()
+    with BatchProgress(enabled=show, quiet=quiet) as prog:
+        result = run_batch(config, paths, output, overrides=set_, workers=workers,
+                           threads=threads, memory_limit=memory_limit, scheduler=scheduler,
+                           retries=retries, restart=restart, on_start=prog.start,
+                           on_tile=prog.advance)  # fmt: skip
+    if not quiet:
+        print(
+            f"{len(paths)} tiles: {len(result.done)} done, {len(result.skipped)} skipped, "
+            f"{len(result.failed)} failed in {result.seconds:.1f} s -> {result.out}"
+        )
+        for stem, err in result.failed.items():
+            print(f"failed: {stem}: {err}")
+        for note in result.notes:
+            print(f"note: {note}")
+    if result.failed:
+        raise typer.Exit(1)
