@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "pipelines",
     "train",
     "instances",
+    "batch",
 )
 
 
