@@ -66,16 +66,20 @@ class Journal:
             self._load()
 
     def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # torn last line of a killed run
-                if rec.get("type") == "header":
-                    self.header = rec
-                elif rec.get("type") == "tile" and "stem" in rec:
-                    self.records[rec["stem"]] = rec
+        raw = self.path.read_bytes()
+        if raw and not raw.endswith(b"\n"):  # torn last line of a killed run: drop it
+            raw = raw[: raw.rfind(b"\n") + 1]
+            with open(self.path, "r+b") as fh:
+                fh.truncate(len(raw))
+        for line in raw.decode("utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a damaged line: ignored
+            if rec.get("type") == "header":
+                self.header = rec
+            elif rec.get("type") == "tile" and "stem" in rec:
+                self.records[rec["stem"]] = rec
 
     def open(self, chash: str, restart: bool) -> None:
         """Start or continue the journal for ``chash``; a different hash needs ``restart``.
