@@ -64,8 +64,6 @@ def maskrcnn(
 
     names = _class_names(classes)
     n = num_classes if num_classes is not None else (max(names) + 1 if names else 2)
-    if weights is None and random_init:
-        typer.echo(RANDOM_WARNING, err=True)
     tab = maskrcnn_file(
         input_path,
         output,
@@ -80,6 +78,8 @@ def maskrcnn(
         table=table,
         overwrite=overwrite,
     )
+    if weights is None:  # loud even with --quiet; after the run so errors stay one line
+        typer.echo(RANDOM_WARNING, err=True)
     if not quiet:
         typer.echo(f"{output} ({len(tab)} instances)")
 
