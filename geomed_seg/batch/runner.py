@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -152,6 +153,8 @@ def run_batch(
     chash = config_hash(cfg)
     journal = Journal(root)
     journal.open(chash, restart)
+    for stale in (root / "tiles").glob(".*.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     result = BatchResult(root)
     todo = []
     for p in paths:
