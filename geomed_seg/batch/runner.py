@@ -96,6 +96,16 @@ def run_tile(
     return rec
 
 
+def _result(fut: Any, path: Path) -> dict[str, Any]:
+    """The record of a finished task; a lost task (worker killed, e.g. out of memory) fails."""
+    try:
+        return fut.result()
+    except Exception as exc:  # noqa: BLE001 - KilledWorker, CancelledError, ...
+        error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        return {"stem": path.stem, "input": str(path), "status": "failed", "outputs": {},
+                "error": error, "attempts": None, "seconds": None}  # fmt: skip
+
+
 def _config_ref(config: str | os.PathLike) -> str:
     p = Path(config)
     return str(p.resolve()) if p.exists() else str(config)
@@ -178,13 +188,13 @@ def run_batch(
                 result.dashboard = client.dashboard_link
                 if on_start:
                     on_start(len(paths), len(todo), result.dashboard)
-                futures = [
+                futures = {
                     client.submit(run_tile, ref, ovr, chash, str(p), str(root), retries,
-                                  key=f"tile-{p.stem}-{uuid.uuid4().hex[:6]}", pure=False)
+                                  key=f"tile-{p.stem}-{uuid.uuid4().hex[:6]}", pure=False): p
                     for p in todo
-                ]  # fmt: skip
-                for fut in as_completed(futures, loop=client.loop):
-                    rec = fut.result()
+                }  # fmt: skip
+                for fut in as_completed(list(futures), loop=client.loop):
+                    rec = _result(fut, futures[fut])
                     journal.record(rec)
                     if rec["status"] == "done":
                         result.done.append(rec["stem"])

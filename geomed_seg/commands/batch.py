@@ -4,10 +4,45 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from geomed_seg.cli import app
+
+
+class BatchProgress:
+    """Context manager whose ``start``/``advance`` fit :func:`run_batch`'s callbacks.
+
+    ``enabled=False`` (``--quiet`` or not a terminal) shows no bar; the dashboard link is
+    printed unless ``quiet``.
+    """
+
+    def __init__(self, enabled: bool, quiet: bool = False):
+        self.enabled, self.quiet = enabled, quiet
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> BatchProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def start(self, total: int, todo: int, dashboard: str | None) -> None:
+        if dashboard and not self.quiet:
+            print(f"dask dashboard: {dashboard}")
+        if self.enabled and todo:
+            from rich.progress import Progress
+
+            self._bar = Progress()
+            self._bar.start()
+            self._task = self._bar.add_task("tiles", total=todo)
+
+    def advance(self, rec: dict[str, Any]) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=f"tiles ({rec['stem']})")
 
 
 @app.command()
@@ -33,7 +68,6 @@ def batch(
 ) -> None:
     """Run a pipeline on every tile; skip tiles already done; exit 1 if some tiles failed."""
     from geomed_seg.batch.manifest import build_manifest
-    from geomed_seg.batch.progress import BatchProgress
     from geomed_seg.batch.runner import run_batch
 
     paths = build_manifest(inputs=inputs, list_file=list_file, vrt=vrt, stac=stac)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import dask
 import numpy as np
 import pytest
 import rasterio
@@ -114,3 +115,19 @@ def test_existing_scheduler_and_worker_processes(tiles, tmp_path, fast):
     assert os.getpid() not in pids  # ran in the worker processes
     ref = run_pipeline("flood", input=tiles[0], output=tmp_path / "alone", overrides=fast)
     assert file_sha256(ref.outputs["labels"]) == _labels(out)[tiles[0].stem]
+
+
+def test_config_loaded_once_per_worker(tiles, tmp_path, fast):
+    from geomed_seg.batch.journal import config_hash
+    from geomed_seg.batch.runner import _worker_config, run_tile
+    from geomed_seg.pipelines.schema import load_config
+
+    chash = config_hash(load_config("flood", fast))
+    _worker_config.cache_clear()
+    with dask.config.set(scheduler="threads"):  # run_tile sets "synchronous" process-wide
+        recs = [run_tile("flood", fast, chash, str(p), str(tmp_path / "o"), 0) for p in tiles[:3]]
+    assert [r["status"] for r in recs] == ["done"] * 3
+    info = _worker_config.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+    bad = run_tile("flood", fast, "0" * 64, str(tiles[3]), str(tmp_path / "o"), 0)
+    assert bad["status"] == "failed" and "config changed" in bad["error"]
