@@ -177,12 +177,16 @@ def run_batch(
         saved = dask.config.get("scheduler", None)
         cluster = None
         try:
+            # distributed sets its loggers to INFO on import; follow the application's level
+            dlog = logging.getLogger("distributed")
+            dlog.setLevel(max(dlog.level, logging.getLogger().getEffectiveLevel()))
+            quiet_logs = False if log.isEnabledFor(logging.DEBUG) else logging.WARNING
             if scheduler:
                 client = Client(scheduler, set_as_default=False)
             else:
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=threads,
                                        memory_limit=memory_limit, processes=processes,
-                                       dashboard_address=":0")  # fmt: skip
+                                       dashboard_address=":0", silence_logs=quiet_logs)  # fmt: skip
                 client = Client(cluster, set_as_default=False)
             with client:
                 result.dashboard = client.dashboard_link

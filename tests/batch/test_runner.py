@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import dask
@@ -75,6 +76,10 @@ def test_resume_after_kill_is_identical(tiles, tmp_path, fast):
     for p in tiles[1:3]:  # not recomputed: still one journal record each
         assert per_stem.count(p.stem) == 1
     assert Journal(out).is_done(tiles[4].stem, tiles[4])
+    # a changed input (same size, new mtime) is not done any more
+    st = tiles[4].stat()
+    os.utime(tiles[4], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert not Journal(out).is_done(tiles[4].stem, tiles[4])
 
 
 def test_corrupt_tile_fails_alone(tiles, tmp_path, fast):
@@ -110,8 +115,6 @@ def test_existing_scheduler_and_worker_processes(tiles, tmp_path, fast):
         )
     assert len(res.done) == 4 and not res.failed
     pids = {r["worker_pid"] for r in Journal(out).records.values()}
-    import os
-
     assert os.getpid() not in pids  # ran in the worker processes
     ref = run_pipeline("flood", input=tiles[0], output=tmp_path / "alone", overrides=fast)
     assert file_sha256(ref.outputs["labels"]) == _labels(out)[tiles[0].stem]
