@@ -28,7 +28,13 @@ from nibabel.spatialimages import HeaderDataError
 
 from geomed_seg.core.grid import VoxelGrid
 from geomed_seg.core.image import DEFAULT_CHUNK_BYTES, Image
-from geomed_seg.errors import InvalidInputError, ReadError, UnsupportedFormatError, WriteError
+from geomed_seg.errors import (
+    GeometryError,
+    InvalidInputError,
+    ReadError,
+    UnsupportedFormatError,
+    WriteError,
+)
 from geomed_seg.io.atomic import atomic_output, check_output
 
 logger = logging.getLogger(__name__)
@@ -215,7 +221,10 @@ def open_nifti(path: str | os.PathLike, chunks: Any = None) -> Image:
         name=name,
         meta=np.empty((0,) * 4, dtype),
     )
-    grid = VoxelGrid(np.asarray(img.affine, dtype=float), (shape[2], shape[1], shape[0]))
+    try:
+        grid = VoxelGrid(np.asarray(img.affine, dtype=float), (shape[2], shape[1], shape[0]))
+    except GeometryError as exc:
+        raise GeometryError(f"{path}: {exc}") from exc
     attrs = {"nifti": _header_meta(img), "source": str(path)}
     return Image.from_array(arr.transpose(3, 2, 1, 0), grid, attrs=attrs)
 
