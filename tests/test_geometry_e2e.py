@@ -318,3 +318,62 @@ def test_broken_zarr_without_attrs(tmp_path, capsys):
         for key in list(node.attrs.keys()):
             del node.attrs[key]
     _exit2_one_line(capsys, ["convert", str(store), str(tmp_path / "o.tif")], "s.zarr")
+
+
+# ----------------------------------------------------------------------------- CLI entry points
+def _water_raster(path: Path, crs, transform) -> Path:
+    """6 Landsat-like bands with a bright-green/dark-nir "lake" so NDWI/Otsu finds water."""
+    yy, xx = np.mgrid[:64, :64]
+    lake = (yy - 30) ** 2 + (xx - 28) ** 2 < 15**2
+    data = np.full((6, 64, 64), 60, np.uint8)
+    data[3] = np.where(lake, 10, 120)  # nir
+    data[1] = np.where(lake, 90, 40)  # green
+    data[:, :4, :4] = 0
+    profile = dict(driver="GTiff", width=64, height=64, count=6, dtype="uint8", crs=crs,
+                   transform=transform, nodata=0)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.mark.parametrize("name", ["rotated", "laea", "geographic"])
+def test_flood_pipeline_keeps_geometry(tmp_path, name):
+    import pyogrio
+
+    src = _water_raster(tmp_path / "scene.tif", *RASTERS[name])
+    out = tmp_path / "out"
+    rc = main(["run", "flood", "--input", str(src), "-o", str(out), "--quiet",
+               "--set", "outputs.quicklook=false", "--set", "postprocess.min_object_size=0"])  # fmt: skip
+    assert rc == 0
+    _same_raster_geometry(src, out / "labels.tif", check_nodata=False)
+    with rasterio.open(out / "labels.tif") as dst:
+        assert (dst.read(1) == 1).sum() > 100
+    info = pyogrio.read_info(out / "polygons.gpkg")
+    assert info["features"] > 0
+    assert CRS.from_user_input(info["crs"]) == RASTERS[name][0]
+
+
+def test_cli_segment_checkpoint_south_up(tmp_path):
+    from geomed_seg.models import build_model, save_checkpoint
+    from tests.models.model_helpers import tiny_card
+
+    card = tiny_card(in_channels=3, band_names=None, normalisation={"type": "none"},
+                     architecture="smp.Unet", roi_size=[32, 32])  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(card.architecture, 3, card.num_classes, **card.architecture_kwargs)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(model.eval(), card, ckpt)
+    src = _write_raster(tmp_path / "in.tif", *RASTERS["south_up"], "float32", float("nan"))
+    out = tmp_path / "labels.tif"
+    assert main(["segment", str(src), "-m", str(ckpt), "-o", str(out), "--quiet"]) == 0
+    _same_raster_geometry(src, out, check_nodata=False)
+
+
+def test_broken_nan_affine_nifti(tmp_path, capsys):
+    img = nib.Nifti1Image(np.zeros((6, 6, 6), np.float32), np.eye(4))
+    hdr = img.header
+    hdr["qform_code"], hdr["sform_code"] = 0, 1
+    hdr["srow_x"] = [np.nan, 0, 0, 0]
+    src = tmp_path / "nan_affine.nii.gz"
+    nib.save(nib.Nifti1Image(img.dataobj, None, hdr), src)
+    _exit2_one_line(capsys, ["convert", str(src), str(tmp_path / "o.zarr")], "nan_affine.nii.gz")
