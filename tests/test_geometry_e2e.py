@@ -398,3 +398,33 @@ def test_brats_pipeline_keeps_geometry(tmp_path, kind, header):
                "--set", "outputs.dicom_seg=never"])  # fmt: skip
     assert rc == 0
     _same_nifti_geometry(case / "c-t2f.nii.gz", out / "labels.nii.gz")
+
+
+def test_brats_pipeline_keeps_affine(tmp_path):
+    case = tmp_path / "case"
+    case.mkdir()
+    for seq in ("t1n", "t1c", "t2w", "t2f"):
+        _write_nifti(case / f"c-{seq}.nii.gz", _affine("oblique"), "sform", shape=(24, 22, 16))
+    out = tmp_path / "out"
+    rc = main(["run", "brats", "--input", str(case), "-o", str(out), "--quiet",
+               "--set", "model.method=t2f_otsu", "--set", "outputs.quicklook=false",
+               "--set", "outputs.dicom_seg=never"])  # fmt: skip
+    assert rc == 0
+    a, b = nib.load(case / "c-t2f.nii.gz"), nib.load(out / "labels.nii.gz")
+    np.testing.assert_array_equal(b.affine, a.affine)
+    assert b.shape == a.shape
+
+
+@pytest.mark.parametrize("nd", ["nan", "mask"])
+def test_segment_raster_nodata_kinds(tmp_path, nd):
+    from geomed_seg.inference.segment import segment
+
+    dtype, nodata = NODATA[nd]
+    src = _write_raster(tmp_path / "in.tif", *RASTERS["laea"], dtype, nodata)
+    out = tmp_path / "labels.tif"
+    segment(open_input(src), _Conv(3).eval(), roi_size=(32, 32), sink=out, device="cpu")
+    _same_raster_geometry(src, out, check_nodata=False)
+    with rasterio.open(out) as dst:
+        labels = dst.read(1)
+        invalid = labels[:5, :7] if nodata is not None else labels[-6:, -9:]
+        assert (invalid == dst.nodata).all()
