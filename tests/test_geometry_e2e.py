@@ -428,3 +428,23 @@ def test_segment_raster_nodata_kinds(tmp_path, nd):
         labels = dst.read(1)
         invalid = labels[:5, :7] if nodata is not None else labels[-6:, -9:]
         assert (invalid == dst.nodata).all()
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".zarr"])
+def test_segment_4d_nifti_keeps_geometry(tmp_path, suffix):
+    from geomed_seg.inference.segment import segment
+
+    data = np.random.default_rng(3).normal(size=(20, 18, 12, 3)).astype(np.float32)
+    img = nib.Nifti1Image(data, None)
+    img.set_sform(_affine("oblique"), code=4)
+    img.set_qform(_affine("oblique"), code=1)
+    src = tmp_path / "in4d.nii.gz"
+    nib.save(img, src)
+    out = tmp_path / f"labels{suffix}"
+    segment(open_input(src), _Conv(3, 3).eval(), roi_size=(16, 16, 16), sink=out, device="cpu",
+            skip="none")  # fmt: skip
+    if suffix == ".zarr":
+        assert main(["convert", str(out), str(tmp_path / "labels.nii.gz")]) == 0
+        out = tmp_path / "labels.nii.gz"
+    _same_nifti_geometry(src, out)
+    assert nib.load(out).ndim == 3
