@@ -379,13 +379,6 @@ def test_broken_nan_affine_nifti(tmp_path, capsys):
     _exit2_one_line(capsys, ["convert", str(src), str(tmp_path / "o.zarr")], "nan_affine.nii.gz")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="affine kept, but qform/sform codes not: pipelines/methods.py builds the label Image "
-    "with attrs={'source': ...} only (no attrs['nifti']) and runner._write_labels calls "
-    "write_image(labels, 'labels.nii.gz') without reference=source, so write_nifti falls back "
-    "to qform_code=sform_code=1 (input: 1/2 and 0/2)",
-)
 @pytest.mark.parametrize(("kind", "header"), [("oblique", "both"), ("lpi", "sform")])
 def test_brats_pipeline_keeps_geometry(tmp_path, kind, header):
     case = tmp_path / "case"

@@ -108,12 +108,14 @@ def _evaluate(labels: Image, cfg: PipelineConfig, classes, reference: Image | No
     return res, rows
 
 
-def _write_labels(labels: Image, classes, folder: Path, kind: str, overwrite: bool) -> Path:
+def _write_labels(labels: Image, classes, folder: Path, source: Image, overwrite: bool) -> Path:
+    """Write the label map; volumes reproduce the source's NIfTI header geometry (codes too)
+    whenever the labels are still on the source grid (write_nifti checks the affine)."""
     from geomed_seg.io.registry import write_image
 
-    if kind == "raster":
+    if labels.kind == "raster":
         return write_image(labels, folder / "labels.tif", overwrite=overwrite, classes=classes)
-    return write_image(labels, folder / "labels.nii.gz", overwrite=overwrite)
+    return write_image(labels, folder / "labels.nii.gz", overwrite=overwrite, reference=source)
 
 
 def run_pipeline(
@@ -168,7 +170,7 @@ def run_pipeline(
     folder.mkdir(parents=True, exist_ok=True)
     result = RunResult(cfg, labels=out.labels)
     if cfg.outputs.labels:
-        result.outputs["labels"] = _write_labels(out.labels, classes, folder, img.kind, overwrite)
+        result.outputs["labels"] = _write_labels(out.labels, classes, folder, source, overwrite)
     evaluation, metrics = _evaluate(out.labels, cfg, classes, reference)
     result.outputs.update(
         write_outputs(cfg, img, source, out, classes, folder, overwrite, files, evaluation)
