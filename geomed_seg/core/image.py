@@ -188,19 +188,14 @@ class Image:
 
     def rechunk(self, chunks: Any) -> Image:
         """Return the same image with new dask chunks (channel-first tuple or dict by dim)."""
-        mask = self.mask
         data = (
             self.data.chunk(chunks)
             if isinstance(chunks, dict)
             else self.data.copy(data=self.darray.rechunk(chunks))
         )
-        if mask is not None:
-            spatial = data.chunks[1:]
-            mask = mask.copy(
-                data=(
-                    mask.data if isinstance(mask.data, da.Array) else da.asarray(mask.data)
-                ).rechunk(spatial)
-            )
+        mask = self.mask
+        if mask is not None:  # valid_mask() is the mask as a dask array
+            mask = mask.copy(data=self.valid_mask().rechunk(data.chunks[1:]))
         return replace(self, data=data, mask=mask)
 
     def with_data(
