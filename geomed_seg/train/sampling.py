@@ -233,7 +233,8 @@ class PatchSampler:
         valid[tuple(dst)] = vs
         if lab.nodata is not None and np.isfinite(lab.nodata):
             y[y == int(lab.nodata)] = self.pad_label
-        y[~valid] = self.pad_label if self.pad_label != 0 else y[~valid]
+        if self.pad_label != 0:  # pad_label 0 leaves invalid samples' labels as read
+            y[~valid] = self.pad_label
         return x, y, valid
 
 
