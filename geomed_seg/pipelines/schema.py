@@ -211,7 +211,7 @@ def validate_config(raw: Any, where: str, base_dir: str | os.PathLike = "") -> P
     return cfg.model_copy(update={"base_dir": str(base_dir)})
 
 
-#: Path fields of a config: ``(section, key)``; ``key=None`` means every value of the section.
+#: Path fields of a config: ``(section, key)``; a mapping value (``input.bands``) is anchored per entry.
 PATH_FIELDS = (("input", "path"), ("input", "folder"), ("input", "bands"), ("model", "checkpoint"),
                ("evaluation", "reference"))  # fmt: skip
 
