@@ -16,6 +16,7 @@ in sorted name order), so the same weights hash the same in every container form
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -176,6 +177,37 @@ def load_checkpoint(
         )
     module = _check_fits(card_obj, tensors, p)
     return LoadedModel(module.to(device).eval(), card_obj, p, device)
+
+
+def _files_signature(p: Path) -> tuple[tuple[str, int, int], ...]:
+    """``(name, size, mtime_ns)`` of a checkpoint's files (folder, or file + JSON beside it)."""
+    files = sorted(p.iterdir()) if p.is_dir() else [p, *sorted(p.parent.glob("*.json"))]
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append((f.name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, device: str, signature: tuple) -> LoadedModel:
+    logger.info("%s: loading the checkpoint in process %d", path, os.getpid())
+    return load_checkpoint(path, device)
+
+
+def load_checkpoint_cached(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
+    """:func:`load_checkpoint`, memoised per process on the files' path, size and mtime.
+
+    A batch worker runs the same model on many tiles; reading, hashing and building it once
+    per worker process instead of once per tile saves that time and keeps one copy of the
+    weights in memory. The returned module is shared: callers must not change its weights.
+    A changed or replaced file (new size or mtime) is loaded again; at most 4 models are kept.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: checkpoint not found")
+    p = p.resolve()
+    return _load_cached(str(p), device, _files_signature(p))
 
 
 def _check_fits(card: ModelCard, tensors: dict[str, Any], path: Path) -> Any:

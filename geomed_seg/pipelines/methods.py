@@ -91,12 +91,12 @@ def _select_for_card(img: Image, card) -> Image:
 
 
 def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
-    from geomed_seg.models.checkpoint import load_checkpoint
+    from geomed_seg.models.checkpoint import load_checkpoint_cached
 
     path = cfg.resolve(cfg.model.checkpoint or "")
     if not path.exists():
         raise ModelError(f"{path}: checkpoint not found")
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint_cached(path)  # once per process: a batch worker runs many tiles
     card = loaded.card
     img = _select_for_card(img, card)
     if img.n_channels != card.in_channels:
