@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dask.array as da
@@ -201,8 +201,36 @@ def run_model(img: Image, cfg: PipelineConfig) -> ModelOutput:
     return METHODS[method](img, cfg)
 
 
+#: Labels up to this many bytes are computed once, into memory, after post-processing.
+#: Larger ones stay lazy: every output (labels file, polygons, report) then recomputes
+#: them chunk by chunk, which keeps memory bounded for huge scenes but costs time.
+MATERIALISE_BYTES = 512 * 2**20
+
+
+def materialise(labels: Image, max_bytes: int = MATERIALISE_BYTES) -> Image:
+    """Return ``labels`` computed into memory (with their mask) when small enough.
+
+    The label graph reaches back to the input file through the model and post-processing;
+    left lazy, each of the pipeline's outputs would read and recompute it again.
+    """
+    if labels.darray.nbytes > max_bytes:
+        return labels
+    data = labels.data.persist()
+    mask = None if labels.mask is None else labels.mask.persist()
+    return replace(labels, data=data, mask=mask)
+
+
 def postprocess(out: ModelOutput, cfg: PipelineConfig) -> ModelOutput:
-    """Apply ``cfg.postprocess`` to binary labels (multi-class labels are left as they are)."""
+    """Apply ``cfg.postprocess`` to binary labels (multi-class labels are left as they are).
+
+    The labels are then computed once into memory when they fit :data:`MATERIALISE_BYTES`.
+    """
+    out = _postprocess(out, cfg)
+    out.labels = materialise(out.labels)
+    return out
+
+
+def _postprocess(out: ModelOutput, cfg: PipelineConfig) -> ModelOutput:
     from geomed_seg.classical import postprocess as pp
 
     p = cfg.postprocess
