@@ -8,24 +8,37 @@ retried ``retries`` times, then recorded as failed; the others go on.
 
 Inside a task the pipeline computes its dask graphs with the synchronous scheduler (one tile
 per worker thread): nested submission to the cluster from a task could deadlock it.
+
+With ``block_size`` a large scene (or a VRT) is split into blocks
+(:func:`geomed_seg.batch.manifest.build_jobs`): each task reads its block's window with a
+halo, runs the pipeline on it and keeps the core (``run_pipeline(core=...)``), so the block
+label tiles tile the scene and the mosaic VRT reassembles it. The block layout (size, halo)
+is part of the journal's config hash.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import os
+import resource
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import dask
 
+from geomed_seg.batch.blocks import Block, aligned_block_size, plan_blocks
 from geomed_seg.batch.journal import Journal, config_hash, file_sha256, input_identity
+from geomed_seg.batch.manifest import Job, build_jobs, default_halo
+from geomed_seg.errors import ConfigError, InvalidInputError
 from geomed_seg.io.atomic import atomic_output
 from geomed_seg.pipelines.schema import PipelineConfig, load_config
 
@@ -55,22 +68,55 @@ def _worker_config(config_ref: str, overrides: tuple[str, ...], chash: str) -> P
     return cfg
 
 
-def run_tile(
-    config_ref: str, overrides: tuple[str, ...], chash: str, path: str, out: str, retries: int
-) -> dict[str, Any]:
-    """Run the pipeline on one tile into ``out/tiles/<stem>``; return its journal record.
+def _rss_mb() -> tuple[float, float]:
+    """Return ``(peak, current)`` resident memory of this process in MiB."""
+    import psutil
 
-    Never raises for a tile's own failure: the record has ``status="failed"`` and the error.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    return peak_mb, psutil.Process().memory_info().rss / 2**20
+
+
+def _run_block(cfg: PipelineConfig, src: Path, block: Block, folder: Path) -> None:
+    """Run the pipeline on ``block`` of scene ``src`` (read window with halo) into ``folder``."""
+    from geomed_seg.pipelines.inputs import open_inputs
+    from geomed_seg.pipelines.runner import run_pipeline
+
+    img, _ = open_inputs(cfg, src)  # lazy: only the read window's chunks are read
+    sub = img.sel_window(block.read)
+    info = {"scene": str(src), "index": list(block.index), **block.offsets()}
+    sub = replace(sub, attrs={**sub.attrs, "block": info})
+    run_pipeline(cfg, image=sub, output=folder, core=block.core_in_read)
+
+
+def run_tile(
+    config_ref: str,
+    overrides: tuple[str, ...],
+    chash: str,
+    path: str,
+    out: str,
+    retries: int,
+    block: Block | None = None,
+    stem: str | None = None,
+) -> dict[str, Any]:
+    """Run the pipeline on one tile (or one ``block`` of it) into ``out/tiles/<stem>``.
+
+    Returns the tile's journal record, with the worker's peak and current RSS (MiB) at the
+    end of the task. Never raises for a tile's own failure: the record has
+    ``status="failed"`` and the error.
     """
     from geomed_seg.pipelines.runner import run_pipeline
 
     dask.config.set(scheduler="synchronous")  # see the module docstring
     src, root = Path(path), Path(out)
+    stem = stem or src.stem
     tiles = root / "tiles"
     tiles.mkdir(parents=True, exist_ok=True)
-    final = tiles / src.stem
-    rec: dict[str, Any] = {"stem": src.stem, "input": str(src), "status": "failed",
+    final = tiles / stem
+    rec: dict[str, Any] = {"stem": stem, "input": str(src), "status": "failed",
                            "outputs": {}, "error": None, "worker_pid": os.getpid()}  # fmt: skip
+    if block is not None:
+        rec["block"] = {"index": list(block.index), **block.offsets()}
     start = time.perf_counter()
     for attempt in range(1, retries + 2):
         rec["attempts"] = attempt
@@ -78,7 +124,10 @@ def run_tile(
             rec.update(input_identity(src))
             cfg = _worker_config(config_ref, overrides, chash)
             with atomic_output(final, overwrite=True) as tmp:
-                run_pipeline(cfg, input=src, output=tmp)
+                if block is None:
+                    run_pipeline(cfg, input=src, output=tmp)
+                else:
+                    _run_block(cfg, src, block, tmp)
             files = sorted(p for p in final.rglob("*") if p.is_file())
             rec["outputs"] = {
                 p.relative_to(final).as_posix(): {
@@ -93,17 +142,70 @@ def run_tile(
             rec["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             log.warning("%s: attempt %d failed: %s", src, attempt, rec["error"])
     rec["seconds"] = time.perf_counter() - start
+    rec["worker_peak_rss_mb"], rec["worker_rss_mb"] = _rss_mb()
     return rec
 
 
-def _result(fut: Any, path: Path) -> dict[str, Any]:
+def _result(fut: Any, job: Job) -> dict[str, Any]:
     """The record of a finished task; a lost task (worker killed, e.g. out of memory) fails."""
     try:
         return fut.result()
     except Exception as exc:  # noqa: BLE001 - KilledWorker, CancelledError, ...
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-        return {"stem": path.stem, "input": str(path), "status": "failed", "outputs": {},
+        return {"stem": job.stem, "input": str(job.path), "status": "failed", "outputs": {},
                 "error": error, "attempts": None, "seconds": None}  # fmt: skip
+
+
+_OTSU = ("ndwi_otsu", "mndwi_otsu", "sar_threshold", "t2f_otsu")
+
+
+def _plan_jobs(
+    cfg: PipelineConfig,
+    paths: Sequence[Path],
+    block_size: int | Sequence[int] | None,
+    halo: int | None,
+) -> tuple[list[Job], dict[str, Any] | None]:
+    """Return the tasks and the block layout (``None`` without blocks) after checking them."""
+    if block_size is None:
+        return build_jobs(paths), None
+    if cfg.kind != "raster":
+        raise InvalidInputError(
+            f"{cfg.name}: --block-size splits rasters only; run {cfg.kind} pipelines without it"
+        )
+    p = cfg.preprocess
+    if p.target_crs or p.target_resolution:
+        raise ConfigError(
+            f"{cfg.name}: --block-size needs a pipeline that keeps the input grid, but "
+            "preprocess.target_crs/target_resolution reproject; drop them or run without blocks"
+        )
+    halo = default_halo(cfg) if halo is None else halo
+    plan_blocks((1, 1), block_size, halo)  # validates both with clear messages
+    jobs = build_jobs(paths, block_size=block_size, halo=halo, config=cfg)
+    return jobs, {"block_size": list(aligned_block_size(block_size)), "halo": halo}
+
+
+def _layout_hash(chash: str, layout: dict[str, Any] | None) -> str:
+    """The journal's hash: the config hash, combined with the block layout when there is one."""
+    if layout is None:
+        return chash
+    text = json.dumps({"config_hash": chash, "blocks": layout}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _threshold_note(cfg: PipelineConfig) -> str | None:
+    """A note when the pipeline's threshold would be computed per block (Otsu), else None."""
+    if cfg.model.threshold is not None:
+        return None
+    method = cfg.model.method
+    if method == "checkpoint" and not cfg.resolve(cfg.model.checkpoint or "").exists():
+        method = cfg.model.fallback or method
+    if method not in _OTSU:
+        return None
+    return (
+        f"model.method {method}: the Otsu threshold is computed per block, not scene-wide, "
+        "so blocks may disagree at their seams; for scene-consistent results fix it with "
+        "--set model.threshold=<value> (e.g. the threshold of a whole-scene run's report)"
+    )
 
 
 def _config_ref(config: str | os.PathLike) -> str:
@@ -126,6 +228,8 @@ def run_batch(
     restart: bool = False,
     on_start: Callable[[int, int, str | None], None] | None = None,
     on_tile: Callable[[dict[str, Any]], None] | None = None,
+    block_size: int | Sequence[int] | None = None,
+    halo: int | None = None,
 ) -> BatchResult:
     """Run ``config`` on every tile of ``paths`` into ``out``; skip tiles already done.
 
@@ -150,6 +254,11 @@ def run_batch(
         Discard the journal and tile outputs (needed when the config hash changed).
     on_start, on_tile : callables, optional
         ``on_start(total, todo, dashboard_link)`` once; ``on_tile(record)`` per finished tile.
+    block_size : int or (rows, cols), optional
+        Split every raster larger than this (pixels) into blocks, one task each (see
+        :func:`geomed_seg.batch.manifest.build_jobs`); rasters only, on the input grid.
+    halo : int, optional
+        Context pixels read around each block core; default ``max(engine.roi_size)``.
     """
     from distributed import Client, LocalCluster, as_completed
 
@@ -161,17 +270,22 @@ def run_batch(
     ovr = tuple(overrides)
     cfg = load_config(ref, ovr)
     chash = config_hash(cfg)
+    jobs, layout = _plan_jobs(cfg, paths, block_size, halo)
     journal = Journal(root)
-    journal.open(chash, restart)
+    journal.open(_layout_hash(chash, layout), restart)
     for stale in (root / "tiles").glob(".*.tmp-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     result = BatchResult(root)
+    pre_notes = []
+    if any(j.block is not None for j in jobs) and (note := _threshold_note(cfg)):
+        log.warning("%s", note)
+        pre_notes.append(note)
     todo = []
-    for p in paths:
-        (result.skipped if journal.is_done(p.stem, p) else todo).append(p)
-    result.skipped = [p.stem for p in result.skipped]
+    for j in jobs:
+        (result.skipped if journal.is_done(j.stem, j.path) else todo).append(j)
+    result.skipped = [j.stem for j in result.skipped]
     log.info(
-        "batch: %d tiles, %d done before, %d to run", len(paths), len(result.skipped), len(todo)
+        "batch: %d tiles, %d done before, %d to run", len(jobs), len(result.skipped), len(todo)
     )
     if todo:
         saved = dask.config.get("scheduler", None)
@@ -191,11 +305,12 @@ def run_batch(
             with client:
                 result.dashboard = client.dashboard_link
                 if on_start:
-                    on_start(len(paths), len(todo), result.dashboard)
+                    on_start(len(jobs), len(todo), result.dashboard)
                 futures = {
-                    client.submit(run_tile, ref, ovr, chash, str(p), str(root), retries,
-                                  key=f"tile-{p.stem}-{uuid.uuid4().hex[:6]}", pure=False): p
-                    for p in todo
+                    client.submit(run_tile, ref, ovr, chash, str(j.path), str(root), retries,
+                                  j.block, j.stem,
+                                  key=f"tile-{j.stem}-{uuid.uuid4().hex[:6]}", pure=False): j
+                    for j in todo
                 }  # fmt: skip
                 for fut in as_completed(list(futures), loop=client.loop):
                     rec = _result(fut, futures[fut])
@@ -211,8 +326,9 @@ def run_batch(
                 cluster.close()
             dask.config.set(scheduler=saved)
     elif on_start:
-        on_start(len(paths), 0, None)
+        on_start(len(jobs), 0, None)
     result.seconds = time.perf_counter() - start
-    stems = [p.stem for p in paths]
-    result.outputs, result.notes = write_summary(root, journal, stems, result)
+    stems = [j.stem for j in jobs]
+    result.outputs, notes = write_summary(root, journal, stems, result)
+    result.notes = [*pre_notes, *notes]
     return result

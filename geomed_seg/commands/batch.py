@@ -51,7 +51,9 @@ def batch(
     output: Path = typer.Option(..., "--output", "-o", help="Batch output folder."),
     inputs: str | None = typer.Option(None, "--inputs", help="Glob of input tiles (quote it)."),
     list_file: Path | None = typer.Option(None, "--list", help="Text file: one input per line."),
-    vrt: Path | None = typer.Option(None, "--vrt", help="A VRT whose source files are the tiles."),
+    vrt: Path | None = typer.Option(
+        None, "--vrt", help="A VRT: its source files are the tiles (with --block-size: one scene)."
+    ),
     stac: Path | None = typer.Option(None, "--stac", help="STAC ItemCollection / item JSON."),
     workers: int = typer.Option(2, "--workers", help="Local cluster worker processes."),
     threads: int = typer.Option(1, "--threads", help="Threads per worker."),
@@ -65,21 +67,30 @@ def batch(
         [], "--set", help="Override a config value: key.sub=value (repeatable)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    block_size: int | None = typer.Option(
+        None, "--block-size", help="Split rasters larger than N px into N x N px blocks."
+    ),
+    halo: int | None = typer.Option(
+        None, "--halo", help="Context px read around each block (default: max engine roi)."
+    ),
 ) -> None:
     """Run a pipeline on every tile; skip tiles already done; exit 1 if some tiles failed."""
     from geomed_seg.batch.manifest import build_manifest
     from geomed_seg.batch.runner import run_batch
 
-    paths = build_manifest(inputs=inputs, list_file=list_file, vrt=vrt, stac=stac)
+    paths = build_manifest(
+        inputs=inputs, list_file=list_file, vrt=vrt, stac=stac, vrt_as_scene=block_size is not None
+    )
     show = not quiet and sys.stdout.isatty()
     with BatchProgress(enabled=show, quiet=quiet) as prog:
         result = run_batch(config, paths, output, overrides=set_, workers=workers,
                            threads=threads, memory_limit=memory_limit, scheduler=scheduler,
                            retries=retries, restart=restart, on_start=prog.start,
-                           on_tile=prog.advance)  # fmt: skip
+                           on_tile=prog.advance, block_size=block_size, halo=halo)  # fmt: skip
     if not quiet:
+        total = len(result.done) + len(result.skipped) + len(result.failed)
         print(
-            f"{len(paths)} tiles: {len(result.done)} done, {len(result.skipped)} skipped, "
+            f"{total} tiles: {len(result.done)} done, {len(result.skipped)} skipped, "
             f"{len(result.failed)} failed in {result.seconds:.1f} s -> {result.out}"
         )
         for stem, err in result.failed.items():

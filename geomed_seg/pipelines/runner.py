@@ -118,6 +118,22 @@ def _write_labels(labels: Image, classes, folder: Path, source: Image, overwrite
     return write_image(labels, folder / "labels.nii.gz", overwrite=overwrite, reference=source)
 
 
+def _check_same_grid(img: Image, source: Image, cfg: PipelineConfig, step: str) -> None:
+    if not img.grid.almost_equals(source.grid):
+        raise ConfigError(
+            f"{cfg.name}: {step} changed the grid of the input block ({img.grid.describe()}); "
+            "blocks need a pipeline that keeps the input grid (no reprojection/respacing)"
+        )
+
+
+def _crop(img: Image, source: Image, out, core: Sequence[slice]):
+    """Return ``img``, ``source`` and ``out`` (labels, probabilities) cropped to ``core``."""
+    out.labels = out.labels.sel_window(core)
+    if out.probabilities is not None:
+        out.probabilities = out.probabilities.sel_window(core)
+    return img.sel_window(core), source.sel_window(core), out
+
+
 def run_pipeline(
     config: str | os.PathLike | dict | PipelineConfig,
     *,
@@ -127,6 +143,7 @@ def run_pipeline(
     overwrite: bool = False,
     image: Image | None = None,
     reference: Image | None = None,
+    core: Sequence[slice] | None = None,
 ) -> RunResult:
     """Run a pipeline; return what it wrote and measured.
 
@@ -145,6 +162,13 @@ def run_pipeline(
         Replace existing outputs (otherwise :class:`OutputExistsError`).
     image, reference : Image, optional
         In-memory input / reference labels (the demo's phantom) instead of files.
+    core : sequence of slice, optional
+        Spatial window (array order) of the input to keep: the model and post-processing
+        run on the whole input (a batch block with its halo), then labels, probabilities
+        and the images are cropped to ``core`` before anything is written or measured.
+        Needs a pipeline that keeps the input grid (no reprojection/respacing). An
+        ``image.attrs["block"]`` mapping (scene path, windows) is copied into the report
+        and ``run.json``.
     """
     from geomed_seg.pipelines import inputs, methods, report
     from geomed_seg.pipelines.outputs import write_outputs
@@ -160,7 +184,12 @@ def run_pipeline(
         raise ConfigError(f"{cfg.name}: pipeline kind {cfg.kind!r} but the input is a {img.kind}")
     source = img
     img = inputs.preprocess(img, cfg, sensor)
+    if core is not None:
+        _check_same_grid(img, source, cfg, "preprocessing")
     out = methods.postprocess(methods.run_model(img, cfg), cfg)
+    if core is not None:
+        _check_same_grid(out.labels, source, cfg, "the model")
+        img, source, out = _crop(img, source, out, core)
     if cfg.outputs.relabel_to_dataset:
         _relabel(out, dataset, cfg)
         classes = out.classes
@@ -189,6 +218,8 @@ def run_pipeline(
         "seconds": seconds,
         "outputs": {k: str(v) for k, v in result.outputs.items()},
     }
+    if source.attrs.get("block"):
+        rep["block"] = source.attrs["block"]
     if cfg.outputs.report:
         result.outputs.update(report.write_report(rep, folder, overwrite))
     provenance = {
@@ -198,6 +229,8 @@ def run_pipeline(
         "model_card": out.model_card,
         "synthetic": rep["synthetic"],
     }
+    if "block" in rep:
+        provenance["block"] = rep["block"]
     result.outputs["provenance"] = report.write_json(provenance, folder / "run.json", overwrite)
     result.report, result.seconds = rep, seconds
     log.info("%s: finished in %.1f s", cfg.name, seconds)
