@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.results_md import write_section  # noqa: E402
 from geomed_seg.core import GeoGrid, Image  # noqa: E402
 
 SCENE = ROOT / "tests" / "data" / "landsat7_olinda_L7_ETMs.tif"
@@ -135,15 +135,6 @@ def coins() -> tuple[int, int, bool, float, float]:
     return n_ref, n, same, t_ref, t
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    body = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"<!-- BEGIN classical -->\n{text}<!-- END classical -->\n"
-    pattern = re.compile(r"<!-- BEGIN classical -->.*?<!-- END classical -->\n", re.S)
-    body = pattern.sub(block, body) if pattern.search(body) else body.rstrip("\n") + "\n\n" + block
-    path.write_text(body)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-write", action="store_true", help="print only")
@@ -183,7 +174,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("classical", text)
 
 
 if __name__ == "__main__":

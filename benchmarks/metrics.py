@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.results_md import write_section  # noqa: E402
 
 
 def _best(fn, repeats: int):
@@ -213,20 +214,6 @@ def section(res: dict, quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) this script's section of benchmarks/RESULTS.md."""
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"<!-- BEGIN metrics -->\n{text}<!-- END metrics -->\n"
-    pattern = re.compile(r"<!-- BEGIN metrics -->.*?<!-- END metrics -->\n", re.S)
-    new = (
-        pattern.sub(lambda _: block, old)
-        if pattern.search(old)
-        else old.rstrip("\n") + "\n\n" + block
-    )
-    path.write_text(new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, smaller raster")
@@ -260,7 +247,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     if not args.no_write:
-        write_section(section(res, args.quick))
+        write_section("metrics", section(res, args.quick))
 
 
 if __name__ == "__main__":

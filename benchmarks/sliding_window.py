@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -34,7 +33,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.results_md import write_section  # noqa: E402
+
 UNET = {"encoder_name": "resnet18"}
 TINY2D = {"spatial_dims": 2, "features": [4, 4, 8, 8, 16, 4]}  # case c: memory, not model speed
 BASICUNET = {"features": [8, 8, 16, 32, 64, 8]}
@@ -409,22 +411,6 @@ def report(res: dict, args: argparse.Namespace, fg: tuple[float, int] | None) ->
     return "\n".join(lines)
 
 
-def write_section(text: str, tag: str = "sliding_window") -> None:
-    """Replace (or append) the ``tag`` section of RESULTS.md with ``text``."""
-    BEGIN, END = f"<!-- BEGIN {tag} -->", f"<!-- END {tag} -->"
-    old = (
-        RESULTS.read_text()
-        if RESULTS.exists()
-        else "# Benchmark results\n\nEach section is written by its script in `benchmarks/`; see `benchmarks/README.md`.\n"
-    )
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old and END in old:
-        new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, old, flags=re.S)
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (minutes on a laptop CPU)")
@@ -467,7 +453,7 @@ def main() -> None:
     if args.report:
         Path(args.report).write_text(text + "\n")
     if not args.no_write:
-        write_section(text, args.tag)
+        write_section(args.tag, text)
     if tmp is not None:
         tmp.cleanup()
 
