@@ -13,15 +13,98 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from affine import Affine
+
+from geomed_seg.errors import GeometryError, InvalidInputError, WriteError
 from geomed_seg.io.atomic import atomic_output
 
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
                "uint32": "UInt32", "int32": "Int32", "float32": "Float32",
                "float64": "Float64"}  # fmt: skip
+#: Label outputs of volume tiles (the pipeline writes NIfTI for volumes).
+_VOLUME_LABELS = ("labels.nii.gz", "labels.nii")
+
+
+@dataclass(frozen=True)
+class TilePlace:
+    """Where one tile sits in the mosaic: pixel offsets and size (rows, cols)."""
+
+    path: Path
+    col_off: int
+    row_off: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Tiles placed on one pixel grid: the mosaic's CRS, affine transform and size."""
+
+    crs: Any
+    transform: Affine
+    width: int
+    height: int
+    dtype: str
+    nodata: float | None
+    places: tuple[TilePlace, ...]
+
+
+def tile_layout(tiles: Sequence[Path]) -> TileLayout:
+    """Return the placement of single-band ``tiles`` on their common pixel grid.
+
+    Raises
+    ------
+    GeometryError
+        When there are no tiles, or they differ in CRS, pixel size, rotation or data type,
+        or are not on one pixel grid (offsets must be whole pixels within 1e-6 px).
+    """
+    import rasterio
+
+    if not tiles:
+        raise GeometryError("no label tiles")
+    metas = []
+    for t in tiles:
+        with rasterio.open(t) as ds:
+            metas.append(
+                (Path(t), ds.crs, ds.transform, ds.width, ds.height, ds.dtypes[0], ds.nodata)
+            )
+    _, crs, tr0, *_ = metas[0]
+    dtype, nodata = metas[0][5], metas[0][6]
+    offsets = []
+    for t, c, tr, _w, _h, dt, _nd in metas:
+        if c != crs:
+            raise GeometryError(f"{t}: CRS {c} differs from {crs}")
+        if tr.b or tr.d or not (math.isclose(tr.a, tr0.a) and math.isclose(tr.e, tr0.e)):
+            raise GeometryError(f"{t}: pixel size/rotation {tuple(tr)[:6]} differs")
+        if dt != dtype:
+            raise GeometryError(f"{t}: data type {dt} differs from {dtype}")
+        fx, fy = (tr.c - tr0.c) / tr0.a, (tr.f - tr0.f) / tr0.e
+        ix, iy = round(fx), round(fy)
+        if abs(fx - ix) > 1e-6 or abs(fy - iy) > 1e-6:
+            raise GeometryError(f"{t}: not on the pixel grid of {metas[0][0]}")
+        offsets.append((ix, iy))
+    mx, my = min(o[0] for o in offsets), min(o[1] for o in offsets)
+    # the origin is taken from the tiles themselves (exact), not recomputed from offsets
+    x0 = next(m[2].c for m, o in zip(metas, offsets, strict=True) if o[0] == mx)
+    y0 = next(m[2].f for m, o in zip(metas, offsets, strict=True) if o[1] == my)
+    places = tuple(
+        TilePlace(t, ix - mx, iy - my, w, h)
+        for (t, _c, _tr, w, h, *_), (ix, iy) in zip(metas, offsets, strict=True)
+    )
+    return TileLayout(
+        crs=crs,
+        transform=Affine(tr0.a, 0.0, x0, 0.0, tr0.e, y0),
+        width=max(p.col_off + p.width for p in places),
+        height=max(p.row_off + p.height for p in places),
+        dtype=dtype,
+        nodata=nodata,
+        places=places,
+    )
 
 
 def write_vrt(tiles: Sequence[Path], path: Path) -> str | None:
@@ -29,55 +112,96 @@ def write_vrt(tiles: Sequence[Path], path: Path) -> str | None:
 
     Source file names are written relative to the VRT's folder.
     """
-    import rasterio
-
-    if not tiles:
-        return "no label tiles: no mosaic"
-    metas = []
-    for t in tiles:
-        with rasterio.open(t) as ds:
-            metas.append((t, ds.crs, ds.transform, ds.width, ds.height, ds.dtypes[0], ds.nodata))
-    _, crs, tr0, *_ = metas[0]
-    dtype, nodata = metas[0][5], metas[0][6]
-    for t, c, tr, _w, _h, dt, _nd in metas:
-        if c != crs:
-            return f"{t}: CRS {c} differs from {crs}: no mosaic"
-        if tr.b or tr.d or not (math.isclose(tr.a, tr0.a) and math.isclose(tr.e, tr0.e)):
-            return f"{t}: pixel size/rotation {tuple(tr)[:6]} differs: no mosaic"
-        if dt != dtype:
-            return f"{t}: data type {dt} differs from {dtype}: no mosaic"
-    x0 = min(tr.c for _, _, tr, *_ in metas)
-    y0 = max(tr.f for _, _, tr, *_ in metas)  # north-up: e < 0
-    places, width, height = [], 0, 0
-    for t, _c, tr, w, h, *_ in metas:
-        fx, fy = (tr.c - x0) / tr0.a, (tr.f - y0) / tr0.e
-        ix, iy = round(fx), round(fy)
-        if abs(fx - ix) > 1e-6 or abs(fy - iy) > 1e-6:
-            return f"{t}: not on the pixel grid of {metas[0][0]}: no mosaic"
-        places.append((t, ix, iy, w, h))
-        width, height = max(width, ix + w), max(height, iy + h)
+    try:
+        lay = tile_layout(tiles)
+    except GeometryError as exc:
+        return f"{exc}: no mosaic"
+    t = lay.transform
     base = path.parent.resolve()
-    lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
-    if crs is not None:
-        lines.append(f"  <SRS>{escape(crs.to_wkt())}</SRS>")
-    lines.append(f"  <GeoTransform>{x0!r}, {tr0.a!r}, 0.0, {y0!r}, 0.0, {tr0.e!r}</GeoTransform>")
-    lines.append(f'  <VRTRasterBand dataType="{_GDAL_TYPES[dtype]}" band="1">')
-    if nodata is not None:
-        lines.append(f"    <NoDataValue>{nodata!r}</NoDataValue>")
-    for t, ix, iy, w, h in places:
-        rel = os.path.relpath(Path(t).resolve(), base)
+    lines = [f'<VRTDataset rasterXSize="{lay.width}" rasterYSize="{lay.height}">']
+    if lay.crs is not None:
+        lines.append(f"  <SRS>{escape(lay.crs.to_wkt())}</SRS>")
+    lines.append(f"  <GeoTransform>{t.c!r}, {t.a!r}, 0.0, {t.f!r}, 0.0, {t.e!r}</GeoTransform>")
+    lines.append(f'  <VRTRasterBand dataType="{_GDAL_TYPES[lay.dtype]}" band="1">')
+    if lay.nodata is not None:
+        lines.append(f"    <NoDataValue>{lay.nodata!r}</NoDataValue>")
+    for p in lay.places:
+        rel = os.path.relpath(p.path.resolve(), base)
         lines += [
             "    <SimpleSource>",
             f'      <SourceFilename relativeToVRT="1">{escape(rel)}</SourceFilename>',
             "      <SourceBand>1</SourceBand>",
-            f'      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
-            f'      <DstRect xOff="{ix}" yOff="{iy}" xSize="{w}" ySize="{h}"/>',
+            f'      <SrcRect xOff="0" yOff="0" xSize="{p.width}" ySize="{p.height}"/>',
+            f'      <DstRect xOff="{p.col_off}" yOff="{p.row_off}" xSize="{p.width}" '
+            f'ySize="{p.height}"/>',
             "    </SimpleSource>",
         ]
     lines += ["  </VRTRasterBand>", "</VRTDataset>", ""]
     with atomic_output(path, overwrite=True) as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
     return None
+
+
+def write_cog_mosaic(
+    vrt: Path, path: Path, *, classes_from: Path | None = None, overwrite: bool = True
+) -> Path:
+    """Write the mosaic ``vrt`` as one Cloud-Optimised GeoTIFF at ``path``; return the path.
+
+    rio-cogeo's ``cog_translate`` streams the VRT block by block (through a temporary GeoTIFF
+    beside ``path`` when the mosaic is large) into 512-pixel DEFLATE tiles with internal
+    overviews ("mode" for class labels, else "nearest") and the VRT's nodata. From
+    ``classes_from`` (a label tile written by :mod:`geomed_seg.io.cog`) come the colour table,
+    the ``GEOMED_CLASSES`` tag and the category names / attribute table sidecar
+    ``<path>.aux.xml``, as :mod:`geomed_seg.io.cog` writes them. Written atomically.
+    """
+    import warnings
+
+    import numpy as np
+    import rasterio
+    from rasterio.errors import RasterioError
+    from rio_cogeo.cogeo import cog_translate
+    from rio_cogeo.profiles import cog_profiles
+
+    from geomed_seg.core.labels import parse_classes
+    from geomed_seg.io.cog import CLASSES_TAG, _pam_xml, gdal_message
+
+    tag, cmap = None, None
+    if classes_from is not None:
+        with rasterio.open(classes_from) as src:
+            tag = src.tags().get(CLASSES_TAG)
+            try:
+                cmap = src.colormap(1)
+            except ValueError:  # no colour table
+                cmap = None
+    classes = parse_classes(json.loads(tag)) if tag else []
+    with rasterio.open(vrt) as src:
+        nodata, dtype = src.nodata, np.dtype(src.dtypes[0])
+    profile = cog_profiles.get("deflate")
+    profile.update(BIGTIFF="IF_SAFER", predictor=2 if np.issubdtype(dtype, np.integer) else 3)
+    with atomic_output(path, overwrite) as tmp:
+        try:
+            with warnings.catch_warnings():  # "color interpretation was set to Palette"
+                warnings.simplefilter("ignore", UserWarning)
+                cog_translate(
+                    str(vrt),
+                    str(tmp),
+                    profile,
+                    nodata=nodata,
+                    resampling="nearest",
+                    overview_resampling="mode" if classes else "nearest",
+                    colormap=cmap,
+                    additional_cog_metadata={CLASSES_TAG: tag} if tag else None,
+                    quiet=True,
+                )
+        except RasterioError as exc:
+            raise WriteError(f"{path}: COG mosaic failed: {gdal_message(exc)}") from exc
+        aux = Path(f"{path}.aux.xml")
+        if classes:
+            with atomic_output(aux, overwrite=True) as tmp_aux:
+                tmp_aux.write_text(_pam_xml(classes), encoding="utf-8")
+        elif aux.exists():  # sidecar of the mosaic being replaced
+            aux.unlink()
+    return path
 
 
 def _tile_report(out: Path, rec: dict[str, Any]) -> dict[str, Any] | None:
@@ -90,78 +214,206 @@ def _tile_report(out: Path, rec: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-def write_summary(out: Path, journal, stems: Sequence[str], result) -> tuple[dict, list[str]]:
-    """Write ``mosaic.vrt`` (when possible), ``summary.json`` and ``summary.md`` into ``out``.
+@dataclass
+class _Tally:
+    """Per-tile rows and totals of a batch, gathered from the journal and tile reports."""
 
-    Class areas (km²) are summed over every done tile of the manifest from its
-    ``report.json``; throughput counts only the tiles processed in this run (km² / wall s).
-    """
-    notes: list[str] = []
-    areas: dict[str, float] = {}
-    tiles, labels, processed_km2 = [], [], 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    area_km2: dict[str, float] = field(default_factory=dict)
+    volume_ml: dict[str, float] = field(default_factory=dict)
+    processed_km2: float = 0.0
+    processed_volumes: int = 0
+    labels: list[Path] = field(default_factory=list)
+    gpkgs: list[Path | None] = field(default_factory=list)
+    volume_tiles: int = 0
+
+
+def _tally(out: Path, journal: Any, stems: Sequence[str], result: Any) -> _Tally:
+    t = _Tally()
     for stem in stems:
         rec = journal.records.get(stem, {})
         status = "skipped" if stem in result.skipped else rec.get("status", "not run")
         row = {"stem": stem, "status": status, "input": rec.get("input"),
                "seconds": rec.get("seconds"), "attempts": rec.get("attempts"),
-               "error": rec.get("error")}  # fmt: skip
-        rep = _tile_report(out, rec) if rec.get("status") == "done" else None
+               "error": rec.get("error"),
+               "worker_peak_rss_mb": rec.get("worker_peak_rss_mb")}  # fmt: skip
+        done = rec.get("status") == "done"
+        rep = _tile_report(out, rec) if done else None
+        files = rec.get("outputs", {})
+        is_volume = "labels.tif" not in files and (
+            any(k in files for k in _VOLUME_LABELS)
+            or any("volume_ml" in c for c in (rep or {}).get("classes", []))
+        )
         if rep is not None:
-            km2 = 0.0
+            key, totals = ("volume_ml", t.volume_ml) if is_volume else ("area_km2", t.area_km2)
+            amount = 0.0
             for c in rep.get("classes", []):
-                if "area_km2" in c:
-                    areas[c["name"]] = areas.get(c["name"], 0.0) + c["area_km2"]
-                    km2 += c["area_km2"]
-            row["area_km2"] = km2
-            if stem in result.done:
-                processed_km2 += km2
-        lab = rec.get("outputs", {}).get("labels.tif")
-        if rec.get("status") == "done" and lab:
-            labels.append(out / lab["path"])
-        tiles.append(row)
+                if key in c:
+                    totals[c["name"]] = totals.get(c["name"], 0.0) + c[key]
+                    amount += c[key]
+            row[key] = amount
+            if stem in result.done and not is_volume:
+                t.processed_km2 += amount
+        if done and is_volume:
+            t.volume_tiles += 1
+            t.processed_volumes += stem in result.done
+        elif done and "labels.tif" in files:
+            t.labels.append(out / files["labels.tif"]["path"])
+            gpkg = files.get("polygons.gpkg")
+            t.gpkgs.append(out / gpkg["path"] if gpkg else None)
+        t.rows.append(row)
+    return t
+
+
+def _percentiles(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    import numpy as np
+
+    p50, p95 = np.percentile(np.asarray(values, dtype=float), [50, 95])
+    return float(p50), float(p95)
+
+
+def _drop(path: Path) -> None:
+    """Remove a mosaic output of an earlier run that can no longer be rebuilt."""
+    for p in (path, Path(f"{path}.aux.xml")):
+        p.unlink(missing_ok=True)
+
+
+def _mosaics(out: Path, t: _Tally, polygons: bool, cog: bool) -> tuple[dict[str, Path], list[str]]:
+    """Build ``mosaic.vrt``, ``polygons.gpkg`` and ``mosaic.tif`` where possible."""
+    from geomed_seg.batch.vectors import merge_polygons  # imports this module
+
     outputs: dict[str, Path] = {}
-    note = write_vrt(labels, out / "mosaic.vrt")
+    if t.volume_tiles:
+        return outputs, [f"{t.volume_tiles} volume tiles: no VRT, COG or polygon mosaic "
+                         "(rasters only)"]  # fmt: skip
+    notes: list[str] = []
+    note = write_vrt(t.labels, out / "mosaic.vrt")
     if note:
         notes.append(note)
+        _drop(out / "mosaic.vrt")
     else:
         outputs["mosaic"] = out / "mosaic.vrt"
+    with_gpkg = [(lab, g) for lab, g in zip(t.labels, t.gpkgs, strict=True) if g is not None]
+    if polygons and with_gpkg:
+        if len(with_gpkg) < len(t.labels):
+            notes.append(f"polygons: {len(t.labels) - len(with_gpkg)} done tiles have no "
+                         "polygons.gpkg; merged the others")  # fmt: skip
+        try:
+            labels, gpkgs = zip(*with_gpkg, strict=True)
+            merge_polygons(labels, gpkgs, out / "polygons.gpkg", overwrite=True)
+            outputs["polygons"] = out / "polygons.gpkg"
+        except (GeometryError, InvalidInputError) as exc:
+            notes.append(f"{exc}: no merged polygons")
+            _drop(out / "polygons.gpkg")
+    if cog and "mosaic" in outputs:
+        try:
+            outputs["cog"] = write_cog_mosaic(out / "mosaic.vrt", out / "mosaic.tif",
+                                              classes_from=t.labels[0])  # fmt: skip
+        except WriteError as exc:
+            notes.append(str(exc))
+            _drop(out / "mosaic.tif")
+    elif cog:
+        notes.append("no VRT mosaic: no COG mosaic")
+        _drop(out / "mosaic.tif")
+    return outputs, notes
+
+
+def write_summary(
+    out: Path,
+    journal: Any,
+    stems: Sequence[str],
+    result: Any,
+    *,
+    polygons: bool = True,
+    cog: bool = False,
+) -> tuple[dict[str, Path], list[str]]:
+    """Write the batch mosaics and ``summary.json``/``summary.md`` into ``out``; return them.
+
+    Raster tiles give ``mosaic.vrt`` (when on one grid), ``polygons.gpkg`` (``polygons``
+    and the tiles have polygons: regions cut by tile edges joined,
+    :func:`geomed_seg.batch.vectors.merge_polygons`) and ``mosaic.tif`` (``cog``:
+    :func:`write_cog_mosaic`); volume tiles give none of them (a note says so). Class areas
+    (km²) or volumes (mL) are summed over every done tile of the manifest from its
+    ``report.json``; throughput (km²/s, volumes/h) counts only the tiles processed in this
+    run (wall s of ``result``). Per-tile seconds p50/p95 are over the done tiles;
+    ``peak_worker_rss_mb`` is the largest ``worker_peak_rss_mb`` of the tile records.
+    Returns ``({"mosaic"|"polygons"|"cog"|"summary"|"summary_md": path}, notes)``.
+    """
+    t = _tally(out, journal, stems, result)
+    outputs, notes = _mosaics(out, t, polygons, cog)
+    secs = [r["seconds"] for r in t.rows if r["status"] in ("done", "skipped") and r["seconds"]]
+    p50, p95 = _percentiles(secs)
+    rss = [r["worker_peak_rss_mb"] for r in t.rows if r["worker_peak_rss_mb"] is not None]
+    per_s = result.seconds or None
     summary = {
         "config_hash": (journal.header or {}).get("config_hash"),
         "finished": time.time(),
+        "kind": "volume" if t.volume_tiles else ("raster" if t.labels else None),
         "tiles": len(stems),
         "done": len(result.done),
         "skipped": len(result.skipped),
         "failed": len(result.failed),
         "failed_tiles": result.failed,
-        "class_area_km2": areas,
-        "processed_km2": processed_km2,
+        "class_area_km2": t.area_km2,
+        "class_volume_ml": t.volume_ml,
+        "processed_km2": t.processed_km2,
+        "processed_volumes": t.processed_volumes,
         "seconds": result.seconds,
-        "throughput_km2_per_s": processed_km2 / result.seconds if result.seconds else None,
+        "throughput_km2_per_s": t.processed_km2 / per_s if per_s else None,
+        "throughput_volumes_per_h": t.processed_volumes * 3600 / per_s if per_s else None,
+        "tile_seconds_p50": p50,
+        "tile_seconds_p95": p95,
+        "peak_worker_rss_mb": max(rss) if rss else None,
         "dashboard": result.dashboard,
+        "outputs": {k: p.name for k, p in outputs.items()},
         "notes": notes,
-        "per_tile": tiles,
+        "per_tile": t.rows,
     }
     with atomic_output(out / "summary.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
     outputs["summary"] = out / "summary.json"
+    with atomic_output(out / "summary.md", overwrite=True) as tmp:
+        tmp.write_text(_markdown(summary), encoding="utf-8")
+    outputs["summary_md"] = out / "summary.md"
+    return outputs, notes
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _markdown(s: dict[str, Any]) -> str:
+    """``summary.md``: totals, throughput, notes and one table row per tile."""
+    volume = s["kind"] == "volume"
+    if volume:
+        speed = _num(s["throughput_volumes_per_h"] if s["processed_volumes"] else None, ".1f")
+        speed += " volumes/h"
+    else:
+        speed = _num(s["throughput_km2_per_s"] if s["processed_km2"] else None, ".3f") + " km²/s"
     md = [
         "# Batch summary",
         "",
-        f"- tiles: {len(stems)} (done {len(result.done)}, skipped {len(result.skipped)}, "
-        f"failed {len(result.failed)})",
-        f"- wall time: {result.seconds:.1f} s; throughput: "
-        + (f"{summary['throughput_km2_per_s']:.3f} km²/s" if processed_km2 else "–"),
-        *[f"- class {name}: {km2:.4f} km²" for name, km2 in sorted(areas.items())],
-        *[f"- note: {n}" for n in notes],
+        f"- tiles: {s['tiles']} (done {s['done']}, skipped {s['skipped']}, failed {s['failed']})",
+        f"- wall time: {s['seconds']:.1f} s; throughput: {speed}",
+        f"- seconds per tile: p50 {_num(s['tile_seconds_p50'], '.2f')}, "
+        f"p95 {_num(s['tile_seconds_p95'], '.2f')}; peak worker RSS: "
+        f"{_num(s['peak_worker_rss_mb'], '.0f')} MB",
+        *[f"- class {name}: {km2:.4f} km²" for name, km2 in sorted(s["class_area_km2"].items())],
+        *[f"- class {name}: {ml:.2f} mL" for name, ml in sorted(s["class_volume_ml"].items())],
+        *[f"- output: {name}" for name in s["outputs"].values()],
+        *[f"- note: {n}" for n in s["notes"]],
         "",
-        "| tile | status | seconds | area km² | error |",
-        "|---|---|---|---|---|",
+        f"| tile | status | seconds | {'volume mL' if volume else 'area km²'} | "
+        "peak RSS MB | error |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in tiles:
-        sec = "" if r["seconds"] is None else f"{r['seconds']:.2f}"
-        area = f"{r['area_km2']:.4f}" if "area_km2" in r else ""
-        md.append(f"| {r['stem']} | {r['status']} | {sec} | {area} | {r['error'] or ''} |")
-    with atomic_output(out / "summary.md", overwrite=True) as tmp:
-        tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
-    outputs["summary_md"] = out / "summary.md"
-    return outputs, notes
+    for r in s["per_tile"]:
+        amount = r.get("volume_ml", r.get("area_km2"))
+        md.append(
+            f"| {r['stem']} | {r['status']} | {_num(r['seconds'], '.2f').replace('–', '')} | "
+            f"{_num(amount, '.2f' if volume else '.4f').replace('–', '')} | "
+            f"{_num(r['worker_peak_rss_mb'], '.0f').replace('–', '')} | {r['error'] or ''} |"
+        )
+    return "\n".join(md) + "\n"

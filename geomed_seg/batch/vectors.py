@@ -1,0 +1,232 @@
+"""Merge the tiles' polygon GeoPackages into one, joining regions cut by tile edges.
+
+Each done tile has ``polygons.gpkg`` written by :func:`geomed_seg.io.vector.write_polygons`:
+polygons of ``rasterio.features.shapes``, whose vertices lie on pixel corners. The tiles sit
+on one pixel grid (:func:`geomed_seg.batch.mosaic.tile_layout`), so a region cut by a tile
+edge is made of pieces that share their edges exactly once mapped to the mosaic's pixel
+coordinates (inverse affine, rounded to integers). A polygon touching an *inner* tile edge
+(one shared with a neighbour tile, not the mosaic's outer edge) is such a border piece: the
+pieces are kept, unioned per class (``shapely.union_all``) and split into connected parts
+(``shapely.get_parts``), then mapped back with the mosaic's affine, with ``area_m2``
+recomputed. Every other polygon is final: it is copied unchanged (read per tile with
+pyogrio, appended in batches), so memory holds only the border pieces, never a raster.
+
+Hand-written because GDAL/OGR has no "dissolve only across tile seams" and re-polygonising
+the mosaic raster would need the whole country's pixels in one process; the geometry work
+is shapely's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from geomed_seg.batch.mosaic import TileLayout, TilePlace, tile_layout
+from geomed_seg.errors import GeometryError, InvalidInputError
+from geomed_seg.io.atomic import atomic_output
+from geomed_seg.io.vector import LAYER, VectorSummary
+
+log = logging.getLogger(__name__)
+
+FIELDS = ["class", "name", "area_m2"]
+#: Largest distance (pixels) of a border vertex from a pixel corner that is accepted.
+CORNER_TOLERANCE_PX = 1e-6
+
+
+def inner_sides(layout: TileLayout) -> np.ndarray:
+    """Return ``(n_tiles, 4)`` booleans: has the tile a neighbour on its left/top/right/bottom.
+
+    A side counts as inner when another tile's opposite side lies on the same pixel line and
+    their extents overlap; the mosaic's outer edges and edges facing missing tiles do not.
+    """
+    p = layout.places
+    c0 = np.array([t.col_off for t in p])
+    r0 = np.array([t.row_off for t in p])
+    c1 = c0 + np.array([t.width for t in p])
+    r1 = r0 + np.array([t.height for t in p])
+    sides = np.zeros((len(p), 4), dtype=bool)
+    for i in range(len(p)):
+        rows = (r0 < r1[i]) & (r0[i] < r1)
+        cols = (c0 < c1[i]) & (c0[i] < c1)
+        sides[i] = [
+            np.any(rows & (c1 == c0[i])),
+            np.any(cols & (r1 == r0[i])),
+            np.any(rows & (c0 == c1[i])),
+            np.any(cols & (r0 == r1[i])),
+        ]
+    return sides
+
+
+def check_disjoint(layout: TileLayout) -> None:
+    """Raise :class:`GeometryError` when two tiles overlap (their polygons would repeat)."""
+    p = layout.places
+    c0 = np.array([t.col_off for t in p])
+    r0 = np.array([t.row_off for t in p])
+    c1 = c0 + np.array([t.width for t in p])
+    r1 = r0 + np.array([t.height for t in p])
+    for i in range(len(p)):
+        hit = (c0 < c1[i]) & (c0[i] < c1) & (r0 < r1[i]) & (r0[i] < r1)
+        hit[i] = False
+        if hit.any():
+            j = int(np.flatnonzero(hit)[0])
+            raise GeometryError(f"{p[i].path} overlaps {p[j].path}: tiles must not overlap")
+
+
+def _read(gpkg: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+    import pyogrio.raw
+
+    try:
+        meta, _fids, wkb, fields = pyogrio.raw.read(gpkg, layer=LAYER, columns=FIELDS)
+    except Exception as exc:  # noqa: BLE001 - pyogrio raises DataSourceError/DataLayerError/...
+        raise InvalidInputError(f"{gpkg}: cannot read layer {LAYER!r}: {exc}") from exc
+    if list(meta["fields"]) != FIELDS:
+        raise InvalidInputError(f"{gpkg}: fields {list(meta['fields'])} != {FIELDS}")
+    return wkb, fields
+
+
+def _touches_inner(geoms: np.ndarray, layout: TileLayout, place: TilePlace, sides) -> np.ndarray:
+    """Which polygons touch an inner side of their tile (pixel bounds, half-pixel slack)."""
+    import shapely
+
+    t = layout.transform
+    b = shapely.bounds(geoms)  # xmin, ymin, xmax, ymax in CRS units
+    cols = (b[:, [0, 2]] - t.c) / t.a
+    rows = (b[:, [1, 3]] - t.f) / t.e
+    c_lo, c_hi = cols.min(axis=1), cols.max(axis=1)
+    r_lo, r_hi = rows.min(axis=1), rows.max(axis=1)
+    left, top, right, bottom = sides
+    hit = np.zeros(len(geoms), dtype=bool)
+    if left:
+        hit |= c_lo < place.col_off + 0.5
+    if top:
+        hit |= r_lo < place.row_off + 0.5
+    if right:
+        hit |= c_hi > place.col_off + place.width - 0.5
+    if bottom:
+        hit |= r_hi > place.row_off + place.height - 0.5
+    return hit
+
+
+def _to_pixels(geoms: np.ndarray, layout: TileLayout, gpkg: Path) -> np.ndarray:
+    """Map polygons to mosaic pixel corners (integers); raise when a vertex is off-grid."""
+    import shapely
+
+    inv = ~layout.transform
+
+    def snap(xy: np.ndarray) -> np.ndarray:
+        col = inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c
+        row = inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f
+        px = np.column_stack([col, row])
+        snapped = np.round(px)
+        off = np.abs(px - snapped).max(initial=0.0)
+        if off > CORNER_TOLERANCE_PX:
+            raise GeometryError(
+                f"{gpkg}: a polygon vertex is {off:.3g} px off the pixel corners of the mosaic "
+                "(not polygons of the label raster?)"
+            )
+        return snapped
+
+    return shapely.transform(geoms, snap)
+
+
+def merge_polygons(
+    labels: Sequence[Path],
+    gpkgs: Sequence[Path],
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = True,
+    batch: int = 50_000,
+) -> VectorSummary:
+    """Merge the tiles' polygons into one GeoPackage at ``path``; return a summary.
+
+    Parameters
+    ----------
+    labels : sequence of Path
+        The tiles' single-band label rasters (their geometry places the tiles).
+    gpkgs : sequence of Path
+        Each tile's polygons (layer ``"labels"``, fields ``class``, ``name``, ``area_m2``,
+        vertices on the tile's pixel corners), in the order of ``labels``.
+    path : path-like
+        Output ``.gpkg``, written atomically with the same layer and fields; features cut
+        by tile edges are joined into one and their ``area_m2`` (CRS units²) recomputed.
+    batch : int
+        Copied features buffered before each append.
+
+    Raises
+    ------
+    GeometryError
+        Tiles not on one CRS / pixel size / pixel grid, overlapping tiles, or a border
+        vertex more than 1e-6 px from a pixel corner.
+    """
+    import pyogrio.raw
+    import shapely
+    import shapely.affinity
+
+    if len(labels) != len(gpkgs):
+        raise InvalidInputError(f"{path}: {len(labels)} label tiles but {len(gpkgs)} GeoPackages")
+    layout = tile_layout(labels)
+    check_disjoint(layout)
+    sides = inner_sides(layout)
+    crs = layout.crs.to_wkt() if layout.crs is not None else None
+    t = layout.transform
+    summary = VectorSummary(Path(path))
+    border: dict[int, list] = defaultdict(list)
+    names: dict[int, str] = {}
+
+    with atomic_output(path, overwrite) as tmp:
+        started = False
+        buf: list[tuple[np.ndarray, list[np.ndarray]]] = []
+
+        def write(wkb: np.ndarray, fields: list[np.ndarray]) -> None:
+            nonlocal started
+            pyogrio.raw.write(tmp, wkb, field_data=fields, fields=FIELDS, layer=LAYER,
+                              driver="GPKG", geometry_type="Polygon", crs=crs,
+                              append=started)  # fmt: skip
+            started = True
+            for v, a in zip(fields[0].tolist(), fields[2].tolist(), strict=True):
+                summary.area_by_class[v] = summary.area_by_class.get(v, 0.0) + float(a)
+                summary.features_by_class[v] = summary.features_by_class.get(v, 0) + 1
+            summary.n_features += len(wkb)
+
+        def flush() -> None:
+            if buf:
+                write(np.concatenate([b[0] for b in buf]),
+                      [np.concatenate([b[1][k] for b in buf]) for k in range(3)])  # fmt: skip
+                buf.clear()
+
+        for place, tile_sides, gpkg in zip(layout.places, sides, gpkgs, strict=True):
+            wkb, fields = _read(Path(gpkg))
+            if len(wkb) == 0:
+                continue
+            cls = fields[0].astype(np.int32)
+            fields = [cls, fields[1].astype(object), fields[2].astype(np.float64)]
+            names.update(zip(cls.tolist(), fields[1].tolist(), strict=True))
+            geoms = shapely.from_wkb(wkb)
+            inner = _touches_inner(geoms, layout, place, tile_sides)
+            for v, g in zip(
+                cls[inner].tolist(), _to_pixels(geoms[inner], layout, gpkg), strict=True
+            ):
+                border[v].append(g)
+            keep = ~inner
+            if keep.any():
+                buf.append((wkb[keep], [f[keep] for f in fields]))
+            if sum(len(b[0]) for b in buf) >= batch:
+                flush()
+        flush()
+        to_crs = [t.a, t.b, t.d, t.e, t.c, t.f]
+        for v, pieces in sorted(border.items()):
+            parts = shapely.get_parts(shapely.union_all(pieces))
+            geoms = np.array([shapely.affinity.affine_transform(p, to_crs) for p in parts])
+            write(shapely.to_wkb(geoms), [np.full(len(geoms), v, np.int32),
+                                          np.array([names[v]] * len(geoms), object),
+                                          shapely.area(geoms).astype(np.float64)])  # fmt: skip
+        if not started:  # an empty layer still records the CRS and schema
+            write(np.array([], dtype=object),
+                  [np.array([], np.int32), np.array([], object), np.array([], float)])  # fmt: skip
+    log.info("%s: %d polygons merged from %d tiles", path, summary.n_features, len(gpkgs))
+    return summary
