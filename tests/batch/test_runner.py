@@ -134,3 +134,116 @@ def test_config_loaded_once_per_worker(tiles, tmp_path, fast):
     assert (info.misses, info.hits) == (1, 2)
     bad = run_tile("flood", fast, "0" * 64, str(tiles[3]), str(tmp_path / "o"), 0)
     assert bad["status"] == "failed" and "config changed" in bad["error"]
+
+
+# -- one large scene split into blocks ------------------------------------------------------
+
+FIXED = ("model.threshold=0.0", "postprocess.min_object_size=0")
+
+
+def _ndwi_reference(scene) -> np.ndarray:
+    """Water labels by numpy: NDWI = (green - nir) / (green + nir) > 0; 255 where g + n = 0."""
+    with rasterio.open(scene) as ds:  # bands: blue, green, red, nir, swir1, swir2 (flood.yaml)
+        green, nir = (ds.read(i).astype(np.float64) for i in (2, 4))
+    total = green + nir
+    with np.errstate(invalid="ignore", divide="ignore"):
+        water = ((green - nir) / total > 0.0).astype(np.uint8)
+    return np.where(total == 0, np.uint8(255), water)
+
+
+def _mosaic(res) -> np.ndarray:
+    with rasterio.open(res.outputs["mosaic"]) as m:
+        return m.read(1)
+
+
+def test_blocks_equal_numpy_ndwi(tmp_path, landsat_path, fast):
+    out = tmp_path / "out"
+    res = run_batch("flood", [landsat_path], out, overrides=(*fast, *FIXED), processes=False,
+                    block_size=128, halo=32)  # fmt: skip
+    stems = [f"{landsat_path.stem}_r{i:04d}_c{j:04d}" for i in range(3) for j in range(3)]
+    assert sorted(res.done) == stems and not res.failed and not res.notes
+    with rasterio.open(res.outputs["mosaic"]) as m, rasterio.open(landsat_path) as scene:
+        assert m.transform == scene.transform and m.crs == scene.crs and m.shape == scene.shape
+    ref = _ndwi_reference(landsat_path)
+    assert 0 < (ref == 1).mean() < 1 and (ref != 255).all()  # land and water, no nodata
+    np.testing.assert_array_equal(_mosaic(res), ref)
+    recs = Journal(out).records
+    for stem in stems:  # each block tile sits on its core window of the scene
+        core = recs[stem]["block"]["core"]
+        with (
+            rasterio.open(out / "tiles" / stem / "labels.tif") as t,
+            rasterio.open(landsat_path) as s,
+        ):
+            win = rasterio.windows.Window(
+                core["col_off"], core["row_off"], core["width"], core["height"]
+            )
+            assert t.transform == s.window_transform(win) and t.shape == (win.height, win.width)
+        assert recs[stem]["worker_peak_rss_mb"] > 50 and recs[stem]["worker_rss_mb"] > 50
+    rep = json.loads((out / "tiles" / stems[4] / "report.json").read_text())
+    run = json.loads((out / "tiles" / stems[4] / "run.json").read_text())
+    assert rep["block"] == run["block"] and rep["block"]["scene"] == str(landsat_path)
+    assert rep["block"]["core"] == {"row_off": 129, "col_off": 128, "height": 129, "width": 128}
+    assert run["inputs"] == {}  # the scene is not hashed once per block
+
+
+def test_halo_makes_blocks_equal_whole_scene(tmp_path, landsat_path, fast):
+    ovr = (*fast, "model.threshold=0.0", "postprocess.min_object_size=8000")
+    whole = run_pipeline("flood", input=landsat_path, output=tmp_path / "whole", overrides=ovr)
+    with rasterio.open(whole.outputs["labels"]) as ds:
+        ref = ds.read(1)
+    got = {}
+    for halo in (32, 0):
+        res = run_batch("flood", [landsat_path], tmp_path / f"halo{halo}", overrides=ovr,
+                        processes=False, block_size=128, halo=halo)  # fmt: skip
+        got[halo] = _mosaic(res)
+    np.testing.assert_array_equal(got[32], ref)
+    assert (got[0] != ref).sum() > 0  # small objects cut at block edges are removed
+
+
+def test_unet_blocks_agree_with_whole_scene(tmp_path, landsat_path, fast):
+    ovr = (*fast, "model.method=checkpoint", "engine.roi_size=[64,64]",
+           "postprocess.min_object_size=0")  # fmt: skip
+    whole = run_pipeline("flood", input=landsat_path, output=tmp_path / "whole", overrides=ovr)
+    assert whole.report["method"].startswith("checkpoint")
+    with rasterio.open(whole.outputs["labels"]) as ds:
+        ref = ds.read(1)
+    res = run_batch("flood", [landsat_path], tmp_path / "out", overrides=ovr, processes=False,
+                    block_size=128)  # default halo = 64 px  # fmt: skip
+    assert Journal(tmp_path / "out").records[res.done[0]]["block"]["read"]["width"] == 128 + 64
+    agreement = (_mosaic(res) == ref).mean()
+    assert agreement >= 0.995, agreement  # measured 0.9991 (halo 64)
+    assert 0.05 < (ref == 1).mean() < 0.5
+
+
+def test_blocks_resume_and_otsu_note(tmp_path, landsat_path, fast):
+    out = tmp_path / "out"
+    res = run_batch("flood", [landsat_path], out, overrides=fast, processes=False,
+                    block_size=200, halo=16)  # fmt: skip
+    assert len(res.done) == 4 and any("model.threshold=" in n for n in res.notes)
+    before = _labels(out)
+    killed = sorted(res.done)[2:]
+    keep = [x for x in _lines(out) if x.get("stem") not in killed]
+    text = "".join(json.dumps(x) + "\n" for x in keep) + '{"type": "tile", "ste'
+    (out / "journal.jsonl").write_text(text)
+    for stem in killed:
+        shutil.rmtree(out / "tiles" / stem)
+    res = run_batch("flood", [landsat_path], out, overrides=fast, processes=False,
+                    block_size=200, halo=16)  # fmt: skip
+    assert sorted(res.done) == killed and sorted(res.skipped) == sorted(before)[:2]
+    assert _labels(out) == before
+    with pytest.raises(ConfigError, match="--restart"):  # another layout, same config
+        run_batch("flood", [landsat_path], out, overrides=fast, processes=False,
+                  block_size=200, halo=8)  # fmt: skip
+
+
+def test_blocks_refused_for_volumes_and_reprojection(tmp_path, landsat_path):
+    from geomed_seg.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="rasters only"):
+        run_batch("brats", [landsat_path], tmp_path / "v", block_size=64, processes=False)
+    with pytest.raises(ConfigError, match="keeps the input grid"):
+        run_batch("flood", [landsat_path], tmp_path / "r", block_size=64, processes=False,
+                  overrides=("preprocess.target_crs=EPSG:4326",))  # fmt: skip
+    with pytest.raises(InvalidInputError, match="halo"):
+        run_batch("flood", [landsat_path], tmp_path / "h", block_size=64, halo=-1)
+    assert not (tmp_path / "v").exists() and not (tmp_path / "r").exists()
