@@ -149,7 +149,7 @@ def write_cog_mosaic(
 
     rio-cogeo's ``cog_translate`` streams the VRT block by block (through a temporary GeoTIFF
     beside ``path`` when the mosaic is large) into 512-pixel DEFLATE tiles with internal
-    overviews ("mode" for class labels, else "nearest") and the VRT's nodata. From
+    overviews ("mode" for integer labels, else "nearest") and the VRT's nodata. From
     ``classes_from`` (a label tile written by :mod:`geomed_seg.io.cog`) come the colour table,
     the ``GEOMED_CLASSES`` tag and the category names / attribute table sidecar
     ``<path>.aux.xml``, as :mod:`geomed_seg.io.cog` writes them. Written atomically.
@@ -177,7 +177,8 @@ def write_cog_mosaic(
     with rasterio.open(vrt) as src:
         nodata, dtype = src.nodata, np.dtype(src.dtypes[0])
     profile = cog_profiles.get("deflate")
-    profile.update(BIGTIFF="IF_SAFER", predictor=2 if np.issubdtype(dtype, np.integer) else 3)
+    integer = np.issubdtype(dtype, np.integer)
+    profile.update(BIGTIFF="IF_SAFER", predictor=2 if integer else 3)
     with atomic_output(path, overwrite) as tmp:
         try:
             with warnings.catch_warnings():  # "color interpretation was set to Palette"
@@ -188,7 +189,7 @@ def write_cog_mosaic(
                     profile,
                     nodata=nodata,
                     resampling="nearest",
-                    overview_resampling="mode" if classes else "nearest",
+                    overview_resampling="mode" if integer else "nearest",
                     colormap=cmap,
                     additional_cog_metadata={CLASSES_TAG: tag} if tag else None,
                     quiet=True,

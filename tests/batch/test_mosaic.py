@@ -1,14 +1,22 @@
-"""The mosaic VRT: GDAL (rasterio) reads each tile's pixels at the tile's place."""
+"""Batch mosaics and summary: the VRT and COG mosaics read back with GDAL (rasterio,
+rio-cogeo) equal the tiles; summary fields for raster and volume batches."""
 
 from __future__ import annotations
 
+import json
+from xml.etree import ElementTree as ET
+
 import numpy as np
+import pytest
 import rasterio
+from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import from_bounds
+from rio_cogeo.cogeo import cog_validate
 
-from geomed_seg.batch.mosaic import write_vrt
-from geomed_seg.batch.runner import run_batch
+from geomed_seg.batch.journal import Journal
+from geomed_seg.batch.mosaic import write_cog_mosaic, write_summary, write_vrt
+from geomed_seg.batch.runner import BatchResult, run_batch
 
 
 def test_vrt_pixels_equal_tiles(tiles, tmp_path, fast, landsat_path):
@@ -42,3 +50,127 @@ def test_vrt_skipped_for_mixed_crs(tiles, tmp_path):
             dst.write(src.read())
     note = write_vrt([tiles[0], other], tmp_path / "m.vrt")
     assert note is not None and "CRS" in note and not (tmp_path / "m.vrt").exists()
+
+
+def _rerun_summary(out, stems, result, **kw):
+    """Call write_summary again on a finished batch folder, as the runner does."""
+    return write_summary(out, Journal(out), stems, result, **kw)
+
+
+def test_cog_mosaic_equals_vrt(tiles, tmp_path, fast):
+    out = tmp_path / "out"
+    res = run_batch("flood", tiles, out, overrides=fast, processes=False)
+    outputs, notes = _rerun_summary(out, [p.stem for p in tiles], res, cog=True)
+    cog = outputs["cog"]
+    assert cog == out / "mosaic.tif" and not notes
+    valid, errors, _ = cog_validate(cog, strict=True)
+    assert valid, errors
+    first = out / "tiles" / tiles[0].stem / "labels.tif"
+    with rasterio.open(cog) as c, rasterio.open(out / "mosaic.vrt") as v, rasterio.open(first) as t:
+        np.testing.assert_array_equal(c.read(1), v.read(1))
+        assert (c.crs, c.transform, c.nodata, c.dtypes) == (v.crs, v.transform, v.nodata, v.dtypes)
+        assert c.colormap(1) == t.colormap(1) and c.colormap(1)[1] == (30, 90, 220, 255)
+        assert json.loads(c.tags()["GEOMED_CLASSES"])[1]["name"] == "water"
+        aux = next(f for f in c.files if f.endswith(".aux.xml"))  # GDAL found the sidecar
+    names = [e.text for e in ET.parse(aux).getroot().iter("Category")]
+    assert names == ["land", "water"]
+    assert all(Journal(out).is_done(p.stem, p) for p in tiles)  # tiles untouched
+    assert not list(out.glob(".*tmp*")) and not list(out.glob("tmp*"))
+
+
+def test_cog_overviews_use_mode(tmp_path):
+    """A 1200 x 1200 mosaic of 4 tiles gets internal mode overviews from rio-cogeo."""
+    rng = np.random.default_rng(0)
+    labels = np.kron(rng.integers(0, 3, (60, 60), dtype=np.uint8), np.ones((20, 20), np.uint8))
+    tr = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 6000000.0)
+    paths = []
+    for r in (0, 600):
+        for c in (0, 600):
+            p = tmp_path / f"t{r}_{c}.tif"
+            with rasterio.open(p, "w", driver="GTiff", width=600, height=600, count=1,
+                               dtype="uint8", nodata=255, crs=CRS.from_epsg(32633),
+                               transform=tr @ Affine.translation(c, r)) as dst:  # fmt: skip
+                dst.write(labels[r : r + 600, c : c + 600], 1)
+            paths.append(p)
+    assert write_vrt(paths[::-1], tmp_path / "m.vrt") is None
+    write_cog_mosaic(tmp_path / "m.vrt", tmp_path / "m.tif")
+    assert cog_validate(tmp_path / "m.tif", strict=True)[0]
+    with rasterio.open(tmp_path / "m.tif") as c:
+        np.testing.assert_array_equal(c.read(1), labels)
+        assert c.transform == tr and c.overviews(1)
+        assert c.tags()["OVERVIEW_RESAMPLING"] == "MODE"
+        # blocks of 20 px: a 2x overview of mode is the labels subsampled
+        np.testing.assert_array_equal(c.read(1, out_shape=(600, 600)), labels[::2, ::2])
+    assert not (tmp_path / "m.tif.aux.xml").exists()  # no classes: no sidecar
+
+
+def _journal(out, records):
+    j = Journal(out)
+    j.header = {"type": "header", "config_hash": "abc"}
+    j.records = {r["stem"]: r for r in records}
+    return j
+
+
+def test_volume_summary(tmp_path):
+    """Volume tiles: mL per class, volumes/h, no mosaic; p50/p95 and peak worker RSS."""
+    out = tmp_path / "out"
+    records = []
+    for i in range(20):
+        stem = f"case{i:02d}"
+        folder = out / "tiles" / stem
+        folder.mkdir(parents=True)
+        report = {"classes": [
+            {"index": 0, "name": "background", "samples": 990, "volume_mm3": 990.0,
+             "volume_ml": 0.99},
+            {"index": 1, "name": "tumour", "samples": 10, "volume_mm3": 10.0 * (i + 1),
+             "volume_ml": 0.01 * (i + 1)}]}  # fmt: skip
+        (folder / "report.json").write_text(json.dumps(report))
+        (folder / "labels.nii.gz").write_bytes(b"")
+        rec = {"type": "tile", "stem": stem, "status": "done", "seconds": float(i + 1),
+               "attempts": 1, "error": None,
+               "outputs": {"labels.nii.gz": {"path": f"tiles/{stem}/labels.nii.gz"},
+                           "report.json": {"path": f"tiles/{stem}/report.json"}}}  # fmt: skip
+        if i % 3 == 0:  # the runner adds the worker's peak RSS; older records lack it
+            rec["worker_peak_rss_mb"] = 100.0 + i
+        records.append(rec)
+    records.append({"type": "tile", "stem": "broken", "status": "failed", "outputs": {},
+                    "seconds": 99.0, "attempts": 2, "error": "ReadError: x"})  # fmt: skip
+    stems = [r["stem"] for r in records]
+    result = BatchResult(out, done=stems[:15], skipped=stems[15:20],
+                         failed={"broken": "ReadError: x"}, seconds=30.0)  # fmt: skip
+    outputs, notes = write_summary(out, _journal(out, records), stems, result, cog=True)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["kind"] == "volume"
+    assert s["class_volume_ml"]["tumour"] == pytest.approx(0.01 * sum(range(1, 21)))
+    assert s["class_volume_ml"]["background"] == pytest.approx(20 * 0.99)
+    assert s["class_area_km2"] == {} and s["processed_km2"] == 0.0
+    assert s["processed_volumes"] == 15
+    assert s["throughput_volumes_per_h"] == pytest.approx(15 / 30.0 * 3600)
+    # done tiles' seconds 1..20 (the failed tile's 99 s is not counted): numpy's linear p95
+    assert s["tile_seconds_p50"] == pytest.approx(10.5)
+    assert s["tile_seconds_p95"] == pytest.approx(1 + 0.95 * 19)
+    assert s["peak_worker_rss_mb"] == 118.0
+    assert set(outputs) == {"summary", "summary_md"}
+    assert any("volume" in n for n in notes)
+    assert not (out / "mosaic.vrt").exists() and not (out / "mosaic.tif").exists()
+    md = (out / "summary.md").read_text()
+    assert "1800.0 volumes/h" in md and "tumour: 2.10 mL" in md and "p95 19.05" in md
+    assert "| broken | failed | 99.00 |  |  | ReadError: x |" in md
+
+
+def test_raster_summary_fields(tiles, tmp_path, fast):
+    out = tmp_path / "out"
+    res = run_batch("flood", tiles, out, overrides=fast, processes=False)
+    s = json.loads((out / "summary.json").read_text())
+    secs = sorted(json.loads(line)["seconds"] for line in
+                  (out / "journal.jsonl").read_text().splitlines()[1:])  # fmt: skip
+    assert s["kind"] == "raster" and s["processed_volumes"] == 0
+    assert s["tile_seconds_p50"] == pytest.approx((secs[2] + secs[3]) / 2)
+    assert secs[4] <= s["tile_seconds_p95"] <= secs[5]
+    assert s["class_area_km2"]["water"] > 0 and s["throughput_km2_per_s"] > 0
+    assert "polygons" not in s["outputs"] and "mosaic" in s["outputs"]  # fast: no polygons
+    assert s["peak_worker_rss_mb"] == max(
+        (r.get("worker_peak_rss_mb") for r in s["per_tile"] if r.get("worker_peak_rss_mb")),
+        default=None,
+    )
+    assert res.outputs["summary_md"].read_text().count("| tile_") == 6
