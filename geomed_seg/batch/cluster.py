@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -240,12 +241,57 @@ def _jobqueue_cluster(
     options = dict(dask.config.get(f"{section}.scheduler-options", None) or {})
     options.setdefault("dashboard_address", ":0")
     cls = getattr(dask_jobqueue, cls_name)
+    job_cls = _recording_job(cls.job_cls)
     try:
         return cls(cores=cores, memory=memory, processes=1, silence_logs=silence_logs,
-                   scheduler_options=options)  # fmt: skip
+                   scheduler_options=options, job_cls=job_cls)  # fmt: skip
     except (ValueError, TypeError) as exc:
         problem = " ".join(str(exc).split())
         raise ConfigError(f"{name}: invalid dask-jobqueue settings in {yaml} ({problem})") from exc
+
+
+def _recording_job(base: type) -> type:
+    """``base`` (a dask-jobqueue Job class) that keeps the error of a refused submission.
+
+    ``SpecCluster.scale`` submits in the background and only logs a failing ``sbatch``; the
+    job keeps status "created", which ``SpecCluster.close()`` then refuses (assertion).
+    This subclass marks it failed and keeps the error, so that :func:`_wait_for_worker`
+    reports it at once instead of after ``wait_timeout``.
+    """
+    from distributed.core import Status
+
+    class RecordingJob(base):  # type: ignore[misc, valid-type]
+        submit_error: Exception | None = None
+
+        async def start(self) -> None:
+            try:
+                await super().start()
+            except Exception as exc:  # noqa: BLE001 - recorded, then raised again
+                self.submit_error, self.status = exc, Status.failed
+                raise
+
+    RecordingJob.__name__ = RecordingJob.__qualname__ = base.__name__
+    return RecordingJob
+
+
+def _wait_for_worker(client: Any, cluster: Any, name: str, jobs: int, timeout: float) -> None:
+    """Return once a worker is connected; ConfigError on a refused job or after ``timeout`` s."""
+    _, submit, status = JOBQUEUES[name]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.wait_for_workers(1, timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+            return
+        except TimeoutError as exc:
+            errors = [j.submit_error for j in cluster.workers.values() if j.submit_error]
+            if errors:
+                stderr = " ".join(str(errors[0]).rpartition("stderr:")[2].split())
+                raise ConfigError(f"{name}: {submit} refused the job: {stderr}") from errors[0]
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"{name}: no worker started within {timeout:g} s of submitting "
+                    f"{jobs} job(s) with {submit} (check {status} and the job logs)"
+                ) from exc
 
 
 @contextlib.contextmanager
@@ -266,18 +312,11 @@ def _jobqueue_client(
         raise ConfigError(f"workers={workers}: need at least 1 job")
     jobs = workers or 1
     cluster = _jobqueue_cluster(name, threads, memory_limit, silence_logs)
-    _, submit, status = JOBQUEUES[name]
     try:
         log.debug("%s job script:\n%s", name, cluster.job_script())
         cluster.scale(jobs=jobs)
         with Client(cluster, set_as_default=False) as client:
-            try:
-                client.wait_for_workers(1, timeout=wait_timeout)
-            except TimeoutError as exc:
-                raise ConfigError(
-                    f"{name}: no worker started within {wait_timeout:g} s of submitting "
-                    f"{jobs} job(s) with {submit} (check {status} and the job logs)"
-                ) from exc
+            _wait_for_worker(client, cluster, name, jobs, wait_timeout)
             job = cluster._dummy_job
             log.info(
                 "cluster: %s, %d jobs x 1 worker x %d threads, %s per worker, dashboard %s",

@@ -255,3 +255,14 @@ def test_jobqueue_no_worker_times_out(fake_queue, tmp_path):
                 pass
     assert len(_pids(queue)) == 1
     assert (queue / "cancelled").exists()
+
+
+def test_jobqueue_refused_submission_fails_at_once(fake_queue):
+    queue = fake_queue("slurm")
+    sbatch = queue.parent / "bin" / "sbatch"
+    sbatch.write_text('#!/usr/bin/env bash\necho "sbatch: error: invalid partition" >&2\nexit 1\n')
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"slurm: sbatch refused the job: .*invalid partition"):
+        with open_client(jobqueue="slurm", threads=1, memory_limit="1GB", wait_timeout=60):
+            pass
+    assert time.perf_counter() - start < 30
