@@ -78,3 +78,67 @@ def test_kill_9_then_resume_is_identical(tmp_path, landsat_path, fast):
     assert summary["skipped"] >= done_before and summary["done"] + summary["skipped"] == 16
     assert _labels(out) == _labels(full) and len(_labels(full)) == 16
     assert not list((out / "tiles").glob(".*"))
+
+
+def _band_vrt(tiles: list[Path], path: Path) -> None:
+    """Write a VRT of all bands of north-up ``tiles`` on one pixel grid (an independent mosaic)."""
+    import rasterio
+
+    metas = []
+    for t in tiles:
+        with rasterio.open(t) as ds:
+            metas.append((t, ds.transform, ds.width, ds.height, ds.count, ds.crs))
+    tr0 = metas[0][1]
+    x0, y0 = min(m[1].c for m in metas), max(m[1].f for m in metas)
+    places = [(t, round((tr.c - x0) / tr0.a), round((tr.f - y0) / tr0.e), w, h)
+              for t, tr, w, h, _, _ in metas]  # fmt: skip
+    width = max(ix + w for _, ix, _, w, _ in places)
+    height = max(iy + h for _, _, iy, _, h in places)
+    xml = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+           f"<SRS>{metas[0][5].to_wkt()}</SRS>",
+           f"<GeoTransform>{x0!r}, {tr0.a!r}, 0.0, {y0!r}, 0.0, {tr0.e!r}</GeoTransform>"]  # fmt: skip
+    for b in range(1, metas[0][4] + 1):
+        xml.append(f'<VRTRasterBand dataType="Byte" band="{b}">')
+        for t, ix, iy, w, h in places:
+            xml.append(
+                f"<SimpleSource><SourceFilename>{t}</SourceFilename><SourceBand>{b}</SourceBand>"
+                f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+                f'<DstRect xOff="{ix}" yOff="{iy}" xSize="{w}" ySize="{h}"/></SimpleSource>'
+            )
+        xml.append("</VRTRasterBand>")
+    path.write_text("\n".join([*xml, "</VRTDataset>"]))
+
+
+def test_cli_vrt_scene_in_blocks(tiles, tmp_path, fast, capsys):
+    import numpy as np
+    import rasterio
+
+    scene = tmp_path / "scene.vrt"
+    _band_vrt(tiles, scene)
+    out = tmp_path / "out"
+    fixed = ["--set", "model.threshold=0.0", "--set", "postprocess.min_object_size=0"]
+    base = ["batch", "flood", "--vrt", str(scene), "-o", str(out), *_sets(fast), *fixed]
+    with rasterio.open(scene) as ds:  # independent reference: NDWI > 0 with numpy
+        assert ds.count == 6 and ds.block_shapes[0] == (128, 128)
+        green, nir = (ds.read(i).astype(np.float64) for i in (2, 4))
+        transform, shape = ds.transform, ds.shape
+    rows, cols = -(-shape[0] // 128), -(-shape[1] // 128)
+    assert main([*base, "--block-size", "128", "--halo", "16", "--workers", "1"]) == 0
+    assert f"{rows * cols} tiles: {rows * cols} done" in capsys.readouterr().out
+    stems = [f"scene_r{i:04d}_c{j:04d}" for i in range(rows) for j in range(cols)]
+    assert sorted(_labels(out)) == stems
+    with rasterio.open(out / "mosaic.vrt") as m:
+        assert m.transform == transform and m.shape == shape
+        np.testing.assert_array_equal(m.read(1), (green > nir).astype(np.uint8))
+    # another block size in the same folder is refused (exit 2, before any work)
+    assert main([*base, "--block-size", "256", "--halo", "16", "-q"]) == 2
+    assert "--restart" in capsys.readouterr().err
+    assert sorted(_labels(out)) == stems
+
+
+def test_cli_blocks_need_the_input_grid(landsat_path, tmp_path, capsys):
+    args = ["batch", "flood", "--inputs", str(landsat_path), "-o", str(tmp_path / "out"),
+            "--block-size", "128", "--set", "preprocess.target_crs=EPSG:4326"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "keeps the input grid" in err
