@@ -266,3 +266,32 @@ def test_jobqueue_refused_submission_fails_at_once(fake_queue):
         with open_client(jobqueue="slurm", threads=1, memory_limit="1GB", wait_timeout=60):
             pass
     assert time.perf_counter() - start < 30
+
+
+def test_jobqueue_yaml_from_dask_config_folder(fake_queue, tmp_path):
+    """A ``jobqueue.yaml`` in ``$DASK_CONFIG`` (as docs/batch.md shows) drives the job."""
+    import subprocess
+
+    queue = fake_queue("slurm")
+    config_dir = tmp_path / "dask"
+    config_dir.mkdir()
+    (config_dir / "jobqueue.yaml").write_text(
+        "jobqueue:\n  slurm:\n    queue: compute\n    account: proj42\n    cores: 1\n"
+        '    memory: 1GB\n    walltime: "02:00:00"\n'
+        '    job-extra-directives: ["--constraint=ssd"]\n'
+        f"    local-directory: {tmp_path / 'scratch'}\n"
+    )
+    code = (
+        "from geomed_seg.batch.cluster import open_client\n"
+        "with open_client(jobqueue='slurm', wait_timeout=60) as c:\n"
+        "    print('threads', sum(c.nthreads().values()))\n"
+    )
+    env = dict(os.environ, DASK_CONFIG=str(config_dir))
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "threads 1" in run.stdout
+    script = (queue / "job-0.sh").read_text()
+    for line in ("-p compute", "-A proj42", "--cpus-per-task=1", "-t 02:00:00"):
+        assert f"#SBATCH {line}" in script
+    assert f"--local-directory {tmp_path / 'scratch'}" in script
