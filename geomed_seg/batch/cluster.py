@@ -23,12 +23,15 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
 from geomed_seg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ def open_client(
     processes: bool = True,
     silence_logs: int | bool = logging.WARNING,
     wait_timeout: float = 600,
-) -> Iterator[Any]:
+) -> Iterator[Client]:
     """Yield a ``distributed.Client``; close the cluster started for it on exit.
 
     Parameters
@@ -148,7 +151,12 @@ def open_client(
             f"scheduler={scheduler!r} and jobqueue={jobqueue!r}: choose one "
             "(--scheduler joins a running cluster, --jobqueue starts one)"
         )
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads={threads}: need at least 1 thread per worker")
     if scheduler:
+        if workers is not None or threads is not None or memory_limit is not None:
+            log.warning("%s: workers/threads/memory_limit are set by that cluster; ignored",
+                        scheduler)  # fmt: skip
         cm = _external_client(scheduler)
     elif jobqueue:
         cm = _jobqueue_client(jobqueue, workers, threads, memory_limit, silence_logs, wait_timeout)

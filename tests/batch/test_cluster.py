@@ -295,3 +295,10 @@ def test_jobqueue_yaml_from_dask_config_folder(fake_queue, tmp_path):
     for line in ("-p compute", "-A proj42", "--cpus-per-task=1", "-t 02:00:00"):
         assert f"#SBATCH {line}" in script
     assert f"--local-directory {tmp_path / 'scratch'}" in script
+
+
+@pytest.mark.parametrize("kind", [{}, {"jobqueue": "slurm"}, {"scheduler": "tcp://127.0.0.1:1"}])
+def test_open_client_rejects_zero_threads(kind):
+    with pytest.raises(ConfigError, match="threads=0"):
+        with open_client(threads=0, **kind):
+            pass
