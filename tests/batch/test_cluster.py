@@ -302,3 +302,13 @@ def test_open_client_rejects_zero_threads(kind):
     with pytest.raises(ConfigError, match="threads=0"):
         with open_client(threads=0, **kind):
             pass
+
+
+def test_jobqueue_workers_are_jobs(fake_queue):
+    queue = fake_queue("pbs")
+    with open_client(jobqueue="pbs", workers=2, threads=1, memory_limit="1GB") as client:
+        client.wait_for_workers(2, timeout=60)
+        where = client.run(_where)  # on every worker
+        assert sorted(pgid for _, pgid, _ in where.values()) == sorted(_pids(queue))
+        assert len(set(_pids(queue))) == 2
+    assert sorted((queue / "cancelled").read_text().split()) == sorted(map(str, _pids(queue)))
