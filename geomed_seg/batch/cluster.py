@@ -56,7 +56,9 @@ def size_local_cluster(
 ) -> tuple[int, int]:
     """Return ``(workers, memory_limit_bytes)`` of a local cluster that fits the machine.
 
-    Pure arithmetic, no I/O:
+    Pure arithmetic, no I/O. Written here because ``LocalCluster``'s own defaults
+    (``memory_limit="auto"``) hand all memory to the workers, leaving none to the driver,
+    and start one worker per core even when memory cannot feed them:
 
     * ``workers`` (when None) = ``max(1, cpus // threads)``, lowered so that each worker
       gets at least :data:`MIN_WORKER_MEMORY` (512 MiB) when memory is that tight.
