@@ -68,6 +68,10 @@ def _worker_config(config_ref: str, overrides: tuple[str, ...], chash: str) -> P
     return cfg
 
 
+#: A block's read window up to this size (bytes, all bands) is read into memory once.
+BLOCK_READ_BYTES = 512 * 2**20
+
+
 def _rss_mb() -> tuple[float, float]:
     """Return ``(peak, current)`` resident memory of this process in MiB."""
     import psutil
@@ -84,6 +88,9 @@ def _run_block(cfg: PipelineConfig, src: Path, block: Block, folder: Path) -> No
 
     img, _ = open_inputs(cfg, src)  # lazy: only the read window's chunks are read
     sub = img.sel_window(block.read)
+    if sub.darray.nbytes <= BLOCK_READ_BYTES:  # read the window once, not once per step
+        mask = None if sub.mask is None else sub.mask.persist()
+        sub = replace(sub, data=sub.data.persist(), mask=mask)
     info = {"scene": str(src), "index": list(block.index), **block.offsets()}
     sub = replace(sub, attrs={**sub.attrs, "block": info})
     run_pipeline(cfg, image=sub, output=folder, core=block.core_in_read)
