@@ -247,3 +247,12 @@ def test_blocks_refused_for_volumes_and_reprojection(tmp_path, landsat_path):
     with pytest.raises(InvalidInputError, match="halo"):
         run_batch("flood", [landsat_path], tmp_path / "h", block_size=64, halo=-1)
     assert not (tmp_path / "v").exists() and not (tmp_path / "r").exists()
+
+
+def test_run_pipeline_core_needs_the_input_grid(tmp_path, landsat_path):
+    from geomed_seg.io.registry import open_image
+
+    block = open_image(landsat_path).sel_window((slice(0, 96), slice(0, 96)))
+    with pytest.raises(ConfigError, match="changed the grid of the input block"):
+        run_pipeline("flood", image=block, output=tmp_path / "o", core=(slice(16, 80),) * 2,
+                     overrides=("preprocess.target_crs=EPSG:4326",))  # fmt: skip
