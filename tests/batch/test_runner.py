@@ -256,3 +256,18 @@ def test_run_pipeline_core_needs_the_input_grid(tmp_path, landsat_path):
     with pytest.raises(ConfigError, match="changed the grid of the input block"):
         run_pipeline("flood", image=block, output=tmp_path / "o", core=(slice(16, 80),) * 2,
                      overrides=("preprocess.target_crs=EPSG:4326",))  # fmt: skip
+
+
+def test_run_pipeline_core_crops_every_output(tmp_path, landsat_path):
+    from geomed_seg.io.registry import open_image
+
+    block = open_image(landsat_path).sel_window((slice(40, 136), slice(100, 196)))
+    res = run_pipeline("flood", image=block, output=tmp_path / "o", core=(slice(16, 80),) * 2,
+                       overrides=("model.method=checkpoint", "engine.roi_size=[64,64]",
+                                  "outputs.probabilities=cog", "outputs.polygons=false"))  # fmt: skip
+    with rasterio.open(landsat_path) as scene:
+        want = scene.window_transform(rasterio.windows.Window(116, 56, 64, 64))
+    for name in ("labels", "probabilities"):
+        with rasterio.open(res.outputs[name]) as ds:
+            assert ds.transform.almost_equals(want, 1e-9) and ds.shape == (64, 64), name
+    assert sum(c["samples"] for c in res.report["classes"]) == 64 * 64
