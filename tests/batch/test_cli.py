@@ -142,3 +142,29 @@ def test_cli_blocks_need_the_input_grid(landsat_path, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "keeps the input grid" in err
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_blocks_is_identical(tmp_path, landsat_path, fast):
+    args = [str(EXE), "batch", "flood", "--inputs", str(landsat_path), "--block-size", "96",
+            "--halo", "16", *_sets(fast), "--workers", "1", "-q"]  # fmt: skip
+    full = tmp_path / "full"
+    subprocess.run([*args, "-o", str(full)], check=True, timeout=300)
+    assert len(_labels(full)) == 16  # 352 x 349 px in 96 px blocks
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*args, "-o", str(out)], start_new_session=True)
+    journal = out / "journal.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill once some but not all blocks are journalled
+        if journal.exists() and journal.read_text().count('"type": "tile"') >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = journal.read_text().count('"type": "tile"')
+    assert 3 <= done_before < 16
+    subprocess.run([*args, "-o", str(out)], check=True, timeout=300)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] >= done_before and summary["done"] + summary["skipped"] == 16
+    assert _labels(out) == _labels(full)
+    assert not list((out / "tiles").glob(".*"))
