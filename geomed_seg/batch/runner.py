@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import shutil
 import sys
 import time
@@ -74,6 +73,8 @@ BLOCK_READ_BYTES = 512 * 2**20
 
 def _rss_mb() -> tuple[float, float]:
     """Return ``(peak, current)`` resident memory of this process in MiB."""
+    import resource  # POSIX only: imported here so the module still imports elsewhere
+
     import psutil
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
