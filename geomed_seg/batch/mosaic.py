@@ -1,9 +1,12 @@
-"""Batch outputs: a VRT mosaic of the tiles' label rasters, and ``summary.json``/``summary.md``.
+"""Batch outputs: the tiles' mosaics (VRT, optional COG) and ``summary.json``/``summary.md``.
 
-The VRT XML is written by hand: GDAL's ``gdalbuildvrt`` is not shipped with the rasterio
-wheels and rasterio has no mosaic-VRT builder. One ``SimpleSource`` per tile, placed by its
-geotransform; tiles must share CRS and pixel size and sit on one pixel grid, else no VRT is
-written and the summary says why.
+:func:`tile_layout` places the tiles' label rasters on their common pixel grid (same CRS,
+pixel size, data type, whole-pixel offsets); it is shared by the VRT, the COG mosaic and the
+merged polygons (:mod:`geomed_seg.batch.vectors`). The VRT XML is written by hand: GDAL's
+``gdalbuildvrt`` is not shipped with the rasterio wheels and rasterio has no mosaic-VRT
+builder. One ``SimpleSource`` per tile; when the tiles are not on one grid no mosaic is
+written and the summary says why. The COG mosaic is rio-cogeo's ``cog_translate`` of the VRT.
+Volume tiles (NIfTI) get no mosaic; their summary counts volumes/h and class volumes (mL).
 """
 
 from __future__ import annotations
