@@ -174,3 +174,49 @@ def test_raster_summary_fields(tiles, tmp_path, fast):
         default=None,
     )
     assert res.outputs["summary_md"].read_text().count("| tile_") == 6
+
+
+def _write(path, arr, transform, crs=32633):
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0],
+                       count=1, dtype=arr.dtype, nodata=255, crs=CRS.from_epsg(crs),
+                       transform=transform) as dst:  # fmt: skip
+        dst.write(arr, 1)
+    return path
+
+
+def test_south_up_tiles_vrt(tmp_path):
+    """South-up tiles (positive row step) are placed by their geotransform too."""
+    labels = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
+    tr = Affine(10.0, 0.0, 500000.0, 0.0, 10.0, 6000000.0)  # row 0 is the southern edge
+    paths = [_write(tmp_path / f"t{r}_{c}.tif", labels[r : r + 6, c : c + 5],
+                    tr @ Affine.translation(c, r))
+             for r in (6, 0) for c in (5, 0)]  # fmt: skip
+    assert write_vrt(paths, tmp_path / "m.vrt") is None
+    with rasterio.open(tmp_path / "m.vrt") as m:
+        assert m.transform == tr
+        np.testing.assert_array_equal(m.read(1), labels)
+
+
+def test_summary_notes_and_stale_outputs(tmp_path):
+    """Tiles on two CRSs: no VRT, polygons or COG; a note; stale outputs removed."""
+    out = tmp_path / "out"
+    arr = np.ones((4, 4), np.uint8)
+    records = []
+    for i, crs in enumerate((32633, 32634)):
+        folder = out / "tiles" / f"t{i}"
+        folder.mkdir(parents=True)
+        _write(folder / "labels.tif", arr, Affine(10, 0, 500000 + 40 * i, 0, -10, 6e6), crs)
+        (folder / "polygons.gpkg").write_bytes(b"")
+        records.append({"stem": f"t{i}", "status": "done", "seconds": 1.0, "outputs": {
+            "labels.tif": {"path": f"tiles/t{i}/labels.tif"},
+            "polygons.gpkg": {"path": f"tiles/t{i}/polygons.gpkg"}}})  # fmt: skip
+    for stale in ("mosaic.vrt", "polygons.gpkg", "mosaic.tif", "mosaic.tif.aux.xml"):
+        (out / stale).write_text("from an earlier run")
+    result = BatchResult(out, done=["t0", "t1"], seconds=2.0)
+    outputs, notes = write_summary(out, _journal(out, records), ["t0", "t1"], result, cog=True)
+    assert set(outputs) == {"summary", "summary_md"}
+    assert any("CRS" in n and "no mosaic" in n for n in notes)
+    assert any("no merged polygons" in n for n in notes)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "summary.json", "summary.md", "tiles"]  # fmt: skip
+    assert json.loads((out / "summary.json").read_text())["notes"] == notes
