@@ -164,3 +164,16 @@ def test_batch_polygons_equal_scene_polygons(tiles, tmp_path):
     assert len(ref) < tile_total  # regions cut by tile edges were joined
     # the tiles' outputs were only read: their checksums still match the journal
     assert all(Journal(out).is_done(p.stem, p) for p in tiles)
+
+
+def test_scene_blocks_polygons_equal_scene_polygons(tmp_path, landsat_path):
+    """One scene run as 3 x 3 blocks (the main case): merged polygons == whole-scene ones."""
+    out = tmp_path / "out"
+    ovr = ("outputs.quicklook=false", "outputs.polygons=true", "model.threshold=0.0")
+    res = run_batch("flood", [landsat_path], out, overrides=ovr, processes=False, block_size=128)
+    assert len(res.done) == 9 and "polygons" in res.outputs
+    with rasterio.open(res.outputs["mosaic"]) as m, rasterio.open(landsat_path) as scene:
+        a, transform = m.read(1), m.transform
+        assert m.shape == scene.shape and transform == scene.transform
+    ref = _reference(a, transform)
+    _assert_same(out / "polygons.gpkg", ref, abs(transform.a * transform.e))
