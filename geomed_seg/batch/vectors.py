@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -77,16 +77,23 @@ def check_disjoint(layout: TileLayout) -> None:
             raise GeometryError(f"{p[i].path} overlaps {p[j].path}: tiles must not overlap")
 
 
-def _read(gpkg: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+def _read(gpkg: Path, batch: int) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """Yield ``(wkb, [class, name, area_m2])`` of a tile's polygons, ``batch`` at a time."""
+    import pyogrio
     import pyogrio.raw
+    from pyogrio.errors import DataLayerError, DataSourceError, FieldError
 
     try:
-        meta, _fids, wkb, fields = pyogrio.raw.read(gpkg, layer=LAYER, columns=FIELDS)
-    except Exception as exc:  # noqa: BLE001 - pyogrio raises DataSourceError/DataLayerError/...
+        info = pyogrio.read_info(gpkg, layer=LAYER)
+        if list(info["fields"]) != FIELDS:
+            raise InvalidInputError(f"{gpkg}: fields {list(info['fields'])} != {FIELDS}")
+        for skip in range(0, max(int(info["features"]), 0), batch):
+            _meta, _fids, wkb, fields = pyogrio.raw.read(
+                gpkg, layer=LAYER, columns=FIELDS, skip_features=skip, max_features=batch
+            )
+            yield wkb, fields
+    except (DataLayerError, DataSourceError, FieldError) as exc:
         raise InvalidInputError(f"{gpkg}: cannot read layer {LAYER!r}: {exc}") from exc
-    if list(meta["fields"]) != FIELDS:
-        raise InvalidInputError(f"{gpkg}: fields {list(meta['fields'])} != {FIELDS}")
-    return wkb, fields
 
 
 def _touches_inner(geoms: np.ndarray, layout: TileLayout, place: TilePlace, sides) -> np.ndarray:
@@ -181,7 +188,8 @@ def merge_polygons(
         Output ``.gpkg``, written atomically with the same layer and fields; features cut
         by tile edges are joined into one and their ``area_m2`` (CRS units²) recomputed.
     batch : int
-        Copied features buffered before each append.
+        Features read from a tile at a time, and copied features buffered before each
+        append.
 
     Raises
     ------
@@ -225,10 +233,12 @@ def merge_polygons(
                       [np.concatenate([b[1][k] for b in buf]) for k in range(3)])  # fmt: skip
                 buf.clear()
 
-        for place, tile_sides, gpkg in zip(layout.places, sides, gpkgs, strict=True):
-            wkb, fields = _read(Path(gpkg))
-            if len(wkb) == 0:
-                continue
+        chunks = (
+            (place, tile_sides, Path(gpkg), *chunk)
+            for place, tile_sides, gpkg in zip(layout.places, sides, gpkgs, strict=True)
+            for chunk in _read(Path(gpkg), batch)
+        )
+        for place, tile_sides, gpkg, wkb, fields in chunks:
             cls = fields[0].astype(np.int32)
             fields = [cls, fields[1].astype(object), fields[2].astype(np.float64)]
             names.update(zip(cls.tolist(), fields[1].tolist(), strict=True))
