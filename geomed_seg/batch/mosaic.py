@@ -351,6 +351,7 @@ def write_summary(
     p50, p95 = _percentiles(secs)
     rss = [r["worker_peak_rss_mb"] for r in t.rows if r["worker_peak_rss_mb"] is not None]
     per_s = result.seconds or None
+    per_km2, per_vol = (None, per_s) if t.volume_tiles else (per_s, None)
     summary = {
         "config_hash": (journal.header or {}).get("config_hash"),
         "finished": time.time(),
@@ -365,8 +366,8 @@ def write_summary(
         "processed_km2": t.processed_km2,
         "processed_volumes": t.processed_volumes,
         "seconds": result.seconds,
-        "throughput_km2_per_s": t.processed_km2 / per_s if per_s else None,
-        "throughput_volumes_per_h": t.processed_volumes * 3600 / per_s if per_s else None,
+        "throughput_km2_per_s": t.processed_km2 / per_km2 if per_km2 else None,
+        "throughput_volumes_per_h": t.processed_volumes * 3600 / per_vol if per_vol else None,
         "tile_seconds_p50": p50,
         "tile_seconds_p95": p95,
         "peak_worker_rss_mb": max(rss) if rss else None,

@@ -144,6 +144,7 @@ def test_volume_summary(tmp_path):
     assert s["class_volume_ml"]["tumour"] == pytest.approx(0.01 * sum(range(1, 21)))
     assert s["class_volume_ml"]["background"] == pytest.approx(20 * 0.99)
     assert s["class_area_km2"] == {} and s["processed_km2"] == 0.0
+    assert s["throughput_km2_per_s"] is None
     assert s["processed_volumes"] == 15
     assert s["throughput_volumes_per_h"] == pytest.approx(15 / 30.0 * 3600)
     # done tiles' seconds 1..20 (the failed tile's 99 s is not counted): numpy's linear p95
@@ -165,6 +166,7 @@ def test_raster_summary_fields(tiles, tmp_path, fast):
     secs = sorted(json.loads(line)["seconds"] for line in
                   (out / "journal.jsonl").read_text().splitlines()[1:])  # fmt: skip
     assert s["kind"] == "raster" and s["processed_volumes"] == 0
+    assert s["throughput_volumes_per_h"] is None
     assert s["tile_seconds_p50"] == pytest.approx((secs[2] + secs[3]) / 2)
     assert secs[4] <= s["tile_seconds_p95"] <= secs[5]
     assert s["class_area_km2"]["water"] > 0 and s["throughput_km2_per_s"] > 0
