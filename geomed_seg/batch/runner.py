@@ -227,10 +227,11 @@ def run_batch(
     out: str | os.PathLike,
     *,
     overrides: Sequence[str] = (),
-    workers: int = 2,
-    threads: int = 1,
-    memory_limit: str | None = "2GB",
+    workers: int | None = None,
+    threads: int | None = None,
+    memory_limit: str | None = None,
     scheduler: str | None = None,
+    jobqueue: str | None = None,
     processes: bool = True,
     retries: int = 1,
     restart: bool = False,
@@ -238,6 +239,7 @@ def run_batch(
     on_tile: Callable[[dict[str, Any]], None] | None = None,
     block_size: int | Sequence[int] | None = None,
     halo: int | None = None,
+    cog: bool = False,
 ) -> BatchResult:
     """Run ``config`` on every tile of ``paths`` into ``out``; skip tiles already done.
 
@@ -252,10 +254,14 @@ def run_batch(
     overrides : sequence of str
         ``key.sub=value`` config edits (part of the config hash).
     workers, threads, memory_limit, processes :
-        The ``distributed.LocalCluster`` started when no ``scheduler`` is given
-        (``memory_limit`` per worker, e.g. ``"2GB"``).
+        The cluster started when no ``scheduler`` is given: ``None`` sizes a
+        ``LocalCluster`` to the machine, or takes the ``jobqueue.yaml`` values (see
+        :func:`geomed_seg.batch.cluster.open_client`); ``memory_limit`` per worker, e.g.
+        ``"2GB"``; with ``jobqueue`` ``workers`` is the number of jobs.
     scheduler : str, optional
         Address of an existing scheduler (``tcp://host:port``) to use instead.
+    jobqueue : {"slurm", "pbs"}, optional
+        Start the workers as batch jobs through dask-jobqueue.
     retries : int
         Extra attempts for a failing tile before it is recorded as failed.
     restart : bool
@@ -267,9 +273,12 @@ def run_batch(
         :func:`geomed_seg.batch.manifest.build_jobs`); rasters only, on the input grid.
     halo : int, optional
         Context pixels read around each block core; default ``max(engine.roi_size)``.
+    cog : bool
+        Also build ``OUT/mosaic.tif``, one Cloud-Optimised GeoTIFF of all label tiles.
     """
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
+    from geomed_seg.batch.cluster import open_client
     from geomed_seg.batch.mosaic import write_summary
 
     start = time.perf_counter()
@@ -297,20 +306,14 @@ def run_batch(
     )
     if todo:
         saved = dask.config.get("scheduler", None)
-        cluster = None
         try:
             # distributed sets its loggers to INFO on import; follow the application's level
             dlog = logging.getLogger("distributed")
             dlog.setLevel(max(dlog.level, logging.getLogger().getEffectiveLevel()))
             quiet_logs = False if log.isEnabledFor(logging.DEBUG) else logging.WARNING
-            if scheduler:
-                client = Client(scheduler, set_as_default=False)
-            else:
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=threads,
-                                       memory_limit=memory_limit, processes=processes,
-                                       dashboard_address=":0", silence_logs=quiet_logs)  # fmt: skip
-                client = Client(cluster, set_as_default=False)
-            with client:
+            with open_client(scheduler=scheduler, jobqueue=jobqueue, workers=workers,
+                             threads=threads, memory_limit=memory_limit, processes=processes,
+                             silence_logs=quiet_logs) as client:  # fmt: skip
                 result.dashboard = client.dashboard_link
                 if on_start:
                     on_start(len(jobs), len(todo), result.dashboard)
@@ -330,13 +333,11 @@ def run_batch(
                     if on_tile:
                         on_tile(rec)
         finally:
-            if cluster is not None:
-                cluster.close()
             dask.config.set(scheduler=saved)
     elif on_start:
         on_start(len(jobs), 0, None)
     result.seconds = time.perf_counter() - start
     stems = [j.stem for j in jobs]
-    result.outputs, notes = write_summary(root, journal, stems, result)
+    result.outputs, notes = write_summary(root, journal, stems, result, cog=cog)
     result.notes = [*pre_notes, *notes]
     return result

@@ -55,11 +55,20 @@ def batch(
         None, "--vrt", help="A VRT: its source files are the tiles (with --block-size: one scene)."
     ),
     stac: Path | None = typer.Option(None, "--stac", help="STAC ItemCollection / item JSON."),
-    workers: int = typer.Option(2, "--workers", help="Local cluster worker processes."),
-    threads: int = typer.Option(1, "--threads", help="Threads per worker."),
-    memory_limit: str = typer.Option("2GB", "--memory-limit", help="Memory per worker."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Worker processes (jobs with --jobqueue); default: CPUs / threads."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Threads per worker (default 1, or jobqueue.yaml's cores)."
+    ),
+    memory_limit: str | None = typer.Option(
+        None, "--memory-limit", help="Memory per worker, e.g. 4GB (default: 90% RAM / workers)."
+    ),
     scheduler: str | None = typer.Option(
         None, "--scheduler", help="Existing dask scheduler address (tcp://host:port)."
+    ),
+    jobqueue: str | None = typer.Option(
+        None, "--jobqueue", help="Start workers as slurm or pbs jobs (dask-jobqueue config)."
     ),
     retries: int = typer.Option(1, "--retries", help="Extra attempts for a failing tile."),
     restart: bool = typer.Option(False, "--restart", help="Discard journal and tile outputs."),
@@ -73,6 +82,9 @@ def batch(
     halo: int | None = typer.Option(
         None, "--halo", help="Context px read around each block (default: max engine roi)."
     ),
+    cog_mosaic: bool = typer.Option(
+        False, "--cog-mosaic", help="Also write mosaic.tif, one COG of all label tiles."
+    ),
 ) -> None:
     """Run a pipeline on every tile; skip tiles already done; exit 1 if some tiles failed."""
     from geomed_seg.batch.manifest import build_manifest
@@ -85,8 +97,10 @@ def batch(
     with BatchProgress(enabled=show, quiet=quiet) as prog:
         result = run_batch(config, paths, output, overrides=set_, workers=workers,
                            threads=threads, memory_limit=memory_limit, scheduler=scheduler,
+                           jobqueue=jobqueue,
                            retries=retries, restart=restart, on_start=prog.start,
-                           on_tile=prog.advance, block_size=block_size, halo=halo)  # fmt: skip
+                           on_tile=prog.advance, block_size=block_size, halo=halo,
+                           cog=cog_mosaic)  # fmt: skip
     if not quiet:
         total = len(result.done) + len(result.skipped) + len(result.failed)
         print(

@@ -168,3 +168,51 @@ def test_kill_9_then_resume_blocks_is_identical(tmp_path, landsat_path, fast):
     assert summary["skipped"] >= done_before and summary["done"] + summary["skipped"] == 16
     assert _labels(out) == _labels(full)
     assert not list((out / "tiles").glob(".*"))
+
+
+def test_cli_jobqueue_slurm_runs_tiles_in_the_job(tiles, tmp_path, fast, fake_queue):
+    """--jobqueue slurm: the tiles run in the worker that the (fake) sbatch job started."""
+    from tests.batch.conftest import queue_pids
+
+    queue = fake_queue("slurm")
+    out = tmp_path / "out"
+    args = ["batch", "flood", "--inputs", str(tmp_path / "tiles" / "tile_0_*.tif"), "-o",
+            str(out), "--jobqueue", "slurm", "--workers", "1", "--threads", "1",
+            "--memory-limit", "1GB", "-q", *_sets(fast)]  # fmt: skip
+    assert main(args) == 0
+    recs = [json.loads(x) for x in (out / "journal.jsonl").read_text().splitlines()]
+    tiles_done = [r for r in recs if r.get("type") == "tile" and r["status"] == "done"]
+    assert len(tiles_done) == 3
+    assert len(queue_pids(queue)) == 1  # one job submitted, and its worker ran every tile
+    assert {r["worker_pid"] for r in tiles_done} != {os.getpid()}
+    assert "Starting established connection" in (queue / "job-0.log").read_text()
+    assert "#SBATCH" in (queue / "job-0.sh").read_text()
+
+
+def test_cli_jobqueue_misconfigured_exit_2(tiles, tmp_path, fast, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    args = ["batch", "flood", "--inputs", str(tmp_path / "tiles" / "*.tif"), "-o",
+            str(tmp_path / "out"), "--jobqueue", "slurm", "--threads", "1",
+            "--memory-limit", "1GB", *_sets(fast)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sbatch not found" in err[0]
+
+
+def test_cli_cog_mosaic_and_merged_polygons(tiles, tmp_path):
+    import numpy as np
+    import rasterio
+    from rio_cogeo.cogeo import cog_validate
+
+    out = tmp_path / "out"
+    args = ["batch", "flood", "--inputs", str(tmp_path / "tiles" / "tile_0_*.tif"), "-o",
+            str(out), "--cog-mosaic", "--set", "outputs.quicklook=false", "-q"]  # fmt: skip
+    assert main(args) == 0
+    valid, errors, _ = cog_validate(str(out / "mosaic.tif"))
+    assert valid, errors
+    with rasterio.open(out / "mosaic.tif") as cog, rasterio.open(out / "mosaic.vrt") as vrt:
+        assert cog.transform == vrt.transform and cog.crs == vrt.crs
+        np.testing.assert_array_equal(cog.read(), vrt.read())
+    assert (out / "polygons.gpkg").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"mosaic", "polygons", "cog"} <= set(summary["outputs"])

@@ -8,11 +8,8 @@ group (the "job id" is that group), as a batch system would on a compute node.
 from __future__ import annotations
 
 import os
-import signal
-import stat
 import sys
 import time
-from pathlib import Path
 
 import dask
 import dask_jobqueue  # noqa: F401 - its config defaults must exist before tests set keys
@@ -20,30 +17,11 @@ import pytest
 
 from geomed_seg.batch.cluster import MIN_WORKER_MEMORY, open_client, size_local_cluster
 from geomed_seg.errors import ConfigError
+from tests.batch.conftest import QUEUES
+from tests.batch.conftest import queue_pids as _pids
 
 GB = 10**9
 GiB = 2**30
-
-SUBMIT = r"""#!/usr/bin/env bash
-# fake {submit}: copy the job script (the caller deletes it) and run it in the background
-set -e
-dir="{queue}"
-n=$(ls "$dir" | grep -c '\.sh$' || true)
-cp "$1" "$dir/job-$n.sh"
-setsid nohup bash "$dir/job-$n.sh" > "$dir/job-$n.log" 2>&1 < /dev/null &
-echo $! >> "$dir/pids"
-echo "{echo}"
-"""
-CANCEL = r"""#!/usr/bin/env bash
-# fake {cancel}: terminate the job's process group
-id="${{1%%.*}}"
-echo "$id" >> "{queue}/cancelled"
-kill -TERM -- "-$id" 2>/dev/null || true
-"""
-QUEUES = {
-    "slurm": ("sbatch", "scancel", "Submitted batch job $!"),
-    "pbs": ("qsub", "qdel", "$!.server"),
-}
 
 
 # ---------------------------------------------------------------- size_local_cluster
@@ -157,37 +135,6 @@ def test_missing_cores_memory_names_the_keys(name, fake_queue):
 
 
 # ---------------------------------------------------------------- jobqueue end to end
-@pytest.fixture
-def fake_queue(tmp_path, monkeypatch):
-    """Install fake submit/cancel commands for a queue system; kill leftovers afterwards."""
-    queue = tmp_path / "queue"
-    queue.mkdir()
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-
-    def install(name: str) -> Path:
-        submit, cancel, echo = QUEUES[name]
-        for cmd, text in ((submit, SUBMIT.format(submit=submit, queue=queue, echo=echo)),
-                          (cancel, CANCEL.format(cancel=cancel, queue=queue))):  # fmt: skip
-            path = bin_dir / cmd
-            path.write_text(text)
-            path.chmod(path.stat().st_mode | stat.S_IXUSR)
-        return queue
-
-    yield install
-    for pid in _pids(queue):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _pids(queue: Path) -> list[int]:
-    f = queue / "pids"
-    return [int(x) for x in f.read_text().split()] if f.exists() else []
-
-
 def _alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
