@@ -85,13 +85,12 @@ def _rss_mb() -> tuple[float, float]:
 def _run_block(cfg: PipelineConfig, src: Path, block: Block, folder: Path) -> None:
     """Run the pipeline on ``block`` of scene ``src`` (read window with halo) into ``folder``."""
     from geomed_seg.pipelines.inputs import open_inputs
+    from geomed_seg.pipelines.methods import materialise
     from geomed_seg.pipelines.runner import run_pipeline
 
     img, _ = open_inputs(cfg, src)  # lazy: only the read window's chunks are read
-    sub = img.sel_window(block.read)
-    if sub.darray.nbytes <= BLOCK_READ_BYTES:  # read the window once, not once per step
-        mask = None if sub.mask is None else sub.mask.persist()
-        sub = replace(sub, data=sub.data.persist(), mask=mask)
+    # read the window once, not once per pipeline step, when it fits BLOCK_READ_BYTES
+    sub = materialise(img.sel_window(block.read), BLOCK_READ_BYTES)
     info = {"scene": str(src), "index": list(block.index), **block.offsets()}
     sub = replace(sub, attrs={**sub.attrs, "block": info})
     run_pipeline(cfg, image=sub, output=folder, core=block.core_in_read)
@@ -324,7 +323,10 @@ def run_batch(
                     for j in todo
                 }  # fmt: skip
                 for fut in as_completed(list(futures), loop=client.loop):
-                    rec = _result(fut, futures[fut])
+                    rec = _result(fut, futures.pop(fut))
+                    # drop the finished task's result from the cluster: a result still held
+                    # is recomputed (the whole tile again) if its worker dies later
+                    fut.release()
                     journal.record(rec)
                     if rec["status"] == "done":
                         result.done.append(rec["stem"])

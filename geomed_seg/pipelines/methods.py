@@ -207,17 +207,18 @@ def run_model(img: Image, cfg: PipelineConfig) -> ModelOutput:
 MATERIALISE_BYTES = 512 * 2**20
 
 
-def materialise(labels: Image, max_bytes: int = MATERIALISE_BYTES) -> Image:
-    """Return ``labels`` computed into memory (with their mask) when small enough.
+def materialise(image: Image, max_bytes: int = MATERIALISE_BYTES) -> Image:
+    """Return ``image`` computed into memory (with its mask) when it has ``<= max_bytes``.
 
-    The label graph reaches back to the input file through the model and post-processing;
-    left lazy, each of the pipeline's outputs would read and recompute it again.
+    A lazy image's graph reaches back to the input file (through the model and
+    post-processing for labels); left lazy, each consumer would read and recompute it.
+    Larger images are returned unchanged (lazy, bounded memory).
     """
-    if labels.darray.nbytes > max_bytes:
-        return labels
-    data = labels.data.persist()
-    mask = None if labels.mask is None else labels.mask.persist()
-    return replace(labels, data=data, mask=mask)
+    if image.darray.nbytes > max_bytes:
+        return image
+    data = image.data.persist()
+    mask = None if image.mask is None else image.mask.persist()
+    return replace(image, data=data, mask=mask)
 
 
 def postprocess(out: ModelOutput, cfg: PipelineConfig) -> ModelOutput:

@@ -271,3 +271,31 @@ def test_run_pipeline_core_crops_every_output(tmp_path, landsat_path):
         with rasterio.open(res.outputs[name]) as ds:
             assert ds.transform.almost_equals(want, 1e-9) and ds.shape == (64, 64), name
     assert sum(c["samples"] for c in res.report["classes"]) == 64 * 64
+
+
+def test_killed_worker_does_not_recompute_finished_tiles(tiles, tmp_path, fast):
+    """kill -9 of a worker after some tiles: those tiles are not run again, the rest finish."""
+    import signal
+
+    out = tmp_path / "out"
+    seen: dict[str, int] = {}
+    killed: list[int] = []
+
+    def on_tile(rec):
+        seen[rec["stem"]] = (out / "tiles" / rec["stem"]).stat().st_ino
+        if len(seen) == 2 and not killed:  # kill the worker that ran the first tiles
+            killed.append(rec["worker_pid"])
+            os.kill(rec["worker_pid"], signal.SIGKILL)
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        res = run_batch(
+            "flood", tiles, out, overrides=fast, scheduler=cluster.scheduler_address,
+            on_tile=on_tile,
+        )  # fmt: skip
+    assert killed and sorted(res.done) == sorted(p.stem for p in tiles) and not res.failed
+    for stem, ino in seen.items():  # every tile folder is the one first written
+        assert (out / "tiles" / stem).stat().st_ino == ino, stem
+    per_stem = [x["stem"] for x in _lines(out) if x.get("type") == "tile"]
+    assert sorted(per_stem) == sorted(p.stem for p in tiles)  # one record per tile
