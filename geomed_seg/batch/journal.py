@@ -27,15 +27,29 @@ from geomed_seg.errors import ConfigError, InvalidInputError
 from geomed_seg.pipelines.schema import PipelineConfig
 
 JOURNAL = "journal.jsonl"
+#: Batch-level outputs beside the journal (removed with it by ``--restart``).
+MOSAIC_OUTPUTS = ("mosaic.vrt", "mosaic.tif", "mosaic.tif.aux.xml", "polygons.gpkg",
+                  "summary.json", "summary.md")  # fmt: skip
 
 
 def config_hash(cfg: PipelineConfig) -> str:
-    """SHA-256 of the validated config (overrides applied; per-tile input/output removed) + version."""
+    """SHA-256 of the validated config (overrides applied; per-tile input/output removed).
+
+    Also covers the package version and, for a checkpoint model, its weights
+    (:func:`~geomed_seg.models.checkpoint.checkpoint_identity`): retrained weights at the
+    same path make another config.
+    """
     data = cfg.model_dump(mode="json")
     for key in ("path", "folder"):
         data.get("input", {}).pop(key, None)
     data.pop("output_dir", None)
-    text = json.dumps({"config": data, "version": __version__}, sort_keys=True)
+    weights = None
+    if cfg.model.method == "checkpoint" and cfg.model.checkpoint:
+        from geomed_seg.models.checkpoint import checkpoint_identity
+
+        weights = checkpoint_identity(cfg.resolve(cfg.model.checkpoint))
+    text = json.dumps({"config": data, "version": __version__, "weights": weights},
+                      sort_keys=True)  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -48,10 +62,23 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def input_identity(path: Path) -> dict[str, int]:
-    """Size (bytes) and modification time (ns) of an input: its identity for resuming."""
+def input_identity(path: Path) -> dict[str, Any]:
+    """Size (bytes) and modification time (ns) of an input: its identity for resuming.
+
+    A ``.vrt`` (a scene split into blocks) also gets ``input_sources``: a SHA-256 of its
+    source files' paths, sizes and mtimes, so a replaced source makes its blocks run again.
+    """
     st = path.stat()
-    return {"input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns}
+    ident: dict[str, Any] = {"input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns}
+    if path.suffix.lower() == ".vrt":
+        from geomed_seg.batch.manifest import from_vrt
+
+        sources = []
+        for src in from_vrt(path):
+            s = src.stat()
+            sources.append((str(src), s.st_size, s.st_mtime_ns))
+        ident["input_sources"] = hashlib.sha256(json.dumps(sources).encode()).hexdigest()
+    return ident
 
 
 class Journal:
@@ -84,7 +111,8 @@ class Journal:
     def open(self, chash: str, restart: bool) -> None:
         """Start or continue the journal for ``chash``; a different hash needs ``restart``.
 
-        ``restart`` deletes the journal and every tile output under ``out/tiles``.
+        ``restart`` deletes the journal, every tile output under ``out/tiles`` and the
+        batch-level outputs (:data:`MOSAIC_OUTPUTS`).
         """
         if self.header is not None and self.header.get("config_hash") != chash:
             if not restart:
@@ -95,6 +123,8 @@ class Journal:
                 )
         if restart:
             shutil.rmtree(self.out / "tiles", ignore_errors=True)
+            for name in MOSAIC_OUTPUTS:  # nothing of the discarded config is left beside
+                (self.out / name).unlink(missing_ok=True)
             self.path.unlink(missing_ok=True)
             self.header, self.records = None, {}
         self.out.mkdir(parents=True, exist_ok=True)

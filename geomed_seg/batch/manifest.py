@@ -176,16 +176,25 @@ def default_halo(cfg: PipelineConfig) -> int:
 
     A block's read window then holds every engine window (``engine.roi_size``) that touches
     its core in a whole-scene run, so gaussian blending near a block edge sees the same
-    context; without ``engine.roi_size`` the checkpoint card's ``roi_size``, else 0.
+    context; without ``engine.roi_size`` the checkpoint card's ``roi_size``. At least
+    ``2 (opening + closing) + 1`` px, what morphological post-processing needs to match a
+    whole-scene run.
     """
+    halo = 0
     if cfg.engine.roi_size:
-        return max(int(r) for r in cfg.engine.roi_size)
-    if cfg.model.method == "checkpoint" and cfg.model.checkpoint:
-        card = cfg.resolve(cfg.model.checkpoint) / "card.json"
+        halo = max(int(r) for r in cfg.engine.roi_size)
+    elif cfg.model.method == "checkpoint" and cfg.model.checkpoint:
+        from geomed_seg.errors import ModelError
+        from geomed_seg.models.checkpoint import read_card
+
+        path = cfg.resolve(cfg.model.checkpoint)
         try:
-            return max(int(r) for r in json.loads(card.read_text())["roi_size"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
+            halo = max(int(r) for r in read_card(path).roi_size)
+        except ModelError as exc:
+            log.warning("%s: no card roi_size for the default halo (%s)", path, exc)
+    p = cfg.postprocess
+    morph = 2 * (int(p.opening or 0) + int(p.closing or 0))
+    return max(halo, morph + 1) if morph else halo
     return 0
 
 

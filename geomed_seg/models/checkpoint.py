@@ -315,6 +315,22 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     return card
 
 
+
+def checkpoint_identity(path: str | os.PathLike) -> str:
+    """What identifies a checkpoint's weights, cheaply: the card's ``weights_sha256``.
+
+    Without one (a hand-written card for a ``.pt``), the files' names, sizes and mtimes.
+    ``"missing"`` when there is no checkpoint at ``path``. Used in the batch journal's
+    config hash, so retrained weights at the same path are not mixed with old results.
+    """
+    p = Path(path)
+    if not p.exists():
+        return "missing"
+    card = read_card(p)
+    if card.weights_sha256:
+        return card.weights_sha256
+    return hashlib.sha256(repr(_files_signature(p.resolve())).encode()).hexdigest()
+
 __all__ = [
     "CARD_KEY",
     "LoadedModel",
