@@ -89,6 +89,7 @@ class Journal:
         self.path = self.out / JOURNAL
         self.header: dict[str, Any] | None = None
         self.records: dict[str, dict[str, Any]] = {}
+        self._identities: dict[Path, dict[str, Any]] = {}  # input_identity per input path
         if self.path.exists():
             self._load()
 
@@ -145,15 +146,22 @@ class Journal:
         self.records[rec["stem"]] = rec
         self._append(rec)
 
+    def _identity(self, path: Path) -> dict[str, Any]:
+        """``input_identity(path)``, once per path: the blocks of one scene share it, and a
+        VRT's identity stats every source file."""
+        if path not in self._identities:
+            try:
+                self._identities[path] = input_identity(path)
+            except OSError as exc:
+                raise InvalidInputError(f"{path}: cannot stat input ({exc.strerror})") from exc
+        return self._identities[path]
+
     def is_done(self, stem: str, path: Path) -> bool:
         """True when ``stem`` is recorded done for this same input and its outputs still match."""
         rec = self.records.get(stem)
         if rec is None or rec.get("status") != "done" or rec.get("input") != str(path):
             return False
-        try:
-            ident = input_identity(path)
-        except OSError as exc:
-            raise InvalidInputError(f"{path}: cannot stat input ({exc.strerror})") from exc
+        ident = self._identity(path)
         if any(rec.get(k) != v for k, v in ident.items()):
             return False
         for out in rec.get("outputs", {}).values():
