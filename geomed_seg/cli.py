@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "train",
     "instances",
     "batch",
+    "import_model",
 )
 
 

@@ -106,6 +106,27 @@ class TrainingInfo(_Strict):
     pretrained: bool = False
 
 
+class Provenance(_Strict):
+    """Where an imported model came from (``geomed-seg import-model``).
+
+    ``source_sha256`` maps each file that was read (path relative to the source, or its
+    name for a single file) to its SHA-256, so an import can be traced to the exact files.
+    ``carried`` lists what the import translated into this card; ``notes`` what it knowingly
+    left out (e.g. a resize the engine does not do).
+    """
+
+    source_format: str
+    source: str
+    source_sha256: dict[str, str] = Field(default_factory=dict)
+    licence: str | None = None
+    authors: list[str] = Field(default_factory=list)
+    version: str | None = None
+    carried: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    trusted_code: bool = False
+    importer_version: str | None = None
+
+
 class ModelCard(_Strict):
     """Validated description of a segmentation model (see module docstring).
 
@@ -133,6 +154,7 @@ class ModelCard(_Strict):
     mode: Literal["gaussian", "constant"] = "gaussian"
     training: TrainingInfo = Field(default_factory=TrainingInfo)
     licence: str | None = None
+    provenance: Provenance | None = None
     weights_sha256: str | None = None
 
     @model_validator(mode="after")
@@ -433,5 +455,6 @@ __all__ = [
     "NoNormalisation",
     "Normalisation",
     "Percentile",
+    "Provenance",
     "TrainingInfo",
 ]

@@ -220,6 +220,7 @@ def _check_fits(card: ModelCard, tensors: dict[str, Any], path: Path) -> Any:
     module = build_model(
         card.architecture, card.in_channels, card.num_classes, **card.architecture_kwargs
     )
+    tensors = match_state_keys(tensors, module.state_dict().keys(), str(path))
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -264,11 +265,41 @@ def _read_torch_state_dict(path: Path) -> dict[str, Any]:
         obj = obj["state_dict"]  # Lightning-style {"state_dict": ..., "epoch": ...}
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"{path}: not a state dict of tensors (got {type(obj).__name__})")
-    prefixes = ("module.", "model.")
-    for prefix in prefixes:  # DataParallel / Lightning wrappers
-        if obj and all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix) :]: v for k, v in obj.items()}
     return dict(obj)
+
+
+#: Prefixes that training wrappers put before every key: DataParallel/DDP (``module.``),
+#: Lightning modules (``model.``, ``net.``, ``network.``) and ``torch.compile`` (``_orig_mod.``).
+WRAPPER_PREFIXES = ("module.", "model.", "net.", "network.", "_orig_mod.")
+
+
+def match_state_keys(tensors: dict[str, Any], expected: Any, source: str = "") -> dict[str, Any]:
+    """Return ``tensors`` with wrapper prefixes stripped, but only when that makes the keys fit.
+
+    Keys that already equal ``expected`` are kept as they are: a MONAI ``UNet`` names every
+    parameter ``model.*`` and must not lose that prefix. Otherwise a prefix shared by *all*
+    keys (see :data:`WRAPPER_PREFIXES`) is stripped, repeatedly (``module.model.``), and the
+    first variant whose keys equal ``expected`` is returned. If none fits, ``tensors`` is
+    returned unchanged so that the strict load reports the keys as the file has them.
+    """
+    want = set(expected)
+    current = dict(tensors)
+    stripped: list[str] = []
+    for _ in range(len(WRAPPER_PREFIXES) + 1):
+        if set(current) == want:
+            if stripped:
+                logger.info(
+                    "%s: stripped wrapper prefix %s from every key", source, "".join(stripped)
+                )
+            return current
+        prefix = next(
+            (p for p in WRAPPER_PREFIXES if current and all(k.startswith(p) for k in current)), None
+        )
+        if prefix is None:
+            break
+        current = {k[len(prefix) :]: v for k, v in current.items()}
+        stripped.append(prefix)
+    return dict(tensors)
 
 
 def _card_beside(path: Path, required: bool) -> ModelCard | None:
@@ -315,7 +346,6 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     return card
 
 
-
 def checkpoint_identity(path: str | os.PathLike) -> str:
     """What identifies a checkpoint's weights, cheaply: the card's ``weights_sha256``.
 
@@ -331,10 +361,12 @@ def checkpoint_identity(path: str | os.PathLike) -> str:
         return card.weights_sha256
     return hashlib.sha256(repr(_files_signature(p.resolve())).encode()).hexdigest()
 
+
 __all__ = [
     "CARD_KEY",
     "LoadedModel",
     "load_checkpoint",
+    "match_state_keys",
     "read_card",
     "save_checkpoint",
     "tensors_sha256",
