@@ -35,7 +35,9 @@ def describe(image: Image, *, stats: bool = False) -> dict[str, Any]:
 
     With ``stats=True`` also per-channel min/max/mean over valid samples (streamed).
     Geometry: rasters give CRS (EPSG or WKT name), the GDAL-order geotransform
-    ``(c, a, b, f, d, e)`` and resolution; volumes give the 4×4 RAS affine, spacing (x, y, z)
+    ``(c, a, b, f, d, e)``, resolution and ``georeference`` (``transform``, ``gcps`` with
+    the GCPs and the residual of the affine fit that ``transform_gdal`` then shows, ``rpcs``
+    or ``none`` with a note); volumes give the 4×4 RAS affine, spacing (x, y, z)
     in mm, origin, orientation codes and whether the grid is oblique.
     """
     out: dict[str, Any] = {
@@ -51,6 +53,8 @@ def describe(image: Image, *, stats: bool = False) -> dict[str, Any]:
     }
     grid = image.grid
     if isinstance(grid, GeoGrid):
+        from geomed_seg.io.georef import describe_georeference
+
         t = grid.transform
         out.update(
             crs=_crs_summary(grid.crs),
@@ -59,6 +63,7 @@ def describe(image: Image, *, stats: bool = False) -> dict[str, Any]:
             bounds=list(grid.bounds),
             rotated=not grid.is_rectilinear,
         )
+        out.update(describe_georeference(grid))
     else:
         out.update(
             affine=grid.affine.tolist(),

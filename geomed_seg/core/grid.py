@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from affine import Affine
@@ -55,6 +55,40 @@ def _crs_to_wkt(crs: Any) -> str | None:
     return None if crs is None else crs.to_wkt()
 
 
+class GCP(NamedTuple):
+    """One ground control point: pixel-corner ``(row, col)`` and its map ``(x, y, z)``.
+
+    Same fields and pixel convention as :class:`rasterio.control.GroundControlPoint`
+    (``row``/``col`` are GDAL's line/pixel: ``(0, 0)`` is the top-left corner of the
+    top-left pixel); ``x``, ``y``, ``z`` are in the grid's ``crs``.
+    """
+
+    row: float
+    col: float
+    x: float
+    y: float
+    z: float = 0.0
+    id: str = ""
+    info: str = ""
+
+
+#: RPC metadata keys that hold pixel offsets (shifted when a window is taken).
+_RPC_LINE_OFF, _RPC_SAMP_OFF = "LINE_OFF", "SAMP_OFF"
+
+
+def _rpc_numbers(rpcs: tuple[tuple[str, str], ...] | None) -> dict[str, tuple[float, ...]] | None:
+    """RPC items as numbers (GDAL re-formats them on write), rounded to 12 significant digits."""
+    if rpcs is None:
+        return None
+    out = {}
+    for k, v in rpcs:
+        try:
+            out[k] = tuple(float(f"{float(x):.12g}") for x in str(v).split())
+        except ValueError:
+            out[k] = (str(v),)  # type: ignore[assignment]
+    return out
+
+
 @dataclass(frozen=True)
 class GeoGrid:
     """A georeferenced 2D pixel grid.
@@ -67,11 +101,28 @@ class GeoGrid:
         Pixel-corner ``(col, row) -> (x, y)`` map in ``crs`` units (GDAL order ``c, a, b, f, d, e``).
     shape : tuple of int
         ``(height, width)`` in pixels.
+    gcps : tuple of GCP, optional
+        Ground control points, when the georeference is GCPs rather than a geotransform
+        (``crs`` is then the GCPs' CRS and ``transform`` GDAL's least-squares affine fit of
+        them, an approximation for pixel sizes and areas; exact map positions go through
+        GDAL's GCP transformer, :func:`geomed_seg.io.georef.pixel_to_map`).
+    rpcs : tuple of (str, str), optional
+        Rational polynomial coefficients as GDAL's ``RPC`` metadata items, carried to every
+        output (with or without a geotransform). Without a geotransform the grid has the
+        identity transform and no CRS (:attr:`georeference` ``"rpcs"``).
+
+    Notes
+    -----
+    A grid is *not georeferenced* (:attr:`georeference` ``"none"``) when it has no CRS, no
+    GCPs, no RPCs and a unit, north-down translation as transform: what GDAL reports for a
+    file without any georeference (and its windows). Writers then write no georeference.
     """
 
     crs: Any
     transform: Affine
     shape: tuple[int, int]
+    gcps: tuple[GCP, ...] | None = None
+    rpcs: tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.shape) != 2 or min(self.shape) < 1:
@@ -81,6 +132,30 @@ class GeoGrid:
             object.__setattr__(self, "transform", Affine(*tuple(self.transform)[:6]))
         if abs(self.transform.determinant) == 0:
             raise GeometryError(f"degenerate transform {tuple(self.transform)[:6]}")
+        if self.gcps is not None:
+            gcps = tuple(GCP(*g) for g in self.gcps)
+            if len(gcps) < 3:
+                raise GeometryError(f"a GCP georeference needs at least 3 GCPs, got {len(gcps)}")
+            object.__setattr__(self, "gcps", gcps)
+        if self.rpcs is not None:
+            items = self.rpcs.items() if isinstance(self.rpcs, dict) else self.rpcs
+            object.__setattr__(self, "rpcs", tuple(sorted((str(k), str(v)) for k, v in items)))
+
+    @property
+    def georeference(self) -> str:
+        """How pixels are placed on the ground: ``"transform"``, ``"gcps"``, ``"rpcs"`` or ``"none"``."""
+        if self.gcps:
+            return "gcps"
+        t = self.transform
+        unit = (t.a, t.b, t.d, t.e) == (1.0, 0.0, 0.0, 1.0)
+        if self.crs is None and unit:
+            return "rpcs" if self.rpcs else "none"
+        return "transform"
+
+    @property
+    def is_georeferenced(self) -> bool:
+        """False for a grid without CRS, GCPs, RPCs or a geotransform (pixel coordinates only)."""
+        return self.georeference != "none"
 
     ndim = 2
     dims = ("y", "x")
@@ -117,10 +192,21 @@ class GeoGrid:
         return (min(xs), min(ys), max(xs), max(ys))
 
     def window(self, slices: Sequence[slice]) -> GeoGrid:
-        """Return the exact sub-grid of array slices ``(rows, cols)``."""
+        """Return the exact sub-grid of array slices ``(rows, cols)`` (GCPs/RPCs shifted too)."""
         rows, cols = normalise_slices(slices, self.shape)
-        transform = self.transform @ Affine.translation(cols.start, rows.start)
-        return GeoGrid(self.crs, transform, (rows.stop - rows.start, cols.stop - cols.start))
+        r0, c0 = rows.start, cols.start
+        transform = self.transform @ Affine.translation(c0, r0)
+        gcps = None
+        if self.gcps is not None:
+            gcps = tuple(g._replace(row=g.row - r0, col=g.col - c0) for g in self.gcps)
+        rpcs = None
+        if self.rpcs is not None:
+            shift = {_RPC_LINE_OFF: r0, _RPC_SAMP_OFF: c0}
+            rpcs = tuple(
+                (k, repr(float(v) - shift[k]) if shift.get(k) else v) for k, v in self.rpcs
+            )
+        shape = (rows.stop - rows.start, cols.stop - cols.start)
+        return GeoGrid(self.crs, transform, shape, gcps, rpcs)
 
     def xy(self, row: float, col: float) -> tuple[float, float]:
         """Map coordinates of pixel ``(row, col)``'s centre."""
@@ -139,24 +225,47 @@ class GeoGrid:
             return False
         if self.crs is not None and self.crs != other.crs:
             return False
+        if _rpc_numbers(self.rpcs) != _rpc_numbers(other.rpcs):
+            return False
+        if (self.gcps is None) != (other.gcps is None):
+            return False
+        scale = max(self.res) * atol_px
+        if self.gcps is not None:
+            if len(self.gcps) != len(other.gcps):  # type: ignore[arg-type]
+                return False
+            ga = np.array([g[:5] for g in self.gcps], dtype=float)
+            gb = np.array([g[:5] for g in other.gcps], dtype=float)  # type: ignore[union-attr]
+            if not np.allclose(ga, gb, rtol=rtol, atol=atol_px):
+                return False
         a = np.array(tuple(self.transform)[:6], dtype=float)
         b = np.array(tuple(other.transform)[:6], dtype=float)
-        scale = max(self.res) * atol_px
         return bool(np.allclose(a, b, rtol=rtol, atol=scale))
 
     def describe(self) -> str:
         """One line for error messages and logs."""
         crs = "no CRS" if self.crs is None else (self.crs.to_string() or "custom CRS")
-        return f"GeoGrid({crs}, transform={tuple(self.transform)[:6]}, shape={self.shape})"
+        if self.gcps:
+            return f"GeoGrid({crs}, {len(self.gcps)} GCPs, shape={self.shape})"
+        extra = ", RPCs" if self.rpcs else ""
+        return f"GeoGrid({crs}, transform={tuple(self.transform)[:6]}{extra}, shape={self.shape})"
 
     def to_attrs(self) -> dict[str, Any]:
-        """JSON-serialisable description (CRS as WKT2, transform in affine order a..f)."""
-        return {
+        """JSON-serialisable description (CRS as WKT2, transform in affine order a..f).
+
+        GCPs (``[row, col, x, y, z, id, info]`` each) and RPCs (``{key: value}``) are added
+        when the grid has them.
+        """
+        out: dict[str, Any] = {
             "kind": "geo",
             "crs": _crs_to_wkt(self.crs),
             "transform": list(tuple(self.transform)[:6]),
             "shape": list(self.shape),
         }
+        if self.gcps is not None:
+            out["gcps"] = [list(g) for g in self.gcps]
+        if self.rpcs is not None:
+            out["rpcs"] = dict(self.rpcs)
+        return out
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> GeoGrid:
@@ -164,7 +273,11 @@ class GeoGrid:
         from rasterio.crs import CRS
 
         crs = None if attrs.get("crs") is None else CRS.from_user_input(attrs["crs"])
-        return cls(crs, Affine(*attrs["transform"]), tuple(attrs["shape"]))
+        gcps = attrs.get("gcps")
+        gcps = None if gcps is None else tuple(GCP(*g) for g in gcps)
+        rpcs = attrs.get("rpcs")
+        rpcs = None if rpcs is None else tuple(rpcs.items())
+        return cls(crs, Affine(*attrs["transform"]), tuple(attrs["shape"]), gcps, rpcs)
 
 
 def _axcodes(rot: np.ndarray) -> tuple[str, str, str]:

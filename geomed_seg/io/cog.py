@@ -38,6 +38,7 @@ from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo, parse_classes
 from geomed_seg.errors import InvalidInputError, WriteError
 from geomed_seg.io.atomic import _remove, atomic_output, check_output
+from geomed_seg.io.georef import write_profile
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +204,6 @@ class GeoTIFFBlockWriter:
             height=h,
             count=self.count,
             dtype=self.dtype.name,
-            crs=self.grid.crs,
-            transform=self.grid.transform,
             nodata=self.nodata,
             tiled=True,
             blockxsize=self.blocksize,
@@ -212,6 +211,7 @@ class GeoTIFFBlockWriter:
             BIGTIFF="IF_SAFER",
             interleave="pixel",
         )
+        prof.update(write_profile(self.grid))  # geotransform, GCPs, RPCs or none
         if final:
             prof.update(compress=self.compress, predictor=self.predictor)
         else:  # fast intermediate, re-encoded by the COG driver

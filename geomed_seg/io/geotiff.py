@@ -34,10 +34,10 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geomed_seg.core.grid import GeoGrid
 from geomed_seg.core.image import DEFAULT_CHUNK_BYTES, RASTER_DIMS, Image
 from geomed_seg.errors import ReadError, UnsupportedFormatError
 from geomed_seg.io.cog import CLASSES_TAG, GeoTIFFBlockWriter, gdal_message, write_geotiff
+from geomed_seg.io.georef import read_grid
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def open_geotiff(path: str | os.PathLike, chunks: Any = None) -> Image:
             dtype = np.dtype(src.dtypes[0])
             if len(set(src.dtypes)) > 1:
                 dtype = np.result_type(*src.dtypes)
-            grid = GeoGrid(src.crs, src.transform, (src.height, src.width))
+            grid = read_grid(src)
             nodatas = list(src.nodatavals)
             flags = src.mask_flag_enums
             attrs = _attrs(path=path, src=src)

@@ -7,7 +7,9 @@ tile edge are final and appended to the GeoPackage at once (pyogrio); those that
 kept and, at the end, unioned per class (``shapely.union_all``) and split into their
 connected parts, so a region crossing tile borders becomes one feature. Only the border
 pieces are held in memory. Geometries are then mapped to the grid's CRS with its affine
-transform; each feature carries the class index, class name and area in m² (CRS units²).
+transform, or for GCP / RPC grids through GDAL's GCP / RPC transformer after densifying
+edges to every pixel corner (:func:`geomed_seg.io.georef.pixel_to_map`); each feature
+carries the class index, class name and area in m² (CRS units²).
 
 Hand-written tiling because rasterio vectorises a whole in-memory array at once and GDAL's
 ``gdal_polygonize`` needs the whole raster as one dataset; the per-tile work is theirs.
@@ -30,6 +32,7 @@ from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import InvalidInputError
 from geomed_seg.io.atomic import atomic_output
+from geomed_seg.io.georef import is_affine, map_crs, pixel_to_map
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,8 @@ def write_polygons(
         samples and ``background`` labels are not vectorised.
     path : path-like
         ``.gpkg`` output, written atomically (layer ``"labels"``; fields ``class``,
-        ``name``, ``area_m2``; the grid's CRS).
+        ``name``, ``area_m2``; the grid's CRS, the GCPs' CRS for a GCP grid, WGS 84 for
+        an RPC-only grid, none for an ungeoreferenced grid: then coordinates are pixels).
     classes : sequence of ClassInfo, optional
         Names of the classes; only these are vectorised when given.
     tile : int
@@ -101,16 +105,16 @@ def write_polygons(
     """
     import pyogrio.raw
     import shapely
-    from shapely import affinity
 
     if not isinstance(labels.grid, GeoGrid) or labels.n_channels != 1:
         raise InvalidInputError(f"{path}: polygons need a single-band raster label image")
     grid = labels.grid
     names = {c.index: c.name for c in classes or []}
     wanted = np.array(sorted(names), dtype=np.int64) if classes else None
-    t = grid.transform
-    to_crs = [t.a, t.b, t.d, t.e, t.c, t.f]  # shapely: x' = a x + b y + xoff ...
-    crs = grid.crs.to_wkt() if grid.crs is not None else None
+    to_map = pixel_to_map(grid)  # affine, or GDAL's GCP / RPC transformer
+    # GCP/RPC mappings bend straight pixel edges: map every pixel corner of the boundary
+    densify = not is_affine(grid)
+    crs = map_crs(grid).to_wkt() if map_crs(grid) is not None else None
     height, width = grid.shape
     summary = VectorSummary(Path(path))
     border: dict[int, list] = defaultdict(list)
@@ -126,7 +130,11 @@ def write_polygons(
             nonlocal started
             if not polys:
                 return
-            geoms = [affinity.affine_transform(p, to_crs) for p in polys]
+            pix = np.empty(len(polys), dtype=object)
+            pix[:] = polys
+            if densify:
+                pix = shapely.segmentize(pix, 1.0)
+            geoms = list(shapely.transform(pix, to_map))
             areas = np.array([g.area for g in geoms], dtype=np.float64)
             vals = np.asarray(values, dtype=np.int32)
             pyogrio.raw.write(

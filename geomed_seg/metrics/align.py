@@ -15,6 +15,7 @@ import numpy as np
 from geomed_seg.core.grid import GeoGrid, VoxelGrid, check_same_grid
 from geomed_seg.core.image import Image
 from geomed_seg.errors import GeometryError, InvalidInputError
+from geomed_seg.io.georef import write_profile
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +31,21 @@ def _resample_raster(pred: Image, grid: GeoGrid) -> np.ndarray:
         raise GeometryError(
             f"cannot resample without a CRS: {pred.grid.describe()} -> {grid.describe()}"
         )
+    if grid.georeference != "transform" or pred.grid.rpcs is not None:
+        raise GeometryError(
+            f"cannot resample onto a grid georeferenced by {grid.georeference} "
+            f"({grid.describe()}); give the prediction the reference's own grid"
+        )
+    # a GCP-georeferenced prediction is warped through GDAL's GCP transformer, not its fit
+    src_geo = (
+        {"gcps": write_profile(pred.grid)["gcps"]}
+        if pred.grid.georeference == "gcps"
+        else {"src_transform": pred.grid.transform}
+    )
     reproject(
         src,
         out,
-        src_transform=pred.grid.transform,
+        **src_geo,
         src_crs=pred.grid.crs,
         dst_transform=grid.transform,
         dst_crs=grid.crs,

@@ -132,22 +132,33 @@ def reproject(img: Image, crs: str | None, resolution: float | None, resampling:
     from rasterio.warp import calculate_default_transform
     from rasterio.warp import reproject as rio_reproject
 
+    from geomed_seg.io.georef import write_profile
+
     grid = img.grid
     dst_crs = CRS.from_user_input(crs) if crs else grid.crs
     if dst_crs is None or grid.crs is None:
         raise ConfigError("preprocess.target_crs: the input has no CRS to reproject from")
     h, w = grid.shape
     kw = {"resolution": resolution} if resolution else {}
-    transform, width, height = calculate_default_transform(
-        grid.crs, dst_crs, w, h, *grid.bounds, **kw
-    )
+    # GCP inputs are warped through GDAL's GCP transformer (never through their affine fit)
+    gcps = write_profile(grid)["gcps"] if grid.georeference == "gcps" else None
+    if gcps is not None:
+        transform, width, height = calculate_default_transform(
+            grid.crs, dst_crs, w, h, gcps=gcps, **kw
+        )
+        src_geo = {"gcps": gcps}
+    else:
+        transform, width, height = calculate_default_transform(
+            grid.crs, dst_crs, w, h, *grid.bounds, **kw
+        )
+        src_geo = {"src_transform": grid.transform}
     src = img.compute().astype(np.float32)
     nodata = img.nodata if img.nodata is not None else np.nan
     dst = np.full((img.n_channels, height, width), np.nan, np.float32)
     rio_reproject(
         src,
         dst,
-        src_transform=grid.transform,
+        **src_geo,
         src_crs=grid.crs,
         src_nodata=nodata,
         dst_transform=transform,
