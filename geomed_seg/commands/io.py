@@ -63,7 +63,8 @@ def info(
     from geomed_seg.io.convert import open_input
     from geomed_seg.io.registry import detect_format
 
-    image = open_input(path, series=series, resample=resample)
+    # without --stats no pixel is read, so the payload check (a full read) is skipped
+    image = open_input(path, series=series, resample=resample, verify=stats)
     summary = {"format": detect_format(path), **describe(image, stats=stats)}
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))

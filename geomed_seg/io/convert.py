@@ -10,17 +10,26 @@ from geomed_seg.errors import InvalidInputError
 
 
 def open_input(
-    src: str | os.PathLike, *, series: str | None = None, resample: bool = False
+    src: str | os.PathLike,
+    *,
+    series: str | None = None,
+    resample: bool = False,
+    verify: bool = True,
 ) -> Image:
-    """Return the image at ``src``; ``resample`` is the DICOM opt-in for uneven/tilted series."""
+    """Return the image at ``src``; ``resample`` is the DICOM opt-in for uneven/tilted series.
+
+    ``verify`` checks the payload's integrity first (see
+    :func:`~geomed_seg.io.registry.open_image`); only descriptions that read no pixels
+    (``info`` without ``--stats``) turn it off.
+    """
     from geomed_seg.io.registry import detect_format, open_image
 
     if not resample:
-        return open_image(src, series=series)
+        return open_image(src, series=series, verify=verify)
     fmt = detect_format(src)
     if not fmt.startswith("dicom"):
         raise InvalidInputError(f"{src}: --resample applies to DICOM series only (this is {fmt})")
-    return open_image(src, series=series, resample=True)
+    return open_image(src, series=series, resample=True, verify=verify)
 
 
 def convert_image(
@@ -35,6 +44,8 @@ def convert_image(
 
     Rasters go to ``.tif`` (COG) or ``.zarr``; volumes to ``.nii``/``.nii.gz`` or ``.zarr``.
     The output is written atomically and never replaces an existing file unless ``overwrite``.
+    The input's payload is verified first (gzip CRC, DICOM pixel data), so a corrupt input
+    raises :class:`~geomed_seg.errors.ReadError` and nothing is written.
     """
     from geomed_seg.io.registry import write_image
 

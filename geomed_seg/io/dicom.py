@@ -1,23 +1,29 @@
-"""DICOM series and multi-frame files → volume :class:`Image` (SimpleITK, pydicom, highdicom).
+"""DICOM series, single files and multi-frame files → volume :class:`Image` (pydicom, highdicom).
 
-pydicom reads the headers to find series and check their geometry; SimpleITK
-(``ImageSeriesReader``) reads the pixels and geometry of single-frame series, in the order we
-sort them: by ``ImagePositionPatient`` projected on the slice normal, never by file name or
-``InstanceNumber``. Enhanced multi-frame files (per-frame functional groups) go through
-highdicom's ``get_volume``. Geometry enters our world through
+pydicom reads the headers to find series and check their geometry, and decodes the pixels
+(:mod:`geomed_seg.io.dicom_pixels`: ``pixel_array`` with the Modality LUT and RT dose
+scaling, for every transfer syntax pydicom has a decoder for), so values always equal
+pydicom's. Slices are sorted by ``ImagePositionPatient`` projected on the slice normal,
+never by file name or ``InstanceNumber`` (:mod:`geomed_seg.io.dicom_geometry`). A series
+of one file, or a single file, is a one-slice volume or a multi-frame volume
+(:mod:`geomed_seg.io.dicom_frames`; enhanced multi-frame files through highdicom's
+``get_volume``). Geometry enters our world through
 :meth:`VoxelGrid.from_itk <geomed_seg.core.grid.VoxelGrid.from_itk>`, the one LPS↔RAS place.
 
-Regular single-frame series are lazy: opening reads headers only (pydicom) and SimpleITK's
-image information of the first slice; each dask chunk (a slab of whole slices, at most
-:data:`~geomed_seg.core.image.DEFAULT_CHUNK_BYTES`) reads its files with SimpleITK when
-computed. Multi-frame files and series resampled with ``resample=True`` are read whole.
+Opening checks every instance of the chosen series from its header: scalar pixels, a
+decoder for its transfer syntax, and Pixel Data exactly as long as Rows × Columns × frames
+× samples × bits (native syntaxes). :func:`verify_dicom` (``open_image(verify=True)``)
+also decodes every compressed instance once.
+
+Regular single-frame series are lazy: each dask chunk (a slab of whole slices, at most
+:data:`~geomed_seg.core.image.DEFAULT_CHUNK_BYTES`) decodes its files when computed.
+Enhanced multi-frame files and series resampled with ``resample=True`` are read whole.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,23 +33,24 @@ import dask
 import dask.array as da
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from geomed_seg.core.grid import VoxelGrid
 from geomed_seg.core.image import DEFAULT_CHUNK_BYTES, Image
-from geomed_seg.errors import InvalidInputError, ReadError, UnsupportedFormatError
+from geomed_seg.errors import GeometryError, InvalidInputError, ReadError, UnsupportedFormatError
+from geomed_seg.io.dicom_frames import open_file_volume
 from geomed_seg.io.dicom_geometry import SliceGeometry, check_slices, resample_slices
+from geomed_seg.io.dicom_pixels import (
+    check_decodable,
+    check_grey,
+    check_payload,
+    decode_values,
+    read_header,
+    value_dtype,
+    verify_files,
+)
 
 logger = logging.getLogger(__name__)
-
-_HEADER_TAGS = (
-    "SeriesInstanceUID", "StudyInstanceUID", "SeriesDescription", "SeriesNumber", "Modality",
-    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
-    "SOPInstanceUID", "FrameOfReferenceUID", "PatientID", "NumberOfFrames", "GantryDetectorTilt",
-    "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence", "SliceThickness",
-    "RescaleSlope", "RescaleIntercept",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,23 +96,34 @@ def _candidates(
     return where, files
 
 
-def _read_headers(files: list[Path]) -> list[_File]:
+def _read_headers(files: list[Path], explicit: bool = False) -> list[_File]:
+    """Return the image headers among ``files``; non-DICOM files are skipped.
+
+    An image without ``SeriesInstanceUID`` is kept only when ``explicit`` (the user named
+    that one file); in a folder it cannot be grouped, so it is skipped with a warning.
+    """
     out = []
     for p in files:
         try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
+            ds = read_header(p)
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError):
             logger.debug("%s: not a DICOM file, skipped", p)
             continue
-        if "Rows" in ds and "SeriesInstanceUID" in ds:  # images only (not DICOMDIR, SR...)
+        if "Rows" not in ds:  # images only (not DICOMDIR, SR, RT structures...)
+            if explicit and "PixelData" in ds:
+                raise ReadError(f"{p}: Pixel Data without Rows/Columns (image module incomplete)")
+            continue
+        if "SeriesInstanceUID" in ds or explicit:
             out.append(_File(p, ds))
+        else:
+            logger.warning("%s: DICOM image without SeriesInstanceUID, skipped", p)
     return out
 
 
 def _group(files: list[_File]) -> list[_Series]:
     groups: dict[str, list[_File]] = {}
     for f in files:
-        groups.setdefault(str(f.get("SeriesInstanceUID")), []).append(f)
+        groups.setdefault(str(f.get("SeriesInstanceUID", "")), []).append(f)
     series = [_Series(uid, fs) for uid, fs in groups.items()]
     series.sort(key=lambda s: (int(s.first.get("SeriesNumber") or 0), s.uid))
     return series
@@ -155,110 +173,37 @@ def _is_multiframe(f: _File) -> bool:
         raise InvalidInputError(f"{f.path}: invalid NumberOfFrames ({exc})") from exc
 
 
-def _itk_message(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
-def _read_multiframe(f: _File) -> tuple[np.ndarray, VoxelGrid]:
-    """Read a multi-frame file; slices ordered along +normal for enhanced files.
-
-    Enhanced files (per-frame functional groups) go through highdicom's ``get_volume``,
-    which sorts frames spatially and checks regular spacing; legacy multi-frame files
-    (NM, RT dose with ``GridFrameOffsetVector``) through SimpleITK. RT dose values are
-    multiplied by ``DoseGridScaling`` (Gy), which SimpleITK leaves out.
-    """
-    if "PerFrameFunctionalGroupsSequence" not in f.ds:
-        try:
-            itk = sitk.ReadImage(str(f.path))
-        except RuntimeError as exc:
-            raise ReadError(f"{f.path}: SimpleITK cannot read it ({_itk_message(exc)})") from exc
-        arr = sitk.GetArrayFromImage(itk)
-        if arr.ndim != 3 or itk.GetNumberOfComponentsPerPixel() != 1:
-            raise UnsupportedFormatError(f"{f.path}: multi-frame image is not a scalar 3D volume")
-        scaling = pydicom.dcmread(f.path, stop_before_pixels=True).get("DoseGridScaling")
-        if scaling is not None:
-            arr = arr * np.float32(scaling)
-        grid = VoxelGrid.from_itk(itk.GetOrigin(), itk.GetSpacing(), itk.GetDirection(), arr.shape)
-        return arr, grid
-    import highdicom as hd
-
-    try:
-        vol = hd.imread(f.path).get_volume(dtype=np.float64)
-    except (ValueError, RuntimeError, AttributeError, KeyError, sqlite3.Error) as exc:
-        raise UnsupportedFormatError(
-            f"{f.path}: multi-frame file without a regular 3D volume ({exc})"
-        ) from exc
-    aff = np.asarray(vol.affine)  # (slice, row, column) indices -> LPS mm
-    if np.dot(aff[:3, 0], np.cross(aff[:3, 2], aff[:3, 1])) < 0:
-        vol = vol.flip_spatial(0)  # slices along +normal, as for series
-        aff = np.asarray(vol.affine)
-    axes = aff[:3, [2, 1, 0]]  # our x = column, y = row, z = slice
-    spacing = np.linalg.norm(axes, axis=0)
-    direction = (axes / spacing).ravel()
-    arr = np.asarray(vol.array)
-    return arr, VoxelGrid.from_itk(aff[:3, 3], spacing, direction, arr.shape)
-
-
-def _varying_rescale(files: list[_File]) -> bool:
-    pairs = {
-        (float(f.get("RescaleSlope") or 1), float(f.get("RescaleIntercept") or 0)) for f in files
-    }
-    return len(pairs) > 1
-
-
-def _read_series(files: list[Path], as_float: bool = False) -> sitk.Image:
-    """Read sorted files with SimpleITK; ``as_float`` when rescaling differs per slice.
-
-    GDCM picks the output pixel type from the first file, so per-slice slopes (PET) would
-    be truncated to that file's integer type without ``as_float``.
-    """
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(p) for p in files])
-    if as_float:
-        reader.SetOutputPixelType(sitk.sitkFloat64)
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        bad = next((p for p in files if not _readable(p)), files[0].parent)
-        raise ReadError(f"{bad}: SimpleITK cannot read it ({_itk_message(exc)})") from exc
-
-
 def _read_block(files: list[Path], as_float: bool, dtype: np.dtype) -> np.ndarray:
-    """Read sorted ``files`` (one z slab) with SimpleITK; ``(z, y, x)`` in ``dtype``."""
-    return sitk.GetArrayFromImage(_read_series(files, as_float)).astype(dtype, copy=False)
+    """Read sorted ``files`` (one z slab) with pydicom; ``(z, y, x)`` physical values in ``dtype``.
+
+    ``as_float``: slopes differ between slices, so ``dtype`` is a float type (kept for
+    callers that want to know why).
+    """
+    out = np.empty((len(files), *decode_values(files[0]).shape[1:]), dtype=dtype)
+    for k, p in enumerate(files):
+        out[k] = decode_values(p, dtype)[0]
+    return out
 
 
 def _lazy_series(ordered: list[_File], report: Any, chunks: Any) -> tuple[da.Array, VoxelGrid]:
     """Return a lazy ``(z, y, x)`` dask array of z slabs and the grid, reading no pixels.
 
-    Geometry is SimpleITK's for the first slice (origin, in-plane spacing, direction whose
-    third column is the slice normal) with the mean step along the normal between the
-    first and last slice, as ``ImageSeriesReader`` computes it. The dtype is the pixel type
-    GDCM gives the first slice (float32 for float types or when rescaling differs between
-    slices, which GDCM would otherwise truncate).
+    Geometry: origin at the first sorted slice's ``ImagePositionPatient``, in-plane axes
+    from its orientation, in-plane spacing from ``PixelSpacing`` and the mean step along
+    the normal between the first and last slice (as SimpleITK's ``ImageSeriesReader``).
+    dtype: :func:`~geomed_seg.io.dicom_pixels.value_dtype` over every slice (float32 when
+    rescaling differs between slices).
     """
     paths = [f.path for f in ordered]
-    info = sitk.ImageFileReader()
-    info.SetFileName(str(paths[0]))
-    try:
-        info.ReadImageInformation()
-    except RuntimeError as exc:
-        raise ReadError(f"{paths[0]}: SimpleITK cannot read it ({_itk_message(exc)})") from exc
-    if info.GetNumberOfComponents() != 1:
-        raise UnsupportedFormatError(
-            f"{paths[0].parent}: {info.GetNumberOfComponents()}-component (colour) pixels; "
-            "only scalar volumes are supported"
-        )
-    spacing = list(info.GetSpacing())
-    if len(paths) > 1:
-        proj = report.projections_mm
-        spacing[2] = float(proj[-1] - proj[0]) / (len(paths) - 1)
+    first = ordered[0]
+    ps = first.get("PixelSpacing")
+    if ps is None:
+        raise GeometryError(f"{first.path}: no PixelSpacing; cannot build a series volume")
+    proj = report.projections_mm
+    spacing = (float(ps[1]), float(ps[0]), float(proj[-1] - proj[0]) / (len(paths) - 1))
     as_float = _varying_rescale(ordered)
-    dtype = np.dtype(sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], info.GetPixelID())).dtype)
-    if as_float or dtype.kind == "f":
-        dtype = np.dtype(np.float32)
-    ny, nx = int(ordered[0].get("Rows")), int(ordered[0].get("Columns"))
+    dtype = value_dtype([f.ds for f in ordered])
+    ny, nx = int(first.get("Rows")), int(first.get("Columns"))
     shape = (len(paths), ny, nx)
     z_chunk = max(1, DEFAULT_CHUNK_BYTES // (ny * nx * dtype.itemsize))
     if isinstance(chunks, tuple | list) and len(chunks) == 4 and chunks[1] not in (None, -1):
@@ -271,28 +216,42 @@ def _lazy_series(ordered: list[_File], report: Any, chunks: Any) -> tuple[da.Arr
         )
         for z0 in range(0, len(paths), z_chunk)
     ]
-    grid = VoxelGrid.from_itk(info.GetOrigin(), spacing, info.GetDirection(), shape)
+    direction = np.column_stack([report.row, report.col, report.normal]).ravel()
+    origin = [float(v) for v in first.get("ImagePositionPatient")]
+    grid = VoxelGrid.from_itk(origin, spacing, direction, shape)
     return da.concatenate(blocks, axis=0), grid
 
 
-def _readable(path: Path) -> bool:
-    try:
-        sitk.ReadImage(str(path))
-    except RuntimeError:
-        return False
-    return True
+def _varying_rescale(files: list[_File]) -> bool:
+    pairs = {
+        (float(f.get("RescaleSlope") or 1), float(f.get("RescaleIntercept") or 0)) for f in files
+    }
+    return len(pairs) > 1
 
 
 def _read_slices(files: list[Path]) -> tuple[np.ndarray, tuple[float, float]]:
-    """Read slices one by one (SimpleITK, rescaled) for resampling; ``(slice, row, col)``."""
-    images = []
-    for p in files:
-        try:
-            images.append(sitk.ReadImage(str(p)))
-        except RuntimeError as exc:
-            raise ReadError(f"{p}: SimpleITK cannot read it ({_itk_message(exc)})") from exc
-    stack = np.concatenate([sitk.GetArrayFromImage(im).astype(np.float64) for im in images])
-    return stack, tuple(float(v) for v in images[0].GetSpacing()[:2])  # type: ignore[return-value]
+    """Read slices one by one (pydicom, rescaled) for resampling; ``(slice, row, col)``."""
+    stack = np.concatenate([decode_values(p, np.dtype(np.float64)) for p in files])
+    ps = read_header(files[0]).get("PixelSpacing")
+    if ps is None:
+        raise GeometryError(f"{files[0]}: no PixelSpacing; cannot resample the series")
+    return stack, (float(ps[1]), float(ps[0]))
+
+
+def _thickness(ds: pydicom.Dataset) -> float | None:
+    try:
+        value = ds.get("SliceThickness")
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_instances(files: list[_File]) -> None:
+    """Refuse colour pixels and short/long Pixel Data in any instance (header only)."""
+    for f in files:
+        check_grey(f.ds, f.path)
+        check_payload(f.ds, f.path)
+        check_decodable(f.ds, f.path)
 
 
 def open_dicom(
@@ -322,10 +281,12 @@ def open_dicom(
     Returns
     -------
     Image
-        Rescale slope/intercept applied. dtype: for regular series the integer type GDCM
-        picks for the rescaled range of the first slice (e.g. int16, int32), float32 when it
-        is a float type or slopes differ between slices; for multi-frame and resampled
-        data int16 (uint16/int32) when integer-valued, else float32. ``x`` runs along the rows (column index), ``y`` down the
+        Values are pydicom's ``pixel_array`` with the Modality LUT (rescale slope and
+        intercept) and RT Dose ``DoseGridScaling`` applied. dtype: the smallest integer type
+        holding the rescaled range of the stored bits (as GDCM picks, e.g. int16, int32),
+        float32 for fractional rescaling, dose scaling or slopes that differ between slices;
+        enhanced multi-frame and resampled data int16 (uint16/int32) when integer-valued,
+        else float32. ``x`` runs along the rows (column index), ``y`` down the
         columns, ``z`` along the slice normal (row × column cosines). ``attrs["dicom"]``:
         series/study/frame-of-reference UIDs, modality, description, patient id, and the
         SOP instance UIDs and files in ``z`` order (for DICOM SEG).
@@ -334,23 +295,32 @@ def open_dicom(
     ------
     InvalidInputError
         No DICOM image found, several series and no ``series``, or an unknown ``series``.
+    ReadError
+        An instance's Pixel Data is shorter or longer than its header promises, or a
+        file is truncated.
+    UnsupportedFormatError
+        Colour pixels, a transfer syntax pydicom has no decoder for (the message names
+        the missing package), frames that cannot be placed in patient space,
+        big-endian enhanced multi-frame files.
     GeometryError
         Uneven spacing, missing slices, gantry tilt (unless ``resample``), mixed
         orientations or mixed rows/columns, duplicate positions.
     """
     where, paths = _candidates(path_or_paths)
-    headers = _read_headers(paths)
+    named = not (isinstance(path_or_paths, str | os.PathLike) and Path(path_or_paths).is_dir())
+    headers = _read_headers(paths, explicit=named)
     if not headers:
         raise InvalidInputError(f"{where}: no DICOM image files found")
     chosen = _choose(_group(headers), series, where)
     where = f"{where} (series {chosen.uid})"
+    _check_instances(chosen.files)
     multi = [f for f in chosen.files if _is_multiframe(f)]
     resampled = False
-    if multi:
-        if len(chosen.files) != 1:
-            raise UnsupportedFormatError(f"{where}: multi-frame files mixed with other files")
-        arr, grid = _read_multiframe(multi[0])
+    if len(chosen.files) == 1:
+        arr, grid = open_file_volume(chosen.files[0].path, chosen.files[0].ds)
         ordered = chosen.files
+    elif multi:
+        raise UnsupportedFormatError(f"{where}: multi-frame files mixed with other files")
     else:
         geoms = [SliceGeometry.from_dataset(f.ds, f.path) for f in chosen.files]
         order, report = check_slices(geoms, where, allow_irregular=resample)
@@ -379,7 +349,18 @@ def open_dicom(
             "sop_instance_uids": [str(f.get("SOPInstanceUID", "")) for f in ordered],
             "files": [str(f.path) for f in ordered],
             "resampled": resampled,
+            "slice_thickness_mm": _thickness(first),
         },
         "source": str(ordered[0].path.parent),
     }
     return Image.from_array(arr, grid, chunks=chunks, attrs=attrs)
+
+
+def verify_dicom(path: Any, image: Image) -> None:
+    """Raise :class:`ReadError` unless every instance behind ``image`` decodes completely.
+
+    The header checks ran when the series was opened; this decodes each compressed
+    instance once (``attrs["dicom"]["files"]``), so a corrupt codestream is refused before
+    anything is written.
+    """
+    verify_files(image.attrs["dicom"]["files"])

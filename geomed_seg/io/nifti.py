@@ -102,14 +102,37 @@ def _check_file(path: Path) -> None:
         raise ReadError(f"{path}: empty file (0 bytes)")
 
 
+def _data_end(img: Any) -> int:
+    """Return the byte offset where the header says the voxel data end."""
+    return int(img.dataobj.offset) + int(np.prod(img.shape)) * img.header.get_data_dtype().itemsize
+
+
+def _gunzipped_size(path: Path) -> int:
+    """Return the uncompressed size of ``path``, reading the gzip stream to its end once.
+
+    Streamed in 16 MiB pieces, nothing kept: Python's :mod:`gzip` checks the CRC-32 and
+    length (ISIZE) of every member at its end and refuses trailing garbage, so a flipped
+    byte or a truncated stream raises :class:`ReadError` naming the file.
+    """
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(2**24):
+                total += len(chunk)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ReadError(f"{path}: truncated or corrupt gzip stream ({exc})") from exc
+    return total
+
+
 def _check_size(path: Path, img: Any) -> None:
     """Raise :class:`ReadError` when the file holds fewer bytes than the header promises.
 
     ``.nii``: file size vs ``vox_offset + data bytes``. ``.nii.gz``: the gzip trailer's
     uncompressed size (ISIZE, mod 2**32) is compared first (cheap); only on mismatch — a
     truncated stream, or a legitimate multi-member gzip — is the stream decompressed once.
+    A corrupt stream with an intact trailer is found by :func:`verify_nifti`.
     """
-    need = int(img.dataobj.offset) + int(np.prod(img.shape)) * img.header.get_data_dtype().itemsize
+    need = _data_end(img)
     size = path.stat().st_size
     if not _is_gzip(path):
         if size < need:
@@ -120,13 +143,31 @@ def _check_size(path: Path, img: Any) -> None:
         isize = int.from_bytes(f.read(4), "little")
     if isize == need % 2**32:
         return
-    total = 0
+    total = _gunzipped_size(path)
+    if total < need:
+        raise ReadError(
+            f"{path}: truncated NIfTI ({total} bytes uncompressed, header needs {need})"
+        )
+
+
+def verify_nifti(path: str | os.PathLike, image: Image | None = None) -> None:
+    """Raise :class:`ReadError` unless ``path``'s voxel data are complete and intact.
+
+    ``.nii.gz``: the whole gzip stream is read once, streamed (CRC-32 and length of every
+    member, see :func:`_gunzipped_size`), and must hold the header's ``vox_offset`` plus
+    data bytes. ``.nii``: the file size (already checked by :func:`open_nifti`).
+    ``image`` (the opened image) is accepted for the registry's ``verify`` hook and unused.
+    """
+    path = Path(path)
+    if not _is_gzip(path):
+        return
     try:
-        with gzip.open(path, "rb") as f:
-            while chunk := f.read(2**24):
-                total += len(chunk)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise ReadError(f"{path}: truncated or corrupt gzip stream ({exc})") from exc
+        need = _data_end(nib.load(path))
+    except (ImageFileError, HeaderDataError) as exc:
+        raise UnsupportedFormatError(f"{path}: not a NIfTI file ({exc})") from exc
+    except _READ_ERRORS as exc:
+        raise ReadError(f"{path}: cannot read NIfTI header ({exc})") from exc
+    total = _gunzipped_size(path)
     if total < need:
         raise ReadError(
             f"{path}: truncated NIfTI ({total} bytes uncompressed, header needs {need})"

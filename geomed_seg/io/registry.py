@@ -12,7 +12,12 @@ point loads an :class:`Adapter` (or a zero-argument callable returning one)::
     myformat = "my_pkg.geomed:ADAPTER"
 
 Magic bytes are checked first (built-ins, then plug-ins), then suffixes, as xarray and
-nibabel resolve their backends.
+nibabel resolve their backends. ``DICM`` at byte 128 is tested before any other magic: the
+128-byte DICOM preamble may hold a TIFF header (dual-personality files).
+
+``open_image(..., verify=True)`` (the default) also runs the adapter's ``verify`` hook: the
+full gzip stream check of a ``.nii.gz``, the decoding of compressed DICOM instances. Only
+``geomed-seg info`` without ``--stats`` opens with ``verify=False``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class Adapter:
         Lower-case suffixes, longest first where they overlap (``".nii.gz"``).
     sniff : callable, optional
         ``sniff(path, head) -> bool`` with ``head`` the first 352 bytes (b"" for folders).
+    verify : callable or "module:function", optional
+        ``verify(path, image) -> None``: raise :class:`~geomed_seg.errors.ReadError` when the
+        payload behind an opened image is corrupt (checksums, lengths, decoding). Run by
+        :func:`open_image` with ``verify=True``, which costs a full read of the file.
     """
 
     name: str
@@ -59,6 +68,7 @@ class Adapter:
     write: Callable[..., Path] | str | None = None
     suffixes: tuple[str, ...] = ()
     sniff: Callable[[Path, bytes], bool] | None = field(default=None, compare=False)
+    verify: Callable[[Any, Image], None] | str | None = field(default=None, compare=False)
 
 
 def _is_gdal_path(path: Any) -> bool:
@@ -132,6 +142,7 @@ BUILTIN: tuple[Adapter, ...] = (
         "geomed_seg.io.nifti:write_nifti",
         (".nii.gz", ".nii"),
         _is_nifti,
+        "geomed_seg.io.nifti:verify_nifti",
     ),
     Adapter(
         "zarr",
@@ -140,8 +151,22 @@ BUILTIN: tuple[Adapter, ...] = (
         (".zarr",),
         _is_zarr,
     ),
-    Adapter("dicom", "geomed_seg.io.dicom:open_dicom", None, (".dcm",), _is_dicom_file),
-    Adapter("dicom-folder", "geomed_seg.io.dicom:open_dicom", None, (), _is_dicom_folder),
+    Adapter(
+        "dicom",
+        "geomed_seg.io.dicom:open_dicom",
+        None,
+        (".dcm",),
+        _is_dicom_file,
+        "geomed_seg.io.dicom:verify_dicom",
+    ),
+    Adapter(
+        "dicom-folder",
+        "geomed_seg.io.dicom:open_dicom",
+        None,
+        (),
+        _is_dicom_folder,
+        "geomed_seg.io.dicom:verify_dicom",
+    ),
 )
 
 _RUNTIME: list[Adapter] = []
@@ -176,8 +201,10 @@ def adapters() -> tuple[Adapter, ...]:
 
 
 def _lazy_adapters() -> Iterator[Adapter]:
-    # built-ins first: common formats never pay for the entry-point scan (~0.1 s)
-    yield from BUILTIN
+    # built-ins first: common formats never pay for the entry-point scan (~0.1 s).
+    # DICOM first of all: `DICM` at byte 128 wins over any other magic, since a
+    # dual-personality file's 128-byte preamble may hold a TIFF header at byte 0.
+    yield from sorted(BUILTIN, key=lambda a: a.name != "dicom")
     yield from _plugins()
     yield from _RUNTIME
 
@@ -248,6 +275,8 @@ def open_image(
     path: str | os.PathLike | Sequence[str | os.PathLike],
     chunks: Any = None,
     series: str | None = None,
+    *,
+    verify: bool = True,
     **kw: Any,
 ) -> Image:
     """Return a lazy :class:`Image` of ``path`` with its geometry, whatever the format.
@@ -260,25 +289,45 @@ def open_image(
         Adapter chunk spec (channel-first); default: the format's native blocks.
     series : str, optional
         DICOM SeriesInstanceUID (or index) when a folder holds several series.
+    verify : bool
+        Check the payload's integrity before returning (the adapter's ``verify`` hook:
+        gzip CRC-32 and length of a ``.nii.gz``, decoding of compressed DICOM). This reads
+        the file once more; ``False`` keeps opening lazy (headers only) for descriptions.
     **kw
         Passed to the adapter's ``open`` (e.g. ``resample=True`` for DICOM).
+
+    Raises
+    ------
+    ReadError
+        Missing, empty, truncated or (with ``verify``) corrupt input, naming the file.
     """
     if isinstance(path, list | tuple):
         paths = [Path(p) for p in path]
         for p in paths:
             _check_exists(p)
-        return _resolve(BUILTIN[-1].open)(paths, series=series, chunks=chunks, **kw)
+        adapter = BUILTIN[-1]
+        image = _resolve(adapter.open)(paths, series=series, chunks=chunks, **kw)
+        return _verified(adapter, paths, image) if verify else image
     if _is_gdal_path(path):  # remote / virtual rasters (COGs over HTTP, S3): GDAL opens them
         return _resolve(BUILTIN[0].open)(path, chunks=chunks, **kw)
     p = Path(path)
     adapter = _find(p)
     if adapter.name.startswith("dicom"):
-        return _resolve(adapter.open)(p, series=series, chunks=chunks, **kw)
-    if series is not None:
+        image = _resolve(adapter.open)(p, series=series, chunks=chunks, **kw)
+    elif series is not None:
         raise InvalidInputError(
             f"{p}: series={series!r} applies to DICOM only; this is {adapter.name}"
         )
-    return _resolve(adapter.open)(p, chunks=chunks, **kw)
+    else:
+        image = _resolve(adapter.open)(p, chunks=chunks, **kw)
+    return _verified(adapter, p, image) if verify else image
+
+
+def _verified(adapter: Adapter, path: Any, image: Image) -> Image:
+    if adapter.verify is not None:
+        _resolve(adapter.verify)(path, image)
+        log.debug("%s: payload verified (%s)", path, adapter.name)
+    return image
 
 
 def write_image(

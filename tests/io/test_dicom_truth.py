@@ -1,0 +1,176 @@
+"""Every image file bundled with pydicom: values equal pydicom's, geometry equal SimpleITK's,
+or a clean refusal whose reason is true (checked with pydicom, not with our code).
+
+References: pydicom ``pixel_array`` + ``apply_modality_lut`` (+ RT ``DoseGridScaling``) for
+values; SimpleITK (GDCM) after LPS->RAS for geometry, or the file's own
+ImagePositionPatient/ImageOrientationPatient/PixelSpacing where GDCM cannot read it.
+The files are the ones inside the pydicom wheel (``pydicom/data/test_files``): nothing is
+downloaded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.pixels import apply_modality_lut
+from pydicom.pixels.utils import get_expected_length
+
+from geomed_seg.errors import GeomedSegError, ReadError, UnsupportedFormatError
+from geomed_seg.io.registry import detect_format, open_image
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _image_files() -> list[Path]:
+    out = []
+    for p in sorted(TEST_FILES.rglob("*")):
+        if not p.is_file() or p.suffix in (".json", ".txt", ".dump", ".icc", ".gz"):
+            continue
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=False, defer_size=64)
+        except Exception:  # noqa: BLE001 - not DICOM: not part of this suite
+            continue
+        if any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
+            out.append(p)
+    return out
+
+
+FILES = _image_files()
+
+
+def _reference_values(ds: pydicom.Dataset) -> np.ndarray:
+    arr = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    if ds.get("Modality") == "RTDOSE" and ds.get("DoseGridScaling") is not None:
+        arr = arr * float(ds.DoseGridScaling)
+    return arr.reshape(int(ds.get("NumberOfFrames") or 1), ds.Rows, ds.Columns)
+
+
+def _sitk_affine_ras(img: sitk.Image) -> np.ndarray:
+    aff = np.eye(4)
+    aff[:3, :3] = np.asarray(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
+    aff[:3, 3] = img.GetOrigin()
+    return LPS_TO_RAS @ aff
+
+
+def _header_affine_ras(ds: pydicom.Dataset) -> np.ndarray | None:
+    """Affine of the first frame from the file's own attributes (for files GDCM cannot read)."""
+    if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+        return None
+    iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+    row, col = iop[:3], iop[3:]
+    aff = np.eye(4)
+    aff[:3, 0] = row * float(ds.PixelSpacing[1])
+    aff[:3, 1] = col * float(ds.PixelSpacing[0])
+    aff[:3, 3] = np.asarray(ds.ImagePositionPatient, dtype=float)
+    return LPS_TO_RAS @ aff
+
+
+def _expected_refusal(path: Path) -> tuple[type, str] | None:
+    """Return (error type, message pattern) when the file cannot be a volume, from pydicom."""
+    ds = pydicom.dcmread(path, defer_size=64)
+    if int(ds.get("SamplesPerPixel") or 1) != 1 or ds.get("PhotometricInterpretation") == (
+        "PALETTE COLOR"
+    ):
+        return UnsupportedFormatError, "colou?r"
+    if "PerFrameFunctionalGroupsSequence" in ds and not ds.original_encoding[1]:
+        return UnsupportedFormatError, "big-endian enhanced multi-frame not supported"
+    if "Rows" not in ds or "BitsAllocated" not in ds:
+        return GeomedSegError, "Rows|pixel attributes|Transfer Syntax"
+    if not str(ds.get("NumberOfFrames", "1")).strip().isdigit():
+        return ReadError, "invalid NumberOfFrames"
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    if ts is None:
+        return GeomedSegError, "Transfer Syntax"
+    if not pydicom.uid.UID(ts).is_encapsulated and 0x7FE00010 in ds:
+        length = ds.get_item(0x7FE00010, keep_deferred=True).length
+        expected = get_expected_length(ds, unit="bytes")
+        if length not in (expected, expected + expected % 2):
+            return ReadError, f"holds {length} bytes .* needs {expected}"
+    full = pydicom.dcmread(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            _ = full.pixel_array
+        except (RuntimeError, ValueError, NotImplementedError, AttributeError) as exc:
+            if "less than expected" in str(exc):
+                return ReadError, "truncated"
+            return GeomedSegError, "decode|decoder missing"
+    return None
+
+
+@pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(TEST_FILES)) for p in FILES])
+def test_bundled_file_matches_pydicom_and_simpleitk(path: Path) -> None:
+    refusal = _expected_refusal(path)
+    if refusal is not None:
+        kind, pattern = refusal
+        with pytest.raises(kind, match=pattern) as info:
+            open_image(path).compute()
+        assert path.name in str(info.value)  # the message names the file
+        return
+    assert detect_format(path) == "dicom"
+    img = open_image(path)
+    ds = pydicom.dcmread(path)
+    expected = _reference_values(ds)
+    assert img.shape[0] == 1 and img.shape[-2:] == expected.shape[-2:]
+    got = img.compute()[0].astype(np.float64)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    try:
+        ref = sitk.ReadImage(str(path))
+    except RuntimeError:
+        ref = None
+    if ref is not None and ref.GetSize()[2:] in ((), (expected.shape[0],)):
+        np.testing.assert_allclose(img.grid.affine, _sitk_affine_ras(ref), atol=1e-4)
+    else:
+        header = _header_affine_ras(ds)
+        if header is not None:
+            np.testing.assert_allclose(
+                img.grid.affine[:, [0, 1, 3]], header[:, [0, 1, 3]], atol=1e-4
+            )
+
+
+def test_big_endian_rt_dose_is_in_gray() -> None:
+    """The explicit-VR big-endian dose read 23...4292 Gy through GDCM; pydicom: 0.8...1.25."""
+    path = TEST_FILES / "rtdose_expb.dcm"
+    ds = pydicom.dcmread(path)
+    img = open_image(path).compute()[0]
+    ref = ds.pixel_array.astype(np.float64) * float(ds.DoseGridScaling)
+    np.testing.assert_allclose(img, ref, rtol=1e-6)
+    assert 0.7 < img.min() and img.max() < 1.3
+
+
+def test_dual_personality_file_opens_as_dicom(tmp_path: Path) -> None:
+    """A TIFF header in the 128-byte preamble must not hide `DICM` at byte 128."""
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    tiff = b"II*\x00" + (8).to_bytes(4, "little") + b"\x01\x00" + b"\x00" * 118
+    ds.preamble = tiff[:128]
+    out = tmp_path / "dual.tif"  # even the suffix says TIFF
+    ds.save_as(out, enforce_file_format=True)
+    assert out.read_bytes()[:4] == b"II*\x00" and out.read_bytes()[128:132] == b"DICM"
+    assert detect_format(out) == "dicom"
+    img = open_image(out)
+    ref = sitk.ReadImage(str(TEST_FILES / "CT_small.dcm"))
+    assert img.kind == "volume" and img.shape == (1, 1, 128, 128)
+    np.testing.assert_allclose(img.grid.affine, _sitk_affine_ras(ref), atol=1e-4)
+    np.testing.assert_array_equal(img.compute()[0], _reference_values(ds))
+
+
+def test_corrupt_rle_fragment_is_refused_on_verify(tmp_path: Path) -> None:
+    """Encapsulated data: opening checks the header, verification decodes every frame."""
+    ds = pydicom.dcmread(TEST_FILES / "MR_small_RLE.dcm")
+    raw = bytearray(ds.PixelData)
+    ds.PixelData = bytes(raw[: len(raw) // 2]) + b"\x00\x00"  # a fragment cut short
+    ds["PixelData"].is_undefined_length = True
+    bad = tmp_path / "bad_rle.dcm"
+    ds.save_as(bad, enforce_file_format=True)
+    with pytest.raises(GeomedSegError, match="bad_rle.dcm"):
+        open_image(bad)
+    lazy = open_image(bad, verify=False)  # info without --stats reads no pixels
+    with pytest.raises(GeomedSegError, match="bad_rle.dcm"):
+        lazy.compute()
