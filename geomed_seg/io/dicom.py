@@ -179,10 +179,7 @@ def _read_block(files: list[Path], as_float: bool, dtype: np.dtype) -> np.ndarra
     ``as_float``: slopes differ between slices, so ``dtype`` is a float type (kept for
     callers that want to know why).
     """
-    out = np.empty((len(files), *decode_values(files[0]).shape[1:]), dtype=dtype)
-    for k, p in enumerate(files):
-        out[k] = decode_values(p, dtype)[0]
-    return out
+    return np.concatenate([decode_values(p, dtype)[:1] for p in files])
 
 
 def _lazy_series(ordered: list[_File], report: Any, chunks: Any) -> tuple[da.Array, VoxelGrid]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -49,14 +50,48 @@ _UNDEFINED = 0xFFFFFFFF
 DEFER_BYTES = 4096
 
 
+#: Third-party loggers whose records (e.g. a decoder's traceback) are demoted to debug.
+_NOISY_LOGGERS = ("pydicom", "highdicom")
+# warnings filters and logger settings are process-wide: one decoding section at a time
+_QUIET = threading.RLock()
+
+
+class _ToDebug(logging.Handler):
+    """Forward third-party log records to this module's logger at debug level."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(logging.DEBUG)
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger.debug("%s: %s: %s", self.path, record.name, record.getMessage())
+
+
 @contextmanager
 def quiet_decoders(path: Path) -> Iterator[None]:
-    """Capture warnings raised while decoding ``path`` and log them at debug level."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        logger.debug("%s: %s", path, w.message)
+    """Capture warnings and pydicom/highdicom log records while reading ``path``.
+
+    They are logged at debug level (``--debug`` shows them), so a decoder's own messages
+    and tracebacks never print before the one-line error that names the file.
+    """
+    with _QUIET:
+        handler = _ToDebug(path)
+        saved = []
+        for name in _NOISY_LOGGERS:
+            lg = logging.getLogger(name)
+            saved.append((lg, lg.propagate))
+            lg.addHandler(handler)
+            lg.propagate = False
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield
+        finally:
+            for lg, propagate in saved:
+                lg.removeHandler(handler)
+                lg.propagate = propagate
+        for w in caught:
+            logger.debug("%s: %s", path, w.message)
 
 
 def read_header(path: Path) -> pydicom.Dataset:

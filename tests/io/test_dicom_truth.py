@@ -174,3 +174,66 @@ def test_corrupt_rle_fragment_is_refused_on_verify(tmp_path: Path) -> None:
     lazy = open_image(bad, verify=False)  # info without --stats reads no pixels
     with pytest.raises(GeomedSegError, match="bad_rle.dcm"):
         lazy.compute()
+
+
+@pytest.mark.parametrize(
+    "iop",
+    [(1.0, 0, 0, 0, 1, 0), (0, 1.0, 0, 0, 0, -1), (0.866025, 0.5, 0, 0, 0.0, -1.0),
+     (0.5, 0.866025, 0.0, -0.866025, 0.5, 0.0)],
+)  # fmt: skip
+def test_single_file_geometry_any_orientation(iop: tuple, tmp_path: Path) -> None:
+    ds = pydicom.dcmread(TEST_FILES / "MR_small_bigendian.dcm")
+    ds.ImageOrientationPatient = list(iop)
+    ds.SpacingBetweenSlices = 2.5
+    out = tmp_path / "oblique.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    img = open_image(out)
+    np.testing.assert_allclose(
+        img.grid.affine, _sitk_affine_ras(sitk.ReadImage(str(out))), atol=1e-4
+    )
+    np.testing.assert_array_equal(img.compute()[0], _reference_values(pydicom.dcmread(out)))
+
+
+@pytest.mark.parametrize("offsets", ["descending", "absolute"])
+def test_rt_dose_frames_sit_at_their_offsets(offsets: str, tmp_path: Path) -> None:
+    """Each frame's voxels sit at ImagePositionPatient + offset along the normal (LPS)."""
+    ds = pydicom.dcmread(TEST_FILES / "rtdose.dcm")
+    n = int(ds.NumberOfFrames)
+    ipp = np.asarray(ds.ImagePositionPatient, dtype=float)
+    rel = -2.5 * np.arange(n) if offsets == "descending" else 3.0 * np.arange(n)
+    ds.GridFrameOffsetVector = list(rel if offsets == "descending" else rel + ipp[2])
+    out = tmp_path / "dose.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    img = open_image(out)
+    vals = img.compute()[0]
+    frames = ds.pixel_array * float(ds.DoseGridScaling)
+    inv = np.linalg.inv(img.grid.affine)
+    for k in range(n):
+        world = LPS_TO_RAS @ np.r_[ipp + rel[k] * np.array([0.0, 0.0, 1.0]), 1.0]
+        x, y, z = (inv @ world)[:3]
+        assert abs(x) < 1e-6 and abs(y) < 1e-6 and abs(z - round(z)) < 1e-6
+        np.testing.assert_allclose(vals[int(round(z))], frames[k], rtol=1e-6)
+    assert img.grid.spacing[2] == pytest.approx(abs(rel[1] - rel[0]))
+
+
+def test_rt_dose_uneven_or_unplaceable_frames_are_refused(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(TEST_FILES / "rtdose.dcm")
+    ds.GridFrameOffsetVector = [0.0, 5.0, 10.0] + [20.0 + 5 * k for k in range(12)]
+    ds.save_as(tmp_path / "uneven.dcm", enforce_file_format=True)
+    with pytest.raises(GeomedSegError, match="uneven.dcm: frames are not evenly spaced"):
+        open_image(tmp_path / "uneven.dcm")
+    del ds.GridFrameOffsetVector
+    ds.save_as(tmp_path / "nowhere.dcm", enforce_file_format=True)
+    with pytest.raises(UnsupportedFormatError, match="nowhere.dcm: 15 frames without"):
+        open_image(tmp_path / "nowhere.dcm")
+
+
+def test_decoder_noise_stays_in_debug_log(capsys: pytest.CaptureFixture[str]) -> None:
+    """pydicom logs a traceback when Pillow refuses a codestream; only our line is printed."""
+    from geomed_seg.cli import main
+
+    bad = TEST_FILES / "JPEG2000-embedded-sequence-delimiter.dcm"
+    assert main(["convert", str(bad), "/nonexistent-dir/x.nii.gz"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and bad.name in err[-1]
+    assert all(line.startswith("WARNING geomed_seg.") for line in err[:-1]), err
