@@ -1,11 +1,12 @@
 """Batch outputs: the tiles' mosaics (VRT, optional COG) and ``summary.json``/``summary.md``.
 
 :func:`tile_layout` places the tiles' label rasters on their common pixel grid (same CRS,
-pixel size, data type, whole-pixel offsets); it is shared by the VRT, the COG mosaic and the
+pixel size, rotation, data type, whole-pixel offsets in the shared grid's pixel space, so
+rotated grids mosaic too); it is shared by the VRT, the COG mosaic and the
 merged polygons (:mod:`geomed_seg.batch.vectors`). The VRT XML is written by hand: GDAL's
 ``gdalbuildvrt`` is not shipped with the rasterio wheels and rasterio has no mosaic-VRT
 builder. One ``SimpleSource`` per tile; when the tiles are not on one grid no mosaic is
-written and the summary says why. The COG mosaic is rio-cogeo's ``cog_translate`` of the VRT.
+written and the summary says why, naming two tiles and the differing value. The COG mosaic is rio-cogeo's ``cog_translate`` of the VRT.
 Volume tiles (NIfTI) get no mosaic; their summary counts volumes/h and class volumes (mL).
 """
 
@@ -57,63 +58,192 @@ class TileLayout:
     places: tuple[TilePlace, ...]
 
 
+#: Largest difference (pixels) accepted between tiles' pixel vectors or whole-pixel offsets.
+GRID_TOLERANCE_PX = 1e-6
+
+
+@dataclass(frozen=True)
+class _TileMeta:
+    path: Path
+    crs: Any
+    transform: Affine
+    width: int
+    height: int
+    dtype: str
+    nodata: float | None
+    georeference: str
+
+
+def _read_meta(path: Path) -> _TileMeta:
+    import rasterio
+
+    from geomed_seg.io.georef import read_grid
+
+    with rasterio.open(path) as ds:
+        grid = read_grid(ds)
+        return _TileMeta(Path(path), ds.crs, ds.transform, ds.width, ds.height, ds.dtypes[0],
+                         ds.nodata, grid.georeference)  # fmt: skip
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.10g}" for v in values) + ")"
+
+
+def _pixel_size(t: Affine) -> tuple[float, float]:
+    """Lengths (CRS units) of the column and row vectors of ``t``."""
+    return (math.hypot(t.a, t.d), math.hypot(t.b, t.e))
+
+
+def _rotation_deg(t: Affine) -> tuple[float, float]:
+    """Directions (degrees) of the column and row vectors of ``t`` (north-up: 0, -90)."""
+    return (math.degrees(math.atan2(t.d, t.a)), math.degrees(math.atan2(t.e, t.b)))
+
+
+def grid_difference(ref: _TileMeta, tile: _TileMeta) -> str | None:
+    """Return why ``tile`` is not on ``ref``'s pixel grid (naming both), or None if it is.
+
+    Checked in order: georeference kind, CRS, pixel size, rotation (direction of the pixel
+    axes, flips and shear included), data type, sub-pixel offset. Pixel vectors must agree
+    to :data:`GRID_TOLERANCE_PX` of a pixel and offsets be whole pixels to the same
+    tolerance, measured in ``ref``'s pixel space (so rotated grids are handled alike).
+    """
+    pair = f"{tile.path} vs {ref.path}"
+    for m in (ref, tile):
+        if m.georeference != "transform":
+            how = {"gcps": "GCPs", "rpcs": "RPCs only", "none": "no georeference"}
+            return (f"{m.path}: georeferenced by {how[m.georeference]}, not a geotransform: "
+                    "tiles cannot be placed on one grid")  # fmt: skip
+    if tile.crs != ref.crs:
+        return f"{pair}: CRS differs ({tile.crs} vs {ref.crs})"
+    t, r = tile.transform, ref.transform
+    size_t, size_r = _pixel_size(t), _pixel_size(r)
+    tol = GRID_TOLERANCE_PX * min(size_r)
+    if any(abs(a - b) > tol for a, b in zip(size_t, size_r, strict=True)):
+        return f"{pair}: pixel size differs ({_fmt(size_t)} vs {_fmt(size_r)} CRS units)"
+    if any(abs(a - b) > tol for a, b in zip((t.a, t.b, t.d, t.e), (r.a, r.b, r.d, r.e),
+                                            strict=True)):  # fmt: skip
+        return (f"{pair}: rotation differs (pixel axes at {_fmt(_rotation_deg(t))} vs "
+                f"{_fmt(_rotation_deg(r))} degrees)")  # fmt: skip
+    if tile.dtype != ref.dtype:
+        return f"{pair}: data type differs ({tile.dtype} vs {ref.dtype})"
+    col, row = _offset(ref, tile)
+    frac = (col - round(col), row - round(row))
+    if max(abs(f) for f in frac) > GRID_TOLERANCE_PX:
+        shown = tuple(round(f, 6) + 0.0 for f in frac)  # no float noise, no -0
+        return f"{pair}: sub-pixel offset {_fmt(shown)} px (not on one pixel grid)"
+    return None
+
+
+def _offset(ref: _TileMeta, tile: _TileMeta) -> tuple[float, float]:
+    """Fractional ``(col, row)`` of ``tile``'s origin in ``ref``'s pixel space."""
+    return ~ref.transform @ (tile.transform.c, tile.transform.f)
+
+
 def tile_layout(tiles: Sequence[Path]) -> TileLayout:
     """Return the placement of single-band ``tiles`` on their common pixel grid.
+
+    Tiles share a grid when they have a geotransform with the same CRS, pixel size and
+    rotation (the pixel vectors ``a, b, d, e`` agree) and their origins are whole-pixel
+    offsets in the first tile's pixel space: rotated and south-up grids mosaic like
+    north-up ones. The mosaic's transform is the first tile's, moved to the top-left tile
+    of the layout (taken exactly from a tile that sits there, when one does).
 
     Raises
     ------
     GeometryError
-        When there are no tiles, or they differ in CRS, pixel size, rotation or data type,
-        or are not on one pixel grid (offsets must be whole pixels within 1e-6 px).
+        When there are no tiles, or two tiles differ in georeference kind, CRS, pixel size,
+        rotation, data type or sub-pixel offset; the message names both tiles and the
+        differing value (:func:`grid_difference`).
     """
-    import rasterio
-
     if not tiles:
         raise GeometryError("no label tiles")
-    metas = []
-    for t in tiles:
-        with rasterio.open(t) as ds:
-            metas.append(
-                (Path(t), ds.crs, ds.transform, ds.width, ds.height, ds.dtypes[0], ds.nodata)
-            )
-    _, crs, tr0, *_ = metas[0]
-    dtype, nodata = metas[0][5], metas[0][6]
+    metas = [_read_meta(Path(t)) for t in tiles]
+    ref = metas[0]
     offsets = []
-    for t, c, tr, _w, _h, dt, _nd in metas:
-        if c != crs:
-            raise GeometryError(f"{t}: CRS {c} differs from {crs}")
-        if tr.b or tr.d or not (math.isclose(tr.a, tr0.a) and math.isclose(tr.e, tr0.e)):
-            raise GeometryError(f"{t}: pixel size/rotation {tuple(tr)[:6]} differs")
-        if dt != dtype:
-            raise GeometryError(f"{t}: data type {dt} differs from {dtype}")
-        fx, fy = (tr.c - tr0.c) / tr0.a, (tr.f - tr0.f) / tr0.e
-        ix, iy = round(fx), round(fy)
-        if abs(fx - ix) > 1e-6 or abs(fy - iy) > 1e-6:
-            raise GeometryError(f"{t}: not on the pixel grid of {metas[0][0]}")
-        offsets.append((ix, iy))
+    for m in metas:
+        why = grid_difference(ref, m)
+        if why:
+            raise GeometryError(why)
+        col, row = _offset(ref, m)
+        offsets.append((round(col), round(row)))
     mx, my = min(o[0] for o in offsets), min(o[1] for o in offsets)
-    # the origin is taken from the tiles themselves (exact), not recomputed from offsets
-    x0 = next(m[2].c for m, o in zip(metas, offsets, strict=True) if o[0] == mx)
-    y0 = next(m[2].f for m, o in zip(metas, offsets, strict=True) if o[1] == my)
+    corner = next((m for m, o in zip(metas, offsets, strict=True) if o == (mx, my)), None)
+    origin = ref.transform @ Affine.translation(mx, my)
+    transform = corner.transform if corner is not None else origin
     places = tuple(
-        TilePlace(t, ix - mx, iy - my, w, h)
-        for (t, _c, _tr, w, h, *_), (ix, iy) in zip(metas, offsets, strict=True)
+        TilePlace(m.path, ix - mx, iy - my, m.width, m.height)
+        for m, (ix, iy) in zip(metas, offsets, strict=True)
     )
     return TileLayout(
-        crs=crs,
-        transform=Affine(tr0.a, 0.0, x0, 0.0, tr0.e, y0),
+        crs=ref.crs,
+        transform=Affine(*tuple(transform)[:6]),
         width=max(p.col_off + p.width for p in places),
         height=max(p.row_off + p.height for p in places),
-        dtype=dtype,
-        nodata=nodata,
+        dtype=ref.dtype,
+        nodata=ref.nodata,
         places=places,
     )
+
+
+def _tile_classes(tile: Path) -> tuple[str | None, dict[int, tuple[int, ...]] | None]:
+    """The ``GEOMED_CLASSES`` tag and band-1 colour table of a label tile (None when absent)."""
+    import rasterio
+
+    from geomed_seg.io.cog import CLASSES_TAG
+
+    with rasterio.open(tile) as src:
+        tag = src.tags().get(CLASSES_TAG)
+        try:
+            cmap = src.colormap(1)
+        except ValueError:  # no colour table
+            cmap = None
+    return tag, cmap
+
+
+def _vrt_metadata(tile: Path) -> list[str]:
+    """Dataset ``<Metadata>`` of the VRT: the tiles' class table tag (JSON)."""
+    from geomed_seg.io.cog import CLASSES_TAG
+
+    tag, _ = _tile_classes(tile)
+    if not tag:
+        return []
+    return ["  <Metadata>", f'    <MDI key="{CLASSES_TAG}">{escape(tag)}</MDI>', "  </Metadata>"]
+
+
+def _vrt_band_classes(tile: Path) -> list[str]:
+    """Band-1 ``<CategoryNames>`` and palette ``<ColorTable>`` of the VRT, from a label tile.
+
+    So ``mosaic.vrt`` opens in GDAL/QGIS with the same colours and class names as the tiles.
+    """
+    import json
+
+    from geomed_seg.core.labels import parse_classes
+
+    tag, cmap = _tile_classes(tile)
+    lines: list[str] = []
+    classes = parse_classes(json.loads(tag)) if tag else []
+    if classes:
+        by_index = {c.index: c.name for c in classes}
+        lines.append("    <CategoryNames>")
+        lines += [f"      <Category>{escape(by_index.get(i, ''))}</Category>"
+                  for i in range(max(by_index) + 1)]  # fmt: skip
+        lines.append("    </CategoryNames>")
+    if cmap:
+        lines.append("    <ColorInterp>Palette</ColorInterp>")
+        lines.append("    <ColorTable>")
+        for i in range(max(cmap) + 1):
+            rgba = tuple(cmap.get(i, (0, 0, 0, 0))) + (255,) * (4 - len(cmap.get(i, (0,) * 4)))
+            lines.append('      <Entry c1="{}" c2="{}" c3="{}" c4="{}"/>'.format(*rgba[:4]))
+        lines.append("    </ColorTable>")
+    return lines
 
 
 def write_vrt(tiles: Sequence[Path], path: Path) -> str | None:
     """Write a mosaic VRT of single-band ``tiles`` at ``path``; return a note if not possible.
 
-    Source file names are written relative to the VRT's folder.
+    Source file names are written relative to the VRT's folder. The first tile's colour
+    table, category names and ``GEOMED_CLASSES`` tag are copied into the VRT, so the mosaic
+    shows the tiles' classes.
     """
     try:
         lay = tile_layout(tiles)
@@ -124,10 +254,14 @@ def write_vrt(tiles: Sequence[Path], path: Path) -> str | None:
     lines = [f'<VRTDataset rasterXSize="{lay.width}" rasterYSize="{lay.height}">']
     if lay.crs is not None:
         lines.append(f"  <SRS>{escape(lay.crs.to_wkt())}</SRS>")
-    lines.append(f"  <GeoTransform>{t.c!r}, {t.a!r}, 0.0, {t.f!r}, 0.0, {t.e!r}</GeoTransform>")
+    lines.append(
+        f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"
+    )
+    lines += _vrt_metadata(lay.places[0].path)
     lines.append(f'  <VRTRasterBand dataType="{_GDAL_TYPES[lay.dtype]}" band="1">')
     if lay.nodata is not None:
         lines.append(f"    <NoDataValue>{lay.nodata!r}</NoDataValue>")
+    lines += _vrt_band_classes(lay.places[0].path)
     for p in lay.places:
         rel = os.path.relpath(p.path.resolve(), base)
         lines += [

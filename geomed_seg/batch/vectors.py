@@ -7,8 +7,9 @@ edge is made of pieces that share their edges exactly once mapped to the mosaic'
 coordinates (inverse affine, rounded to integers). A polygon touching an *inner* tile edge
 (one shared with a neighbour tile, not the mosaic's outer edge) is such a border piece: the
 pieces are kept, unioned per class (``shapely.union_all`` of each group of touching pieces)
-and split into connected parts (``shapely.get_parts``), then mapped back with the mosaic's affine, with ``area_m2``
-recomputed. Every other polygon is final: it is copied unchanged (read per tile with
+and split into connected parts (``shapely.get_parts``), then mapped back with the mosaic's
+affine, with ``area_m2`` recomputed. All of this happens in the pixel space of the shared
+grid, so tiles of a rotated (or south-up) grid merge exactly like north-up ones. Every other polygon is final: it is copied unchanged (read per tile with
 pyogrio, appended in batches), so memory holds only the border pieces, never a raster.
 
 Hand-written because GDAL/OGR has no "dissolve only across tile seams" and re-polygonising
@@ -96,41 +97,44 @@ def _read(gpkg: Path, batch: int) -> Iterator[tuple[np.ndarray, list[np.ndarray]
         raise InvalidInputError(f"{gpkg}: cannot read layer {LAYER!r}: {exc}") from exc
 
 
-def _touches_inner(geoms: np.ndarray, layout: TileLayout, place: TilePlace, sides) -> np.ndarray:
-    """Which polygons touch an inner side of their tile (pixel bounds, half-pixel slack)."""
-    import shapely
-
-    t = layout.transform
-    b = shapely.bounds(geoms)  # xmin, ymin, xmax, ymax in CRS units
-    cols = (b[:, [0, 2]] - t.c) / t.a
-    rows = (b[:, [1, 3]] - t.f) / t.e
-    c_lo, c_hi = cols.min(axis=1), cols.max(axis=1)
-    r_lo, r_hi = rows.min(axis=1), rows.max(axis=1)
-    left, top, right, bottom = sides
-    hit = np.zeros(len(geoms), dtype=bool)
-    if left:
-        hit |= c_lo < place.col_off + 0.5
-    if top:
-        hit |= r_lo < place.row_off + 0.5
-    if right:
-        hit |= c_hi > place.col_off + place.width - 0.5
-    if bottom:
-        hit |= r_hi > place.row_off + place.height - 0.5
-    return hit
-
-
-def _to_pixels(geoms: np.ndarray, layout: TileLayout, gpkg: Path) -> np.ndarray:
-    """Map polygons to mosaic pixel corners (integers); raise when a vertex is off-grid."""
+def _to_mosaic_pixels(geoms: np.ndarray, layout: TileLayout) -> np.ndarray:
+    """Map polygons from CRS units to the mosaic's pixel space (inverse affine, rotation too)."""
     import shapely
 
     inv = ~layout.transform
 
+    def to_px(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack([inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c,
+                                inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f])  # fmt: skip
+
+    return shapely.transform(geoms, to_px)
+
+
+def _touches_inner(px: np.ndarray, place: TilePlace, sides) -> np.ndarray:
+    """Which polygons (in mosaic pixels) touch an inner side of their tile (half-pixel slack)."""
+    import shapely
+
+    b = shapely.bounds(px)  # col_min, row_min, col_max, row_max in mosaic pixels
+    left, top, right, bottom = sides
+    hit = np.zeros(len(px), dtype=bool)
+    if left:
+        hit |= b[:, 0] < place.col_off + 0.5
+    if top:
+        hit |= b[:, 1] < place.row_off + 0.5
+    if right:
+        hit |= b[:, 2] > place.col_off + place.width - 0.5
+    if bottom:
+        hit |= b[:, 3] > place.row_off + place.height - 0.5
+    return hit
+
+
+def _snap(px: np.ndarray, gpkg: Path) -> np.ndarray:
+    """Snap polygons in mosaic pixels to integer corners; raise when a vertex is off-grid."""
+    import shapely
+
     def snap(xy: np.ndarray) -> np.ndarray:
-        col = inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c
-        row = inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f
-        px = np.column_stack([col, row])
-        snapped = np.round(px)
-        off = np.abs(px - snapped).max(initial=0.0)
+        snapped = np.round(xy)
+        off = np.abs(xy - snapped).max(initial=0.0)
         if off > CORNER_TOLERANCE_PX:
             raise GeometryError(
                 f"{gpkg}: a polygon vertex is {off:.3g} px off the pixel corners of the mosaic "
@@ -138,7 +142,7 @@ def _to_pixels(geoms: np.ndarray, layout: TileLayout, gpkg: Path) -> np.ndarray:
             )
         return snapped
 
-    return shapely.transform(geoms, snap)
+    return shapely.transform(px, snap)
 
 
 def join_pieces(pieces: Sequence) -> list:
@@ -242,11 +246,9 @@ def merge_polygons(
             cls = fields[0].astype(np.int32)
             fields = [cls, fields[1].astype(object), fields[2].astype(np.float64)]
             names.update(zip(cls.tolist(), fields[1].tolist(), strict=True))
-            geoms = shapely.from_wkb(wkb)
-            inner = _touches_inner(geoms, layout, place, tile_sides)
-            for v, g in zip(
-                cls[inner].tolist(), _to_pixels(geoms[inner], layout, gpkg), strict=True
-            ):
+            px = _to_mosaic_pixels(shapely.from_wkb(wkb), layout)
+            inner = _touches_inner(px, place, tile_sides)
+            for v, g in zip(cls[inner].tolist(), _snap(px[inner], gpkg), strict=True):
                 border[v].append(g)
             keep = ~inner
             if keep.any():
