@@ -34,7 +34,8 @@ class ModelSpec:
     spatial_dims : int
         2 (input ``(N, C, y, x)``) or 3 (input ``(N, C, z, y, x)``).
     library : str
-        ``"segmentation_models_pytorch"`` or ``"monai"``.
+        ``"segmentation_models_pytorch"``, ``"monai"``, ``"transformers"``, ``"torchvision"``
+        or ``"geomed_seg"``.
     target : str
         ``"module:Class"`` that the default builder instantiates.
     defaults : Mapping
@@ -228,6 +229,22 @@ for _cls, _defaults, _div in (
         ),
         aliases=(_cls,),
     )
+
+register_model(
+    ModelSpec(
+        name="hf.Segformer",
+        spatial_dims=2,
+        library="transformers",
+        target="geomed_seg.models.hf_segformer:build_segformer",
+        defaults={"config": {}},
+        in_key="num_channels",
+        out_key="num_labels",
+        divisor=32,
+        description="Hugging Face SegFormer (config from an imported config.json; logits "
+        "upsampled to the window as the HF post-processing does)",
+    ),
+    aliases=("SegformerForSemanticSegmentation",),
+)
 
 __all__ = [
     "ModelSpec",

@@ -48,7 +48,14 @@ def _smp_source(tmp, canary):
     return src, {}
 
 
-SOURCES = {"state-dict": _state_dict_source, "smp": _smp_source}
+def _hf_source(tmp, canary):
+    src = tmp / "hf_folder"
+    _evil(src / "pytorch_model.bin", canary)
+    (src / "config.json").write_text(json.dumps({"model_type": "segformer", "num_labels": 2}))
+    return src, {}
+
+
+SOURCES = {"state-dict": _state_dict_source, "smp": _smp_source, "hf": _hf_source}
 
 
 @pytest.mark.parametrize("fmt", sorted(SOURCES))
