@@ -26,6 +26,7 @@ from geomed_seg.errors import InvalidInputError, ModelError
 from geomed_seg.inference.engine import Predictor, empty_windows, reduce_chunk, run_windows
 from geomed_seg.inference.plan import importance_map, plan_windows, regular_chunks, schedule_chunks
 from geomed_seg.inference.sinks import OutputSpec, Sink, sink_for
+from geomed_seg.models.case_stats import case_normaliser
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def segment(
         roi_size = roi_size if roi_size is not None else tuple(card.roi_size)
         overlap = card.overlap if overlap is None else overlap
         mode = mode or card.mode
-        normalise = card.normalise
+        normalise = case_normaliser(card, image)  # pass 1 for per-case statistics
         classes = list(card.class_infos())
     else:
         if roi_size is None:

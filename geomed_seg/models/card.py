@@ -69,13 +69,30 @@ class Percentile(_Strict):
         return self
 
 
+class NonZeroZScore(_Strict):
+    """Per-case, per-channel z-score over the NON-ZERO samples, as BraTS pipelines and nnU-Net
+    do for MRI: ``(x - mean_c) / std_c`` where ``x != 0``, zeros (outside the brain) stay 0.
+
+    ``mean_c``/``std_c`` (population std; 1 when 0, as MONAI) are statistics of the whole
+    case, not of a window: a streamed first pass computes them
+    (:func:`geomed_seg.models.case_stats.nonzero_statistics`) and they are passed to
+    :meth:`ModelCard.normalise` as ``stats``. Equal to MONAI
+    ``NormalizeIntensity(nonzero=True, channel_wise=True)`` on the whole case, and invariant
+    to a global intensity rescale of a channel.
+    """
+
+    type: Literal["nonzero_zscore"] = "nonzero_zscore"
+
+
 class NoNormalisation(_Strict):
     """Samples are fed to the model as float32, unchanged."""
 
     type: Literal["none"] = "none"
 
 
-Normalisation = Annotated[MeanStd | Percentile | NoNormalisation, Field(discriminator="type")]
+Normalisation = Annotated[
+    MeanStd | Percentile | NonZeroZScore | NoNormalisation, Field(discriminator="type")
+]
 
 
 class ClassSpec(_Strict):
@@ -193,7 +210,12 @@ class ModelCard(_Strict):
         return np.array([c.index for c in self.classes], dtype=np.uint16)
 
     # -- normalisation -----------------------------------------------------------------
-    def normalise(self, batch: np.ndarray) -> np.ndarray:
+    @property
+    def needs_case_statistics(self) -> bool:
+        """True when :meth:`normalise` needs statistics of the whole case (``stats``)."""
+        return isinstance(self.normalisation, NonZeroZScore)
+
+    def normalise(self, batch: np.ndarray, stats: Any = None) -> np.ndarray:
         """Return ``batch`` normalised as the model expects, as float32.
 
         Parameters
@@ -201,6 +223,9 @@ class ModelCard(_Strict):
         batch : numpy.ndarray
             ``(N, C, *spatial)``: N windows, C bands/channels in card order, then (y, x) or
             (z, y, x). Any numeric dtype.
+        stats : object with ``mean`` and ``std`` sequences (one value per channel), optional
+            Case statistics, required by per-case normalisations (``nonzero_zscore``; see
+            :attr:`needs_case_statistics`), ignored by the others.
         """
         x = np.asarray(batch, dtype=np.float32)
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
@@ -224,6 +249,21 @@ class ModelCard(_Strict):
                 span > 0, (np.clip(flat, lo, hi) - lo) / np.where(span > 0, span, 1), flat - lo
             )
             return scaled.reshape(x.shape).astype(np.float32, copy=False)
+        if isinstance(norm, NonZeroZScore):
+            if stats is None:
+                raise ModelError(
+                    f"model {self.name!r}: normalisation 'nonzero_zscore' needs the case "
+                    "statistics (geomed_seg.models.case_stats.nonzero_statistics)"
+                )
+            mean = np.asarray(stats.mean, dtype=np.float32)
+            std = np.asarray(stats.std, dtype=np.float32)
+            if mean.shape != (self.in_channels,) or std.shape != (self.in_channels,):
+                raise ModelError(
+                    f"model {self.name!r}: case statistics for {mean.size} channels, "
+                    f"the model reads {self.in_channels}"
+                )
+            z = (x - mean.reshape(bshape)) / std.reshape(bshape)
+            return np.where(x != 0, z, np.float32(0)).astype(np.float32, copy=False)
         return x
 
     # -- compatibility -----------------------------------------------------------------
@@ -330,6 +370,16 @@ def _value_scaling(card: ModelCard) -> list[dict[str, Any]] | None:
         return [
             {"type": "z-score", "mean": m, "stddev": s}
             for m, s in zip(norm.mean, norm.std, strict=True)
+        ]
+    if isinstance(norm, NonZeroZScore):
+        return [
+            {
+                "type": "processing",
+                "format": "python",
+                "expression": "geomed_seg.models.card:ModelCard.normalise",
+                "description": "per-case, per-channel z-score over the non-zero samples "
+                "(zeros stay 0)",
+            }
         ]
     if isinstance(norm, Percentile):
         # data-dependent (per-window percentiles): not a fixed MLM scaling, so a processing ref
@@ -453,6 +503,7 @@ __all__ = [
     "MeanStd",
     "ModelCard",
     "NoNormalisation",
+    "NonZeroZScore",
     "Normalisation",
     "Percentile",
     "Provenance",

@@ -22,7 +22,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from geomed_seg.errors import ConfigError, validation_problems
-from geomed_seg.models.card import ClassSpec, MeanStd, NoNormalisation, Percentile
+from geomed_seg.models.card import (
+    ClassSpec,
+    MeanStd,
+    NoNormalisation,
+    NonZeroZScore,
+    Percentile,
+)
 
 
 class _Strict(BaseModel):
@@ -146,7 +152,7 @@ class CardConfig(_Strict):
     description: str = ""
     classes: list[ClassSpec] = Field(min_length=2)
     band_names: list[str] | None = None
-    normalisation: Literal["auto"] | MeanStd | Percentile | NoNormalisation = "auto"
+    normalisation: Literal["auto"] | MeanStd | Percentile | NonZeroZScore | NoNormalisation = "auto"
     licence: str | None = None
     dataset: str | None = None
     weak_labels: str | None = None

@@ -131,6 +131,15 @@ def make_card(cfg: TrainConfig, split: Split, metrics: dict[str, float] | None =
     )
 
 
+def _normalisers(card: ModelCard, split: Split):
+    """Return the sampler's normaliser: the card's, or one per training case (per-case stats)."""
+    if not card.needs_case_statistics:
+        return card.normalise
+    from geomed_seg.models.case_stats import case_normaliser
+
+    return [case_normaliser(card, c.image) for c in split.train]
+
+
 def _autocast(device: str, amp: str):
     if device.startswith("cuda") and amp in ("auto", "bf16"):
         dtype = torch.bfloat16 if amp == "bf16" else torch.float16
@@ -197,7 +206,7 @@ def train(
         min_valid_fraction=cfg.min_valid_fraction,
         pad_label=ignore if ignore is not None else 0,
         seed=cfg.seed,
-        normalise=card.normalise,
+        normalise=_normalisers(card, split),
     )
     logger.info("training %s on %d cases (foreground classes %s)", card.name, len(split.train), fg)
     dataset = PatchDataset(

@@ -122,8 +122,9 @@ class PatchSampler:
         Label of padded samples outside the image (background or an ignore index).
     seed : int
         Base seed; a draw depends only on ``(seed, epoch, index)``.
-    normalise : callable, optional
-        Applied to the ``(1, C, *roi)`` image batch (e.g. ``ModelCard.normalise``).
+    normalise : callable or sequence of callables, optional
+        Applied to the ``(1, C, *roi)`` image batch (e.g. ``ModelCard.normalise``); a
+        sequence gives one per case (per-case normalisation, in ``pairs`` order).
     max_tries : int
         Draws before a mostly-nodata patch is accepted anyway.
     cache_bytes : int
@@ -158,6 +159,10 @@ class PatchSampler:
         self.min_valid_fraction = float(min_valid_fraction)
         self.pad_label = int(pad_label)
         self.seed = int(seed)
+        if isinstance(normalise, Sequence) and len(normalise) != len(self.pairs):
+            raise InvalidInputError(
+                f"{len(normalise)} normalisers for {len(self.pairs)} cases: give one per case"
+            )
         self.normalise = normalise
         self.max_tries = int(max_tries)
         self.locations = [
@@ -192,8 +197,11 @@ class PatchSampler:
                 break
         assert patch is not None
         x, y, valid = patch
-        if self.normalise is not None:
-            x = self.normalise(x[None])[0]
+        norm = self.normalise
+        if isinstance(norm, Sequence):
+            norm = norm[case]
+        if norm is not None:
+            x = norm(x[None])[0]
         x[:, ~valid] = 0  # padding and nodata: 0 after normalisation (the mean)
         return Patch(x.astype(np.float32, copy=False), y, case, start, force)
 

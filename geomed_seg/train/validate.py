@@ -62,7 +62,9 @@ def predict_labels(
 def _monai_labels(module, card, image, roi, overlap, batch_size, device) -> np.ndarray:
     from monai.inferers import sliding_window_inference
 
-    x = card.normalise(image.compute()[None])
+    from geomed_seg.models.case_stats import case_normaliser
+
+    x = case_normaliser(card, image)(image.compute()[None])
     valid = np.asarray(image.valid_mask().compute())
     x[:, :, ~valid] = 0
     with torch.no_grad():
