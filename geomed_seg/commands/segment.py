@@ -9,6 +9,7 @@ call it directly. Checks that need no weights run first, so a mismatch fails in 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import typer
 
 from geomed_seg.cli import app
 from geomed_seg.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
 
 
 def parse_roi(text: str | None) -> tuple[int, ...] | None:
@@ -48,11 +51,18 @@ def segment_file(
     series: str | None = None,
     card: str | os.PathLike | None = None,
     quiet: bool = True,
+    resample: bool = True,
 ) -> Any:
     """Segment ``input_path`` with ``checkpoint`` into ``output``; return the ``SegmentResult``.
 
-    ``roi_size`` (array order, pixels/voxels), ``overlap`` and ``mode`` default to the card's
-    values. The output format follows the suffix of ``output`` (``.tif``, ``.nii.gz``, ...).
+    ``input_path`` is a file, a DICOM series folder or a case folder holding one file or
+    DICOM series per band of the card (found by name, as ``run`` finds BraTS sequences:
+    :func:`geomed_seg.pipelines.inputs.open_case_folder`). ``roi_size`` (array order,
+    pixels/voxels), ``overlap`` and ``mode`` default to the card's values. The output
+    format follows the suffix of ``output`` (``.tif``, ``.nii.gz``, ...) and the output is
+    always on the input's grid: a volume whose spacing differs > 10 % from the card's is
+    resampled to it, and the probabilities come back onto the input grid before the
+    argmax (``resample=False``: run at the input spacing, with a warning).
 
     Raises
     ------
@@ -62,13 +72,12 @@ def segment_file(
         ``output`` exists and not ``overwrite``.
     """
     from geomed_seg.io.atomic import check_output
-    from geomed_seg.io.registry import open_image
     from geomed_seg.models.card import ModelCard
     from geomed_seg.models.checkpoint import load_checkpoint, read_card
 
     check_output(output, overwrite)
-    image = open_image(input_path, series=series)
     model_card = ModelCard.load(card) if card is not None else read_card(checkpoint)
+    image = open_input(input_path, model_card, series=series)
     model_card.check_image(image, source=input_path)
     if roi_size is not None and len(roi_size) != model_card.spatial_dims:
         raise InvalidInputError(
@@ -76,11 +85,10 @@ def segment_file(
             f"{model_card.spatial_dims} values (array order)"
         )
     loaded = load_checkpoint(checkpoint, card=card)
+    from geomed_seg.inference.respaced import model_grid, spacing_differs
     from geomed_seg.inference.segment import segment  # torch: only once the inputs are valid
 
-    return segment(
-        image,
-        loaded,
+    kw = dict(
         roi_size=roi_size or tuple(model_card.roi_size),
         overlap=model_card.overlap if overlap is None else overlap,
         mode=mode or model_card.mode,
@@ -88,17 +96,55 @@ def segment_file(
         device=device,
         tta=tta,
         output="probabilities" if probabilities else "labels",
-        sink=Path(output),
-        overwrite=overwrite,
         quiet=quiet,
     )
+    grid = model_grid(image, model_card, resample_to_model=resample)
+    if grid is None:
+        if (
+            image.kind == "volume"
+            and model_card.spacing
+            and spacing_differs(tuple(image.grid.spacing_zyx), tuple(model_card.spacing))
+        ):
+            log.warning(
+                "%s: spacing %s mm differs from the model's %s mm (z, y, x) and --no-resample "
+                "was given: results may be wrong", input_path,
+                tuple(round(v, 3) for v in image.grid.spacing_zyx), tuple(model_card.spacing),
+            )  # fmt: skip
+        return segment(image, loaded, sink=Path(output), overwrite=overwrite, **kw)
+    from geomed_seg.inference.respaced import segment_resampled
+    from geomed_seg.io.registry import write_image
+
+    res = segment_resampled(image, loaded, grid, **kw)
+    res.path = write_image(res.image, output, overwrite=overwrite)
+    return res
+
+
+def open_input(path: str | os.PathLike, card: Any, series: str | None = None) -> Any:
+    """Return the input :class:`~geomed_seg.core.image.Image` of ``segment``: one file or
+    DICOM series, or a case folder of one file/series per band named in ``card``."""
+    from geomed_seg.io.registry import open_image
+    from geomed_seg.pipelines.inputs import is_case_folder, open_case_folder, sequence_patterns
+
+    names = list(card.band_names or [])
+    if len(names) > 1 and Path(path).is_dir():
+        patterns = sequence_patterns(names)
+        if is_case_folder(Path(path), patterns):
+            if series is not None:
+                raise InvalidInputError(
+                    f"{path}: --series selects one DICOM series; this is a case folder of "
+                    f"{', '.join(names)}"
+                )
+            return open_case_folder(Path(path), patterns)[0]
+    return open_image(path, series=series)
 
 
 @app.command("segment")
 def segment_command(
     input_path: Path = typer.Argument(
-        ..., metavar="INPUT", help="GeoTIFF, NIfTI, DICOM folder, Zarr."
-    ),
+        ...,
+        metavar="INPUT",
+        help="GeoTIFF, NIfTI, DICOM folder, Zarr, or a case folder (one file per card band).",
+    ),  # fmt: skip
     model: Path = typer.Option(..., "-m", "--model", help="Checkpoint (.safetensors or folder)."),
     output: Path = typer.Option(..., "-o", "--output", help="Output; format from the suffix."),
     roi: str | None = typer.Option(None, "--roi", help="Window size, array order: 256,256."),
@@ -114,6 +160,11 @@ def segment_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     series: str | None = typer.Option(None, "--series", help="DICOM series UID or index."),
     card: Path | None = typer.Option(None, "--card", help="Card JSON for a bare .pt state dict."),
+    resample: bool = typer.Option(
+        True,
+        "--resample/--no-resample",
+        help="Volumes: run at the card's spacing, results back on the input grid.",
+    ),  # fmt: skip
 ) -> None:
     """Segment a scene or volume with a checkpoint, writing labels on the input's grid."""
     if mode is not None and mode not in ("gaussian", "constant"):
@@ -121,7 +172,7 @@ def segment_command(
     result = segment_file(
         input_path, model, output, roi_size=parse_roi(roi), overlap=overlap, mode=mode,
         batch_size=batch_size, device=device, tta=tta, probabilities=probabilities,
-        overwrite=overwrite, series=series, card=card, quiet=quiet,
+        overwrite=overwrite, series=series, card=card, quiet=quiet, resample=resample,
     )  # fmt: skip
     if not quiet:
         _summary(result, output)

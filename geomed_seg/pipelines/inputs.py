@@ -3,9 +3,10 @@
 Inputs: one file, a band stack from several single-band files, or named sequences found by
 glob in a folder (BraTS ``t1n, t1c, t2w, t2f``). Preprocessing: band selection by name,
 DN -> physical rescaling from the sensor card, reprojection to a CRS/resolution
-(``rasterio.warp.reproject``), resampling to a voxel spacing (SimpleITK), intensity
-clipping. Reprojection and respacing load the image into memory (documented limit:
-use them on scenes that fit; the rest of the pipeline streams).
+(``rasterio.warp.reproject``), resampling to a voxel spacing (scipy, chunk-wise), intensity
+clipping. Reprojection loads the image into memory (documented limit: use it on scenes
+that fit; the rest of the pipeline streams); volume respacing is chunk-wise and lazy and
+happens in the model step, which returns results on the input grid.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from geomed_seg.core.grid import GeoGrid, VoxelGrid
+from geomed_seg.core.grid import GeoGrid
 from geomed_seg.core.image import Image
 from geomed_seg.errors import ConfigError, GeometryError, InvalidInputError
 from geomed_seg.pipelines.schema import PipelineConfig
@@ -38,17 +39,40 @@ def _stack(images: list[Image], names: list[str], where: str) -> Image:
             raise GeometryError(f"{where}: {name} is not on the grid of {names[0]}")
     arr = da.concatenate([img.darray.astype(np.float32) for img in images], axis=0)
     attrs = {**first.attrs, "band_names": list(names)}
+    series = [img.attrs["dicom"] for img in images if isinstance(img.attrs.get("dicom"), dict)]
+    if len(series) > 1:  # a DICOM SEG of the stack references every source series
+        attrs["dicom_series"] = series
     out = Image.from_array(arr, first.grid, nodata=first.nodata, channel_names=names, attrs=attrs)
     return out if first.mask is None else replace(out, mask=first.mask)
 
 
+def sequence_patterns(channels: list[str]) -> dict[str, str]:
+    """Return ``{channel: "*channel*"}``: the glob patterns of a case folder's sequences
+    (BraTS names files ``...-t1n.nii.gz``; the bundled ``brats`` pipeline uses the same)."""
+    return {c: f"*{c}*" for c in channels}
+
+
+def _name_tokens(path: Path) -> set[str]:
+    import re
+
+    return {t.lower() for t in re.split(r"[^0-9A-Za-z]+", path.name) if t}
+
+
 def find_sequences(folder: Path, patterns: dict[str, str]) -> dict[str, Path]:
-    """Return ``{channel: path}``: exactly one match of each glob pattern in ``folder``."""
+    """Return ``{channel: path}``: exactly one match of each glob pattern in ``folder``.
+
+    When a pattern matches several entries and exactly one of them has the channel name as
+    a whole word of its name (``t1`` in ``case_t1.nii.gz`` but not in ``case_t1ce.nii.gz``),
+    that one is taken.
+    """
     if not folder.is_dir():
         raise InvalidInputError(f"{folder}: input folder does not exist")
     found = {}
     for name, pattern in patterns.items():
         hits = sorted(folder.glob(pattern))
+        if len(hits) > 1:
+            exact = [h for h in hits if name.lower() in _name_tokens(h)]
+            hits = exact if len(exact) == 1 else hits
         if len(hits) != 1:
             what = (
                 "no file"
@@ -86,12 +110,27 @@ def open_inputs(cfg: PipelineConfig, override: Path | None = None) -> tuple[Imag
         paths = [cfg.resolve(p) for p in spec.bands.values()]
         return _stack([_open(p) for p in paths], list(spec.bands), "input.bands"), paths
     if spec.folder and spec.sequences:
-        found = find_sequences(cfg.resolve(spec.folder), spec.sequences)
-        imgs = [_open(p) for p in found.values()]
-        return _stack(imgs, list(found), str(cfg.resolve(spec.folder))), list(found.values())
+        return open_case_folder(cfg.resolve(spec.folder), spec.sequences)
     raise ConfigError(
         f"{cfg.name}: no input given (input.path, input.bands or input.folder, or --input)"
     )
+
+
+def open_case_folder(folder: Path, patterns: dict[str, str]) -> tuple[Image, list[Path]]:
+    """Return ``(image, files)``: one channel per pattern (:func:`find_sequences`), stacked.
+
+    Each sequence is a file (NIfTI, ...) or a DICOM series folder; all must lie on one grid
+    (:class:`GeometryError` otherwise). ``image.attrs["dicom_series"]`` lists the DICOM
+    series of the stack when there are several.
+    """
+    found = find_sequences(folder, patterns)
+    imgs = [_open(p) for p in found.values()]
+    return _stack(imgs, list(found), str(folder)), list(found.values())
+
+
+def is_case_folder(folder: Path, patterns: dict[str, str]) -> bool:
+    """True when ``folder`` is a folder in which any of the sequence ``patterns`` matches."""
+    return folder.is_dir() and any(any(folder.glob(p)) for p in patterns.values())
 
 
 def select_bands(img: Image, names: list[str]) -> Image:
@@ -173,39 +212,24 @@ def reproject(img: Image, crs: str | None, resolution: float | None, resampling:
 
 
 def respace(img: Image, spacing_mm: list[float]) -> Image:
-    """Return ``img`` resampled (linear, SimpleITK) to ``spacing_mm`` in (x, y, z) order."""
-    import SimpleITK as sitk
+    """Return ``img`` resampled (trilinear, chunk-wise, lazy) to ``spacing_mm`` in (x, y, z) order.
 
-    grid = img.grid
-    origin, spacing, direction = grid.to_itk()
-    size = [
-        int(round(n * s / t)) for n, s, t in zip(grid.shape[::-1], spacing, spacing_mm, strict=True)
-    ]
-    chans = []
-    for c in range(img.n_channels):
-        src = sitk.GetImageFromArray(np.asarray(img.darray[c].compute(), np.float32))
-        src.SetOrigin(origin)
-        src.SetSpacing(spacing)
-        src.SetDirection(direction)
-        res = sitk.Resample(
-            src,
-            size,
-            sitk.Transform(),
-            sitk.sitkLinear,
-            origin,
-            list(spacing_mm),
-            direction,
-            0.0,
-            sitk.sitkFloat32,
-        )
-        chans.append(sitk.GetArrayFromImage(res))
-    arr = np.stack(chans)
-    out = VoxelGrid.from_itk(origin, spacing_mm, direction, arr.shape[1:])
-    return Image.from_array(arr, out, channel_names=img.channel_names, attrs=dict(img.attrs))
+    Same origin and direction; see :func:`geomed_seg.core.resample_grid.grid_for_spacing`
+    and :func:`geomed_seg.core.resample.resample_image` (equal to SimpleITK's linear
+    ``Resample``, tested).
+    """
+    from geomed_seg.core.resample import resample_image
+    from geomed_seg.core.resample_grid import grid_for_spacing
+
+    return resample_image(img, grid_for_spacing(img.grid, list(spacing_mm)[::-1]), order=1)
 
 
 def preprocess(img: Image, cfg: PipelineConfig, sensor=None) -> Image:
-    """Apply ``cfg.preprocess`` to ``img`` in a fixed order (select, rescale, warp, clip)."""
+    """Apply ``cfg.preprocess`` to ``img`` in a fixed order (select, rescale, warp, clip).
+
+    Volumes keep their grid here: ``target_spacing_mm`` is applied by the model step, which
+    returns its labels on the input grid (:func:`geomed_seg.pipelines.methods.run_model`).
+    """
     p = cfg.preprocess
     if p.select_bands:
         img = select_bands(img, p.select_bands)
@@ -217,10 +241,10 @@ def preprocess(img: Image, cfg: PipelineConfig, sensor=None) -> Image:
         if img.kind != "raster":
             raise ConfigError("preprocess.target_crs/target_resolution apply to rasters")
         img = reproject(img, p.target_crs, p.target_resolution, p.resampling)
-    if p.target_spacing_mm:
-        if img.kind != "volume":
-            raise ConfigError("preprocess.target_spacing_mm applies to volumes")
-        img = respace(img, p.target_spacing_mm)
+    if p.target_spacing_mm and img.kind != "volume":
+        raise ConfigError("preprocess.target_spacing_mm applies to volumes")
+    # target_spacing_mm is applied by the model step (pipelines.methods.run_model), which
+    # resamples to it and brings the results back onto the input grid
     if p.clip:
         lo, hi = p.clip
         img = replace(img, data=img.data.clip(lo, hi))

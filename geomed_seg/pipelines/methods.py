@@ -105,10 +105,12 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
         )
     e = cfg.engine
     notes = [f"model {card.name} ({card.architecture})"]
-    mismatch = _spacing_mismatch(img, card)
-    if mismatch:
-        notes.append(mismatch)
-        log.warning("%s", mismatch)
+    grid = _model_grid(img, cfg, card)
+    if grid is None:
+        mismatch = _spacing_mismatch(img, card)
+        if mismatch:
+            notes.append(mismatch)
+            log.warning("%s", mismatch)
     start = time.perf_counter()
     from geomed_seg.inference.segment import segment
 
@@ -123,7 +125,15 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
         foreground_threshold=0.0 if cfg.preprocess.foreground == "nonzero" else None,
     )
     probs = None
-    if cfg.outputs.probabilities:
+    if grid is not None:
+        from geomed_seg.inference.respaced import segment_resampled
+
+        res = segment_resampled(img, loaded, grid, output="probabilities", **kw)
+        probs = res.image
+        labels = _argmax_labels(probs, card)
+        notes.append(_resampled_note(img, grid))
+        probs = probs if cfg.outputs.probabilities else None
+    elif cfg.outputs.probabilities:
         res = segment(img, loaded, output="probabilities", **kw)
         probs = res.image
         labels = _argmax_labels(probs, card)
@@ -144,8 +154,28 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
     )
 
 
+def _model_grid(img: Image, cfg: PipelineConfig, card=None):
+    """Return the grid the model step runs on when it is not the input's (volumes), else None."""
+    from geomed_seg.inference.respaced import model_grid
+
+    p = cfg.preprocess
+    target = tuple(p.target_spacing_mm[::-1]) if p.target_spacing_mm else None
+    return model_grid(img, card, target_spacing_zyx=target, resample_to_model=p.resample_to_model)
+
+
+def _resampled_note(img: Image, grid) -> str:
+    have = ", ".join(f"{s:g}" for s in img.grid.spacing_zyx)
+    want = ", ".join(f"{s:g}" for s in grid.spacing_zyx)
+    return (
+        f"resampled ({have}) mm -> ({want}) mm (z, y, x) for the model; results resampled "
+        "back to the input grid (probabilities linear, then argmax)"
+    )
+
+
 def _spacing_mismatch(img: Image, card) -> str | None:
     """Return a warning when the input's sample size differs > 10 % from the card's."""
+    from geomed_seg.inference.respaced import spacing_differs
+
     if not card.spacing:
         return None
     if img.kind == "raster":
@@ -153,29 +183,23 @@ def _spacing_mismatch(img: Image, card) -> str | None:
     else:
         have = tuple(img.grid.spacing_zyx)
     want = tuple(card.spacing)
-    if len(want) != len(have) or all(
-        abs(h - w) <= 0.1 * w for h, w in zip(have, want, strict=True)
-    ):
+    if not spacing_differs(have, want):
         return None
-    fix = "target_resolution" if img.kind == "raster" else "target_spacing_mm"
+    if img.kind == "raster":
+        fix = "consider preprocess.target_resolution"
+    else:
+        fix = "results may be wrong (preprocess.resample_to_model is off)"
     return (
         f"input spacing {tuple(round(h, 3) for h in have)} differs from the model's "
-        f"{want} (array order); consider preprocess.{fix}"
+        f"{want} (array order); {fix}"
     )
 
 
 def _argmax_labels(probs: Image, card) -> Image:
     """Return card class indices of the most probable channel; nodata 255 where NaN (rasters)."""
-    lut = card.channel_to_label()
-    dtype = np.uint8 if lut.max() < 255 else np.uint16
-    arr = probs.darray
-    idx = da.argmax(da.where(da.isnan(arr), -1.0, arr), axis=0)
-    lab = idx.map_blocks(lambda b: lut[b].astype(dtype), dtype=dtype)
-    nodata = None
-    if probs.kind == "raster":
-        lab = da.where(da.isnan(arr[0]), dtype(255), lab).astype(dtype)
-        nodata = 255
-    return Image.from_array(lab[None], probs.grid, nodata=nodata)
+    from geomed_seg.inference.respaced import labels_from_probabilities
+
+    return labels_from_probabilities(probs, card.channel_to_label())
 
 
 METHODS = {
@@ -188,17 +212,44 @@ METHODS = {
 
 
 def run_model(img: Image, cfg: PipelineConfig) -> ModelOutput:
-    """Run ``cfg.model`` on ``img``; fall back to ``model.fallback`` if the checkpoint is missing."""
+    """Run ``cfg.model`` on ``img``; fall back to ``model.fallback`` if the checkpoint is missing.
+
+    The output is always on ``img``'s grid. Checkpoints resample a volume to their spacing
+    themselves (probabilities back, then argmax); a classical method under
+    ``preprocess.target_spacing_mm`` runs on the resampled volume and its labels come back
+    nearest-neighbour (it has no probabilities).
+    """
     method = cfg.model.method
     if method == "checkpoint" and not cfg.resolve(cfg.model.checkpoint or "").exists():
         fb = cfg.model.fallback
         if fb and fb != "none":
-            out = METHODS[fb](img, cfg)
+            out = _classical(METHODS[fb], img, cfg)
             out.notes.insert(
                 0, f"checkpoint {cfg.model.checkpoint} not found: classical {fb} instead"
             )
             return out
-    return METHODS[method](img, cfg)
+    if method == "checkpoint":
+        return _checkpoint(img, cfg)
+    return _classical(METHODS[method], img, cfg)
+
+
+def _classical(fn, img: Image, cfg: PipelineConfig) -> ModelOutput:
+    """Run a classical method, on the ``target_spacing_mm`` grid if one is set (labels back)."""
+    grid = _model_grid(img, cfg) if cfg.preprocess.target_spacing_mm else None
+    if grid is None:
+        return fn(img, cfg)
+    from geomed_seg.core.resample import resample_image
+
+    small = resample_image(img, grid, order=1, edge="constant")
+    out = fn(small, cfg)
+    back = resample_image(out.labels, img.grid, order=0, edge="nearest")
+    out.labels = replace(back, attrs={**dict(img.attrs), **dict(out.labels.attrs)})
+    out.notes.append(
+        _resampled_note(img, grid).replace(
+            "(probabilities linear, then argmax)", "(labels nearest-neighbour)"
+        )
+    )
+    return out
 
 
 #: Labels up to this many bytes are computed once, into memory, after post-processing.

@@ -61,7 +61,18 @@ class PreprocessSpec(_Strict):
     target_crs: str | None = None
     target_resolution: float | None = Field(None, gt=0)
     resampling: Literal["nearest", "bilinear", "cubic", "average"] = "bilinear"
-    target_spacing_mm: list[float] | None = Field(None, min_length=3, max_length=3)
+    target_spacing_mm: list[float] | None = Field(
+        None,
+        min_length=3,
+        max_length=3,
+        description="voxel spacing (x, y, z) mm the model step runs at; results come back "
+        "onto the input grid",
+    )
+    resample_to_model: bool = Field(
+        True,
+        description="volumes: run a checkpoint at its card's spacing when the input's differs "
+        "> 10 % (results back on the input grid); false: run as is, with a warning",
+    )
     clip: tuple[float, float] | None = None
     foreground: Literal["none", "nonzero"] = "none"
 

@@ -1,0 +1,131 @@
+"""Resample and return: run a model at its own voxel spacing, answer on the input's grid.
+
+When a volume's spacing differs from the spacing a model was trained at (its card's
+``spacing``, or a pipeline's ``preprocess.target_spacing_mm``), nnU-Net's recipe is followed:
+
+1. the volume is resampled (trilinear) onto a grid of the model's spacing covering the same
+   field of view (:func:`geomed_seg.core.resample_grid.grid_for_spacing`);
+2. the engine computes class probabilities on that grid;
+3. the probabilities are resampled (trilinear) back onto the input's exact grid and the
+   argmax is taken there (:func:`labels_from_probabilities`).
+
+Labels, SEG and reports are thus on the input grid (affine, shape; NIfTI header codes travel
+in ``attrs``). Resampling is chunk-wise and lazy (:func:`geomed_seg.core.resample.resample_image`);
+the probabilities on the model grid are held in memory (``classes x model-grid voxels x 4``
+bytes: 4 classes of a 3 mm brain are ~5 MB).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from geomed_seg.core.grid import VoxelGrid
+from geomed_seg.core.image import Image
+from geomed_seg.core.resample import resample_image
+from geomed_seg.core.resample_grid import grid_for_spacing
+
+log = logging.getLogger(__name__)
+
+#: Relative spacing difference above which a card's spacing "differs" from the input's.
+SPACING_TOLERANCE = 0.1
+
+
+def spacing_differs(have: tuple[float, ...], want: tuple[float, ...]) -> bool:
+    """True when any axis of ``have`` differs from ``want`` by more than 10 % (same order)."""
+    return len(have) == len(want) and any(
+        abs(h - w) > SPACING_TOLERANCE * w for h, w in zip(have, want, strict=True)
+    )
+
+
+def model_grid(
+    image: Image,
+    card: Any = None,
+    *,
+    target_spacing_zyx: tuple[float, ...] | None = None,
+    resample_to_model: bool = True,
+) -> VoxelGrid | None:
+    """Return the grid a volume must be resampled to before the model, or None (run as is).
+
+    ``target_spacing_zyx`` (mm, array order; a pipeline's explicit choice) wins; otherwise the
+    card's ``spacing`` when it differs by more than 10 % from the input's and
+    ``resample_to_model`` is on. Rasters are never resampled here (None).
+    """
+    if image.kind != "volume":
+        return None
+    if target_spacing_zyx is not None:
+        return grid_for_spacing(image.grid, target_spacing_zyx)
+    spacing = getattr(card, "spacing", None)
+    if not resample_to_model or not spacing:
+        return None
+    if not spacing_differs(tuple(image.grid.spacing_zyx), tuple(spacing)):
+        return None
+    return grid_for_spacing(image.grid, spacing)
+
+
+def labels_from_probabilities(probs: Image, lut: np.ndarray) -> Image:
+    """Return ``lut[argmax over classes]`` of ``probs (class, *spatial)``, lazily.
+
+    Labels are uint8 when every label fits, else uint16; raster samples whose probabilities
+    are NaN (nodata) get 255 / 65535 as nodata.
+    """
+    lut = np.asarray(lut)
+    dtype = np.uint8 if lut.max() < 255 else np.uint16
+    arr = probs.darray
+    idx = da.argmax(da.where(da.isnan(arr), -1.0, arr), axis=0)
+    lab = idx.map_blocks(lambda b: lut[b].astype(dtype), dtype=dtype)
+    nodata = None
+    if probs.kind == "raster":
+        fill = np.iinfo(dtype).max
+        lab = da.where(da.isnan(arr[0]), dtype(fill), lab).astype(dtype)
+        nodata = int(fill)
+    return Image.from_array(lab[None], probs.grid, nodata=nodata, attrs=dict(probs.attrs))
+
+
+def segment_resampled(image: Image, model: Any, grid: VoxelGrid, *, output: str = "labels",
+                      **kw: Any):  # fmt: skip
+    """Return :func:`~geomed_seg.inference.segment.segment`'s result computed on ``grid`` and
+    brought back onto ``image``'s grid (probabilities linear, then argmax; module docstring).
+
+    ``output`` is ``"labels"`` or ``"probabilities"`` (float32 ``(class, z, y, x)``); the
+    result image is lazy, carries ``image.attrs`` (NIfTI header) and the card's classes.
+    ``kw`` go to ``segment`` (roi, overlap, device, ...; ``sink`` is not accepted: write
+    the returned image).
+    """
+    from geomed_seg.inference.segment import segment
+
+    kw.pop("sink", None)
+    small = resample_image(image, grid, order=1, edge="constant", cval=0.0)
+    small = replace(small, attrs={**small.attrs, "resampled_from": image.grid.describe()})
+    res = segment(small, model, output="probabilities", **kw)
+    back = resample_image(res.image, image.grid, order=1, edge="nearest")
+    attrs = {**dict(image.attrs), **{k: v for k, v in res.image.attrs.items() if k == "classes"}}
+    back = replace(back, attrs=attrs)
+    if output == "probabilities":
+        res.image = back
+    else:
+        card = getattr(model, "card", None)
+        lut = card.channel_to_label() if card is not None else np.arange(back.n_channels)
+        res.image = replace(labels_from_probabilities(back, lut), attrs=attrs)
+    sp = ", ".join(f"{s:g}" for s in grid.spacing_zyx)
+    res.stats = {
+        **res.stats,
+        "model_grid": grid.describe(),
+        "resampled_to_mm_zyx": list(grid.spacing_zyx),
+    }
+    log.info(
+        "ran the model at (%s) mm (z, y, x); probabilities resampled back to the input grid", sp
+    )
+    return res
+
+
+__all__ = [
+    "labels_from_probabilities",
+    "model_grid",
+    "segment_resampled",
+    "spacing_differs",
+]
