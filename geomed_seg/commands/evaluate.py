@@ -24,55 +24,80 @@ def _pair(text: str) -> tuple[float, float]:
 def evaluate(
     pred: Path = typer.Argument(..., help="Prediction label image, or a folder of them."),
     ref: Path = typer.Argument(..., help="Reference label image, or a folder (paired by name)."),
-    classes: str | None = typer.Option(None, "--classes", help="'0:background,1:water'."),
+    classes: str | None = typer.Option(
+        None, "--classes", help="'0:background,1:water' (default: --card, --brats card, file)."
+    ),
+    card: str | None = typer.Option(
+        None, "--card", help="Class names from a dataset card (brats2023) or a checkpoint."
+    ),
+    allow_unknown: bool = typer.Option(
+        False, "--allow-unknown", help="Warn (not fail) on prediction labels outside the classes."
+    ),
     ignore: int | None = typer.Option(None, "--ignore", help="Reference label to ignore."),
     tversky: str = typer.Option("0.5,0.5", "--tversky", help="alpha (FP),beta (FN) weights."),
     surface: bool = typer.Option(False, "--surface", help="Also HD, HD95, ASSD, NSD."),
-    tolerance: float = typer.Option(1.0, "--tolerance", help="NSD tolerance (mm or m)."),
+    tolerance: float = typer.Option(
+        1.0, "--tolerance", help="--surface NSD tolerance in mm (volumes) or m (rasters)."
+    ),
     brats: str | None = typer.Option(None, "--brats", help="BraTS regions: legacy, 2023, 2024."),
     lesion_wise: bool = typer.Option(False, "--lesion-wise", help="BraTS lesion-wise metrics."),
     protocol: str = typer.Option(
         "panoptica", "--brats-protocol", help="panoptica (brats-evaluation) or brats2023."
     ),
     empty: str = typer.Option("brats", "--empty", help="Class absent from both: brats (1) or nan."),
-    fmt: str = typer.Option("table", "--format", help="table, json, csv or md."),
-    output: Path | None = typer.Option(None, "-o", "--output", help="Write the report here."),
+    fmt: str | None = typer.Option(
+        None, "--format", help="table, json, csv or md (default: table; -o: from its suffix)."
+    ),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Write the report here: .csv, .json, .md or .txt."
+    ),
     plot: Path | None = typer.Option(None, "--plot", help="Save a confusion-matrix PNG."),
     resample_to: str | None = typer.Option(None, "--resample-to", help="'reference'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Score a prediction against a reference (Dice, IoU, Tversky, ..., HD95, BraTS).
 
-    With two folders, files pair by case name; -o writes the per-case report and
-    <name>_summary.csv (mean, std, median per class); exit code 1 if any pair is missing.
+    Distances (HD95, NSD tolerance) are in mm for volumes, whatever their spacing. A
+    prediction label that is not a class is an error (exit 2) unless --allow-unknown.
+    With two folders, files pair by case name; -o writes one row per case plus the mean
+    (.csv also writes <name>_summary.csv: mean, std, median per class; .json holds the
+    summary); exit code 1 if any pair is missing.
     """
-    from geomed_seg.io.atomic import atomic_output
+    from geomed_seg.io.atomic import atomic_output, check_output
     from geomed_seg.metrics.evaluate import evaluate as run_evaluate
     from geomed_seg.metrics.evaluate import evaluate_folder
+    from geomed_seg.metrics.report import format_for, render, to_csv
     from geomed_seg.metrics.report import plot as save_plot
-    from geomed_seg.metrics.report import render, to_csv
 
+    file_fmt = format_for(output, fmt) if output is not None else None  # before any work
+    folders = pred.is_dir() and ref.is_dir()
+    summary = None
+    if output is not None:
+        check_output(output, overwrite)
+        if folders and file_fmt == "csv":
+            summary = check_output(output.with_name(f"{output.name[:-4]}_summary.csv"), overwrite)
+    if plot is not None:
+        if folders:
+            raise InvalidInputError("--plot needs a single prediction/reference pair")
+        check_output(plot, overwrite)
     kwargs = dict(
         classes=classes, ignore_index=ignore, tversky=_pair(tversky), surface=surface,
         tolerance=tolerance, brats=brats, lesion_wise=lesion_wise, resample_to=resample_to,
-        empty=empty, brats_protocol=protocol,
+        empty=empty, brats_protocol=protocol, card=card, allow_unknown=allow_unknown,
     )  # fmt: skip
-    if pred.is_dir() and ref.is_dir():
+    if folders:
         result = evaluate_folder(pred, ref, **kwargs)
     else:
         result = run_evaluate(pred, ref, **kwargs)
-    text = render(result, fmt)
+    text = render(result, fmt or "table")
     if output is not None:
         with atomic_output(output, overwrite) as tmp:
-            tmp.write_text(text)
-        if hasattr(result, "summary"):  # folders: the per-case file plus a summary beside it
-            summary = output.with_name(f"{output.name.split('.')[0]}_summary.csv")
+            tmp.write_text(text if file_fmt == (fmt or "table") else render(result, file_fmt))
+        if summary is not None:  # folders as CSV: the per-case file plus a summary beside it
             with atomic_output(summary, overwrite) as tmp:
                 tmp.write_text(to_csv(result.summary()))
     typer.echo(text)
     if plot is not None:
-        if not hasattr(result, "overlap"):
-            raise InvalidInputError("--plot needs a single prediction/reference pair")
         with atomic_output(plot, overwrite) as tmp:
             save_plot(result, tmp)
     if not getattr(result, "complete", True):

@@ -5,24 +5,32 @@ legacy labels {1, 2, 4}; ``brats2023`` {1, 2, 3}; ``brats2024`` adds RC = 4), ne
 
 For each region, as ``brats-evaluation`` 0.0.10 (panoptica, ``config_gli.yaml``) does:
 
-* **global** Dice, NSD and HD95 of the binary region masks. As in the reference, the global
-  NSD (tolerance 0.5) and HD95 are computed in *voxel* units (panoptica passes no spacing to
-  its global metrics; BraTS volumes are 1 mm isotropic, so voxels are mm). No overlap: Dice
-  0, NSD 0, HD95 = penalty (373); both empty: NaN.
+* **global** Dice, NSD and HD95 of the binary region masks, **in mm** with the volume's
+  spacing (array order). brats-evaluation computes these two in *voxel* units (panoptica
+  passes no spacing to its global metrics), which is mm only on BraTS's 1 mm grid; here the
+  distances are physical at any spacing, and the NSD tolerance is half the smallest spacing
+  (brats-evaluation's 0.5 voxel at 1 mm), so on isotropic grids the global NSD equals
+  brats-evaluation's and the HD95 is its value times the spacing. No overlap: Dice 0, NSD 0,
+  HD95 = penalty (373 mm); both empty: NaN.
 * **lesions** are 26-connected components; reference and predicted lesions are matched
   one-to-one by maximum-weight bipartite matching on Dice (``linear_sum_assignment`` on
   ``1 - Dice``, any overlap qualifies). Instance TP/FP/FN, precision, recall and F1 (panoptica's
-  recognition quality) follow; lesion-wise Dice, NSD (tolerance = smallest spacing) and HD95
-  (pooled 95th percentile, physical spacing) are means and population std over the *matched*
-  lesions. No matched lesion: Dice 0, NSD 0, HD95 inf; both empty: NaN.
+  recognition quality) follow; lesion-wise Dice, NSD (tolerance = smallest spacing, mm) and
+  HD95 (pooled 95th percentile, mm) are means and population std over the *matched*
+  lesions, exactly as brats-evaluation given the spacing. No matched lesion: Dice 0, NSD 0,
+  HD95 inf; both empty: NaN.
 
 ``protocol="brats2023"`` is the BraTS 2023 challenge's lesion-wise protocol instead (after
-the official 2023 lesion-wise script): lesions smaller than ``min_lesion_voxels`` dropped;
-reference lesions merged when their dilations (18-neighbourhood, ``dilation_iterations``)
-touch; every predicted lesion touching a dilated reference lesion belongs to it; the lesion-wise
-mean runs over reference lesions *and* false-positive lesions, which score Dice 0 / HD95
-penalty. Its surface distances use the voxel-surface definition of :mod:`.surface`, not the
-DeepMind surfel one, so HD95 may differ from that script in the last decimals.
+the official 2023 lesion-wise script): lesions smaller than ``min_lesion_mm3`` dropped;
+reference lesions merged when their dilations touch; every predicted lesion touching a dilated
+reference lesion belongs to it; the lesion-wise mean runs over reference lesions *and*
+false-positive lesions, which score Dice 0 / HD95 penalty. The official script works on the
+1 mm BraTS grid (3 dilations with the 18-neighbourhood, 50 voxels); here both are physical
+(:func:`dilation_structure`: offsets within ``dilation_mm`` per axis and ``2 * dilation_mm``
+in sum, which *is* three 18-neighbourhood dilations at 1 mm; a volume in mm³), so a 3 mm
+volume is matched as its 1 mm resampling would be. Its surface distances use the
+voxel-surface definition of :mod:`.surface`, not the DeepMind surfel one, so HD95 may differ
+from that script in the last decimals.
 
 Hand-written because ``brats-evaluation`` works on files and whole arrays and recomputes every
 distance transform per metric; here each lesion pair is cropped to its own box and distances
@@ -127,15 +135,32 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 0.0 if s == 0 else 2.0 * int(np.count_nonzero(a & b)) / s
 
 
-def _global(pred: np.ndarray, ref: np.ndarray, penalty: float) -> tuple[float, float, float]:
-    """Global Dice / NSD(0.5 voxel) / HD95(voxels) as panoptica's global metrics."""
+def global_nsd_tolerance(spacing: Sequence[float]) -> float:
+    """Return the region (global) NSD tolerance in mm: half the smallest spacing.
+
+    brats-evaluation's global NSD uses 0.5 in voxel units (0.5 mm on the 1 mm BraTS grid).
+    """
+    return 0.5 * float(min(spacing))
+
+
+def lesion_nsd_tolerance(spacing: Sequence[float]) -> float:
+    """Return the lesion-wise NSD tolerance in mm: the smallest spacing (panoptica's default)."""
+    return float(min(spacing))
+
+
+def _global(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], penalty: float
+) -> tuple[float, float, float]:
+    """Global Dice / NSD / HD95 (mm) of two region masks, reduced as panoptica does."""
     n_p, n_r = int(pred.sum()), int(ref.sum())
     if n_p == 0 and n_r == 0:
         return float("nan"), float("nan"), float("nan")
     if not np.any(pred & ref):
         return 0.0, 0.0, penalty
-    d_pr, d_rp = surface_distances(pred, ref, None)
-    s = scores_from_distances(d_pr, d_rp, tolerance=0.5, convention="panoptica")
+    d_pr, d_rp = surface_distances(pred, ref, spacing)
+    s = scores_from_distances(
+        d_pr, d_rp, tolerance=global_nsd_tolerance(spacing), convention="panoptica"
+    )
     return _dice(pred, ref), s.nsd, s.hd95
 
 
@@ -176,7 +201,7 @@ def _lesionwise_panoptica(res: RegionResult, pred: np.ndarray, ref: np.ndarray, 
     pred_cc, n_pred = _label(pred)
     res.n_ref_lesions, res.n_pred_lesions = n_ref, n_pred
     matches = _match(ref_cc, n_ref, pred_cc, n_pred) if n_ref and n_pred else []
-    tol = float(min(spacing))
+    tol = lesion_nsd_tolerance(spacing)
     rb, pb = _boxes(ref_cc), _boxes(pred_cc)
     matched_refs = set()
     for r, p in matches:
@@ -209,23 +234,48 @@ def _lesionwise_panoptica(res: RegionResult, pred: np.ndarray, ref: np.ndarray, 
         )
 
 
+def dilation_structure(spacing: Sequence[float], dilation_mm: float) -> np.ndarray | None:
+    """Return the structuring element of a physical lesion dilation, or None for no dilation.
+
+    Integer offsets ``o`` (array order) with ``|o_i| * spacing_i <= dilation_mm`` on every axis
+    and ``sum_i |o_i| * spacing_i <= 2 * dilation_mm``: the physical form of ``k`` dilations
+    with the 18-neighbourhood (``generate_binary_structure(3, 2)``), which on a 1 mm grid
+    reach exactly the offsets with max norm <= k and L1 norm <= 2k. So ``dilation_mm=3`` at
+    1 mm is the official BraTS 2023 script's ``iterations=3``, and other spacings dilate by
+    the same physical distance.
+    """
+    if dilation_mm <= 0:
+        return None
+    sp = np.asarray(spacing, dtype=np.float64)
+    reach = np.floor(dilation_mm / sp + 1e-9).astype(int)
+    grids = np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij")
+    dist = [np.abs(g) * s for g, s in zip(grids, sp, strict=True)]
+    return (np.maximum.reduce(dist) <= dilation_mm + 1e-9) & (
+        np.add.reduce(dist) <= 2 * dilation_mm + 1e-9
+    )
+
+
 def _lesionwise_2023(
     res: RegionResult,
     pred: np.ndarray,
     ref: np.ndarray,
     spacing,
-    dilation: int,
-    min_voxels: int,
+    dilation_mm: float,
+    min_mm3: float,
     penalty: float,
 ) -> None:
-    struct = ndimage.generate_binary_structure(ref.ndim, 2)
+    struct = dilation_structure(spacing, dilation_mm)
+    min_voxels = min_mm3 / float(np.prod(spacing))
+
+    def dilate(mask):
+        return ndimage.binary_dilation(mask, struct) if struct is not None else mask
 
     def dust(mask):
         cc, n = _label(mask)
         if n == 0:
             return cc, 0
         sizes = np.bincount(cc.ravel())
-        keep = np.flatnonzero(sizes >= min_voxels)
+        keep = np.flatnonzero(sizes >= min_voxels - 1e-9)
         keep = keep[keep != 0]
         out = np.isin(cc, keep)
         return _label(out)
@@ -233,18 +283,16 @@ def _lesionwise_2023(
     ref_cc, _ = dust(ref)
     pred_cc, n_pred = dust(pred)
     # Reference lesions whose dilations touch become one lesion.
-    merged, _ = _label(
-        ndimage.binary_dilation(ref_cc > 0, struct, iterations=dilation) if dilation else ref_cc > 0
-    )
+    merged, _ = _label(dilate(ref_cc > 0))
     gt = np.where(ref_cc > 0, merged, 0)
     labels = [int(v) for v in np.unique(gt) if v != 0]
     res.n_ref_lesions, res.n_pred_lesions = len(labels), n_pred
     used: set[int] = set()
     dices, hds, nsds = [], [], []
-    tol = float(min(spacing))
+    tol = lesion_nsd_tolerance(spacing)
     for g in labels:
         g_m = gt == g
-        g_dil = ndimage.binary_dilation(g_m, struct, iterations=dilation) if dilation else g_m
+        g_dil = dilate(g_m)
         hits = [int(v) for v in np.unique(pred_cc[g_dil]) if v != 0]
         used.update(hits)
         p_m = np.isin(pred_cc, hits) if hits else np.zeros_like(g_m)
@@ -274,14 +322,14 @@ def _lesionwise_2023(
 def brats_metrics(
     pred: np.ndarray,
     ref: np.ndarray,
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    spacing: Sequence[float],
     *,
     convention: str | Mapping[str, Sequence[int]] = "2023",
     lesion_wise: bool = True,
     protocol: Literal["panoptica", "brats2023"] = "panoptica",
     hd95_penalty: float = HD95_PENALTY,
-    dilation_iterations: int = 3,
-    min_lesion_voxels: int = 50,
+    dilation_mm: float = 3.0,
+    min_lesion_mm3: float = 50.0,
 ) -> list[RegionResult]:
     """Return one :class:`RegionResult` per region of ``convention``.
 
@@ -291,7 +339,10 @@ def brats_metrics(
         Label volumes, same shape, **array order** ``(z, y, x)`` (any order works if
         ``spacing`` follows it).
     spacing : sequence of float
-        Voxel size in mm in the arrays' axis order (``VoxelGrid.spacing_zyx``).
+        Voxel size in mm in the arrays' axis order, from
+        :func:`geomed_seg.metrics.spacing.distance_spacing` (``VoxelGrid.spacing_zyx``).
+        Required: every distance (global and lesion-wise HD95, NSD tolerances, the 2023
+        dilation and minimum lesion volume) is physical.
     convention : str or mapping
         ``"legacy"``, ``"2023"``, ``"2024"``, a dataset card name, or ``{region: labels}``.
     lesion_wise : bool
@@ -301,16 +352,23 @@ def brats_metrics(
         protocol (dilation, small-lesion removal, FP lesions in the mean).
     hd95_penalty : float
         Replaces an infinite global HD95 (and 2023 per-lesion HD95), mm.
+    dilation_mm, min_lesion_mm3 : float
+        ``protocol="brats2023"`` only: physical reference-lesion dilation (mm, see
+        :func:`dilation_structure`) and smallest lesion kept (mm³); the defaults are the
+        official script's 3 iterations and 50 voxels on the 1 mm BraTS grid.
     """
     pred = np.asarray(pred)
     ref = np.asarray(ref)
     if pred.shape != ref.shape:
         raise InvalidInputError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
-    if len(spacing) != ref.ndim:
-        raise InvalidInputError(f"spacing {tuple(spacing)} does not match {ref.ndim} axes")
+    if len(spacing) != ref.ndim or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise InvalidInputError(
+            f"spacing {tuple(spacing)} is not {ref.ndim} positive sizes (mm, array order)"
+        )
     if protocol not in ("panoptica", "brats2023"):
         raise InvalidInputError(f"protocol must be 'panoptica' or 'brats2023', got {protocol!r}")
-    margin = 2 if protocol == "panoptica" else dilation_iterations + 2
+    struct = dilation_structure(spacing, dilation_mm) if protocol == "brats2023" else None
+    margin = 2 if struct is None else max(struct.shape) // 2 + 2
     # Everything below happens inside the tumour's box: regions are subsets of non-zero.
     box = union_bbox(bbox(pred != 0, margin), bbox(ref != 0, margin))
     if box is not None:
@@ -333,13 +391,11 @@ def brats_metrics(
             out.append(res)
             continue
         p, r = p_full[box], r_full[box]
-        res = RegionResult(name, *_global(p, r, hd95_penalty))
+        res = RegionResult(name, *_global(p, r, spacing, hd95_penalty))
         if lesion_wise:
             if protocol == "panoptica":
                 _lesionwise_panoptica(res, p, r, spacing)
             else:
-                _lesionwise_2023(
-                    res, p, r, spacing, dilation_iterations, min_lesion_voxels, hd95_penalty
-                )
+                _lesionwise_2023(res, p, r, spacing, dilation_mm, min_lesion_mm3, hd95_penalty)
         out.append(res)
     return out

@@ -2,8 +2,14 @@
 
 Overlap scores come from one streamed pass (:mod:`.overlap`), in bounded memory whatever
 the image size; surface distances (:mod:`.surface`) and BraTS regions (:mod:`.brats`) load
-the label arrays into memory and work per class / region cropped to the objects. Grids must agree (``GeometryError`` naming both
-otherwise) unless ``resample_to="reference"``.
+the label arrays into memory and work per class / region cropped to the objects. Grids must
+agree (``GeometryError`` naming both otherwise) unless ``resample_to="reference"``.
+
+Every distance is physical: the spacing comes from the reference grid through
+:func:`geomed_seg.metrics.spacing.distance_spacing` (mm for volumes, m for rasters with a
+metric CRS), for the per-class surface metrics and the BraTS regions and lesions alike. Class
+names come from :func:`geomed_seg.metrics.classes.resolve_classes`; a prediction label that
+is no class is an error unless ``allow_unknown``.
 """
 
 from __future__ import annotations
@@ -21,11 +27,18 @@ import numpy as np
 
 from geomed_seg.core.grid import GeoGrid
 from geomed_seg.core.image import Image
-from geomed_seg.core.labels import ClassInfo, parse_classes
-from geomed_seg.errors import InvalidInputError
+from geomed_seg.errors import GeometryError, InvalidInputError
 from geomed_seg.metrics.align import align_to_reference
-from geomed_seg.metrics.brats import RegionResult, brats_metrics
+from geomed_seg.metrics.brats import (
+    RegionResult,
+    brats_metrics,
+    global_nsd_tolerance,
+    lesion_nsd_tolerance,
+    region_definitions,
+)
+from geomed_seg.metrics.classes import check_unknown, resolve_classes
 from geomed_seg.metrics.overlap import EmptyRule, OverlapResult, overlap_metrics
+from geomed_seg.metrics.spacing import distance_spacing
 from geomed_seg.metrics.surface import SurfaceScores, surface_metrics
 
 logger = logging.getLogger(__name__)
@@ -47,6 +60,59 @@ class EvaluationResult:
     distance_unit: str = "px"
     pred_path: str | None = None
     ref_path: str | None = None
+    classes_source: str = ""
+    grid: str = ""
+    tolerance: float | None = None
+    brats_convention: str | None = None
+    regions: dict[str, list[int]] = field(default_factory=dict)
+    lesion_wise: bool = False
+    brats_protocol: str = "panoptica"
+
+    def metric_set(self) -> list[str]:
+        """What was measured, one line per family, with units (for reports)."""
+        names = ", ".join(self.overlap.names)
+        out = [
+            f"overlap per class ({names}; names from {self.classes_source or 'the labels'}): "
+            f"Dice, IoU, Tversky, precision, recall; areas in {self.overlap.area_unit}"
+        ]
+        u = self.distance_unit
+        if self.surface:
+            out.append(
+                f"surface per non-zero class (MONAI conventions): HD, HD95, ASSD in {u}; "
+                f"NSD at {self.tolerance:g} {u}"
+            )
+        if self.brats:
+            sp = self.spacing
+            regions = ", ".join(f"{k} = labels {'+'.join(map(str, v))}"
+                                for k, v in self.regions.items())  # fmt: skip
+            line = (
+                f"BraTS {self.brats_convention} regions ({regions}), as brats-evaluation: "
+                f"global Dice, HD95 in {u}, NSD at {global_nsd_tolerance(sp):g} {u}"
+            )
+            if self.lesion_wise:
+                line += (
+                    f"; lesion-wise ({self.brats_protocol}): TP/FP/FN, F1, Dice, HD95 in {u}, "
+                    f"NSD at {lesion_nsd_tolerance(sp):g} {u}"
+                )
+            out.append(line)
+        return out
+
+    def headline(self) -> list[str]:
+        """The key numbers, each naming its class or region."""
+        ov = self.overlap
+        fg = [c for c in ov.classes if c.index != 0] or ov.classes
+        out = [", ".join(f"Dice {c.name} {c.dice:.4f}" for c in fg)]
+        out += [
+            f"region {r.region}: Dice {r.global_dsc:.4f}, HD95 {r.global_hd95:.4g} "
+            f"{self.distance_unit}"
+            for r in self.brats
+        ]
+        named = ", ".join(ov.names)
+        out.append(
+            f"mean over classes ({named}): Dice {ov.mean_dice:.4f}, IoU {ov.mean_iou:.4f}; "
+            f"frequency-weighted IoU {ov.fw_iou:.4f}; overall accuracy {ov.overall_accuracy:.4f}"
+        )
+        return out
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per class (overlap + surface), then one per BraTS region."""
@@ -59,8 +125,11 @@ class EvaluationResult:
             s = self.surface.get(row["index"])
             if s is not None:
                 row.update({k: v for k, v in s.to_dict().items()})
+                row["distance_unit"] = self.distance_unit
             out.append({"kind": "class", **row})
-        out.extend({"kind": "region", **r.row()} for r in self.brats)
+        out.extend(
+            {"kind": "region", **r.row(), "distance_unit": self.distance_unit} for r in self.brats
+        )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,9 +137,14 @@ class EvaluationResult:
         return {
             "pred": self.pred_path,
             "ref": self.ref_path,
+            "grid": self.grid,
+            "classes_source": self.classes_source,
+            "metric_set": self.metric_set(),
+            "headline": self.headline(),
             "overlap": self.overlap.to_dict(),
             "surface": {str(k): v.to_dict() for k, v in self.surface.items()},
             "brats": [r.row() for r in self.brats],
+            "brats_regions": dict(self.regions),
             "spacing": list(self.spacing),
             "distance_unit": self.distance_unit,
         }
@@ -122,6 +196,8 @@ def evaluate(
     resample_to: str | None = None,
     empty: EmptyRule = "brats",
     brats_protocol: str = "panoptica",
+    card: str | None = None,
+    allow_unknown: bool = False,
 ) -> EvaluationResult:
     """Return overlap (and optionally surface / BraTS) scores of ``pred`` against ``ref``.
 
@@ -130,7 +206,8 @@ def evaluate(
     pred, ref : Image or path
         Single-channel label images (paths opened with :func:`geomed_seg.io.registry.open_image`).
     classes : str, mapping or ClassInfo list, optional
-        ``"0:background,1:water"``; default: every label found.
+        ``"0:background,1:water"``; default: from ``card``, the ``brats`` dataset card, the
+        files' class tables, else every label found (:func:`.classes.resolve_classes`).
     ignore_index : int, optional
         Reference label excluded from all scores (the reference's nodata is always excluded).
     tversky : (alpha, beta)
@@ -138,7 +215,8 @@ def evaluate(
     surface : bool
         Also compute HD, HD95, ASSD and NSD (MONAI conventions) for every non-zero class.
     tolerance : float
-        NSD tolerance in the grid's distance unit (mm for volumes, m for projected rasters).
+        NSD tolerance of the per-class surface metrics in the grid's distance unit (mm for
+        volumes, m for rasters with a metric CRS).
     brats : {"legacy", "2023", "2024"} or card name, optional
         Also compute BraTS region metrics as brats-evaluation (volumes only).
     lesion_wise : bool
@@ -149,11 +227,27 @@ def evaluate(
         Overlap score of a class absent from both.
     brats_protocol : {"panoptica", "brats2023"}
         Lesion-wise protocol (see :mod:`geomed_seg.metrics.brats`).
+    card : str, optional
+        Dataset card name/YAML or checkpoint whose classes name the labels.
+    allow_unknown : bool
+        Accept prediction labels that are no class (a warning with counts; they count as
+        misses) instead of raising :class:`InvalidInputError`.
     """
     pred_img, ref_img = _open(pred), _open(ref)
+    pred_name = str(pred) if not isinstance(pred, Image) else pred.attrs.get("source", "prediction")
+    ref_name = str(ref) if not isinstance(ref, Image) else ref.attrs.get("source", "reference")
     pred_img = align_to_reference(pred_img, ref_img, resample_to)
-    infos: list[ClassInfo] = parse_classes(classes)
-    sample, area_unit, spacing, dist_unit = _sample_size(ref_img.grid)
+    table = resolve_classes(classes, card=card, brats=brats, reference=ref_img,
+                            prediction=pred_img)  # fmt: skip
+    infos = table.classes
+    sample, area_unit, _, _ = _sample_size(ref_img.grid)
+    needed = bool(surface or brats)
+    try:
+        dist = distance_spacing(ref_img.grid, ref_name, quiet=not needed)
+    except GeometryError:
+        if needed:
+            raise
+        dist = None  # a sheared grid: no distance asked, none reported
     valid = None
     if ref_img.nodata is not None or ref_img.mask is not None:
         valid = ref_img.valid_mask()
@@ -169,8 +263,23 @@ def evaluate(
         empty=empty,
         sample_size=sample,
         area_unit=area_unit,
+        pred_nodata=pred_img.nodata,
     )
-    result = EvaluationResult(ov, spacing=spacing, distance_unit=dist_unit)
+    check_unknown(ov.outside_pred, table, pred_name, allow_unknown=allow_unknown)
+    if ov.excluded_ref and infos:
+        logger.warning(
+            "%s: reference labels not in the classes excluded from every score: %s",
+            ref_name,
+            ", ".join(f"{k} ({v} samples)" for k, v in sorted(ov.excluded_ref.items())),
+        )
+    result = EvaluationResult(
+        ov,
+        spacing=dist.spacing if dist else (),
+        distance_unit=dist.unit if dist else "",
+        classes_source=table.source,
+        grid=ref_img.grid.describe(),
+        tolerance=tolerance if surface else None,
+    )
     result.pred_path = None if isinstance(pred, Image) else str(pred)
     result.ref_path = None if isinstance(ref, Image) else str(ref)
     if surface or brats:
@@ -187,15 +296,20 @@ def evaluate(
                 if label == 0:
                     continue
                 result.surface[label] = surface_metrics(
-                    p_np == label, r_np == label, spacing, tolerance=tolerance
+                    p_np == label, r_np == label, dist.spacing, tolerance=tolerance
                 )
         if brats:
             if ref_img.kind != "volume":
-                raise InvalidInputError("BraTS metrics need volumes (NIfTI/DICOM), got a raster")
+                raise InvalidInputError(
+                    f"{ref_name}: BraTS metrics need volumes (NIfTI/DICOM), got a raster"
+                )
+            result.brats_convention, result.lesion_wise = brats, lesion_wise
+            result.brats_protocol = brats_protocol
+            result.regions = region_definitions(brats)
             result.brats = brats_metrics(
                 p_np,
                 r_np,
-                spacing,
+                dist.spacing,
                 convention=brats,
                 lesion_wise=lesion_wise,
                 protocol=brats_protocol,  # type: ignore[arg-type]
@@ -235,6 +349,33 @@ class FolderResult:
     def case_rows(self) -> list[dict[str, Any]]:
         """One row per case and class/region."""
         return [{"case": c, **row} for c, res in self.cases.items() for row in res.rows()]
+
+    def case_table(self, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One row per case, then a ``mean`` row (NaN-skipping mean over cases).
+
+        Columns are ``case``, ``n_cases`` (in the mean row) and ``class_<name>_<metric>`` /
+        ``region_<name>_<metric>`` for every numeric metric (or only the metrics in
+        ``columns``), so a spreadsheet gets one line per case.
+        """
+        rows: list[dict[str, Any]] = []
+        for case, res in self.cases.items():
+            row: dict[str, Any] = {"case": case}
+            for r in res.rows():
+                name = _slug(str(r["name"] if r["kind"] == "class" else r["region"]))
+                for col, v in r.items():
+                    if col in ("index", "kind") or isinstance(v, bool):
+                        continue
+                    if not isinstance(v, (int, float)) or (columns and col not in columns):
+                        continue
+                    row[f"{r['kind']}_{name}_{col}"] = v
+            rows.append(row)
+        cols = rows_to_columns(rows)
+        mean: dict[str, Any] = {"case": "mean", "n_cases": len(rows)}
+        for col in cols[1:]:
+            vals = np.array([r.get(col, math.nan) for r in rows], dtype=float)
+            finite = vals[~np.isnan(vals)]
+            mean[col] = float(finite.mean()) if finite.size else math.nan
+        return [*rows, mean]
 
     def summary(self) -> list[dict[str, Any]]:
         """Mean, std and median over cases of every numeric column, per class/region."""
@@ -293,6 +434,10 @@ def evaluate_folder(
         missing_pred=sorted(set(refs) - set(preds)),
         missing_ref=sorted(set(preds) - set(refs)),
     )
+
+
+def _slug(name: str) -> str:
+    return "_".join(name.split()) or "unnamed"
 
 
 def rows_to_columns(rows: Sequence[dict[str, Any]]) -> list[str]:

@@ -15,8 +15,10 @@ Conventions
 -----------
 * Rows are reference labels, columns are predicted labels (scikit-learn's orientation).
 * Reference samples that are invalid (nodata / mask) or equal ``ignore_index`` are excluded.
-* Reference labels outside ``labels`` are excluded too (counted in ``n_excluded``); predicted
-  labels outside ``labels`` land in a trailing "other" column, so they still count as misses.
+* Reference labels outside ``labels`` are excluded too (counted in ``n_excluded``, by label in
+  ``excluded_ref``); predicted labels outside ``labels`` (the prediction's nodata, or labels
+  that are no class, by label in ``outside_pred``) land in a trailing column
+  (:data:`OUTSIDE_COLUMN`), so they still count as misses.
 * ``empty="brats"`` (default): a class absent from both prediction and reference scores
   Dice = IoU = Tversky = 1 (as BraTS scores an empty region); ``empty="nan"`` gives NaN.
   A class present in only one of them scores 0 either way.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import dask
@@ -38,6 +40,9 @@ from geomed_seg.errors import InvalidInputError
 logger = logging.getLogger(__name__)
 
 EmptyRule = Literal["brats", "nan"]
+
+#: Name of the confusion matrix's trailing column.
+OUTSIDE_COLUMN = "not a class (prediction nodata or unknown label)"
 
 #: Labels below this bound are counted with a dense ``np.bincount`` table per block.
 _DENSE_LIMIT = 1024
@@ -139,7 +144,10 @@ class OverlapResult:
     """Confusion matrix and the scores derived from it.
 
     ``confusion[i, j]`` counts samples with reference ``labels[i]`` predicted as ``labels[j]``;
-    the last column (``"other"``) counts predictions outside ``labels``.
+    the last column (:data:`OUTSIDE_COLUMN`) counts predictions outside ``labels``: the
+    prediction's nodata (``nodata_pred`` samples) and labels that are no class
+    (``outside_pred``: ``{label: samples}``). ``excluded_ref`` counts excluded reference
+    samples by label (labels outside ``labels``; nodata and ``ignore_index`` never reach it).
     """
 
     labels: list[int]
@@ -157,6 +165,33 @@ class OverlapResult:
     sample_size: float
     area_unit: str
     extra: dict[str, Any] = field(default_factory=dict)
+    outside_pred: dict[Any, int] = field(default_factory=dict)
+    nodata_pred: int = 0
+    excluded_ref: dict[Any, int] = field(default_factory=dict)
+
+    @property
+    def column_names(self) -> list[str]:
+        """Names of the confusion matrix's columns: the classes, then :data:`OUTSIDE_COLUMN`."""
+        return [*self.names, OUTSIDE_COLUMN]
+
+    def confusion_dict(self) -> dict[str, Any]:
+        """The confusion matrix with what every row and column is (JSON-friendly)."""
+        return {
+            "rows": "reference class",
+            "columns": "predicted class",
+            "row_labels": [f"{i} {n}" for i, n in zip(self.labels, self.names, strict=True)],
+            "column_labels": [
+                *(f"{i} {n}" for i, n in zip(self.labels, self.names, strict=True)),
+                OUTSIDE_COLUMN,
+            ],
+            "counts": self.confusion.tolist(),
+            "unit": "samples",
+            "prediction_nodata_samples": int(self.nodata_pred),
+            "prediction_unknown_labels": {str(k): int(v) for k, v in self.outside_pred.items()},
+            "reference_excluded_samples": int(self.n_excluded),
+            "reference_excluded_labels": {str(k): int(v) for k, v in self.excluded_ref.items()},
+            "note": "reference nodata/mask and --ignore samples are not counted anywhere",
+        }
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per class (table / CSV / DataFrame rows)."""
@@ -176,7 +211,7 @@ class OverlapResult:
         return {
             "labels": list(self.labels),
             "names": list(self.names),
-            "confusion": self.confusion.tolist(),
+            "confusion": self.confusion_dict(),
             "classes": self.rows(),
             **self.summary(),
             "n_valid": self.n_valid,
@@ -195,13 +230,17 @@ def _ratio(num: np.ndarray, den: np.ndarray, empty_value: float) -> np.ndarray:
 
 
 def confusion_from_counts(
-    counts: dict, labels: Sequence[int] | None = None, ignore_index: int | None = None
+    counts: dict,
+    labels: Sequence[int] | None = None,
+    ignore_index: int | None = None,
+    pred_nodata: float | None = None,
 ) -> tuple[list[int], np.ndarray, int]:
-    """Return ``(labels, matrix, n_excluded)``; the matrix has one extra "other" column."""
+    """Return ``(labels, matrix, n_excluded)``; the matrix has one extra column
+    (:data:`OUTSIDE_COLUMN`). Inferred ``labels`` never include ``pred_nodata``."""
     if ignore_index is not None:
         counts = {k: v for k, v in counts.items() if k[0] != ignore_index}
     if labels is None:
-        seen = {k[0] for k in counts} | {k[1] for k in counts}
+        seen = {k[0] for k in counts} | {k[1] for k in counts if k[1] != pred_nodata}
         seen.discard(ignore_index)
         labels = sorted(int(v) for v in seen if float(v).is_integer())
     labels = [int(v) for v in labels]
@@ -216,6 +255,34 @@ def confusion_from_counts(
             continue
         mat[i, pos.get(p, n)] += c
     return labels, mat, excluded
+
+
+def outside_counts(
+    counts: dict,
+    labels: Sequence[int],
+    ignore_index: int | None = None,
+    pred_nodata: float | None = None,
+) -> tuple[dict, int, dict]:
+    """Return ``(outside_pred, nodata_pred, excluded_ref)`` of ``{(ref, pred): count}`` counts.
+
+    ``outside_pred``: ``{predicted label: samples}`` not in ``labels`` nor ``pred_nodata``, over
+    scored samples (reference in ``labels``); ``nodata_pred``: scored samples predicted as
+    ``pred_nodata``; ``excluded_ref``: ``{reference label: samples}`` outside ``labels``.
+    """
+    known = {int(v) for v in labels}
+    outside: dict = {}
+    excluded: dict = {}
+    nodata = 0
+    for (r, p), c in counts.items():
+        if r == ignore_index:
+            continue
+        if r not in known:
+            excluded[r] = excluded.get(r, 0) + c
+        elif pred_nodata is not None and p == pred_nodata:
+            nodata += c
+        elif p not in known:
+            outside[p] = outside.get(p, 0) + c
+    return outside, nodata, excluded
 
 
 def scores_from_confusion(
@@ -305,6 +372,7 @@ def overlap_metrics(
     empty: EmptyRule = "brats",
     sample_size: float = 1.0,
     area_unit: str = "px",
+    pred_nodata: float | None = None,
 ) -> OverlapResult:
     """Return overlap scores of label arrays ``pred`` vs ``ref`` in one streamed pass.
 
@@ -326,14 +394,18 @@ def overlap_metrics(
         Score of a class absent from both arrays (see module docstring).
     sample_size, area_unit :
         Area or volume of one sample and its unit, used for ``ref_area`` / ``pred_area``.
+    pred_nodata : float, optional
+        The prediction's nodata value: never a class; its samples count in the last column.
     """
     counts = count_pairs(pred, ref, valid)
     lab, conf, excluded = confusion_from_counts(
-        counts, None if labels is None else list(labels), ignore_index
+        counts, None if labels is None else list(labels), ignore_index, pred_nodata
     )
+    outside, nodata, excluded_ref = outside_counts(counts, lab, ignore_index, pred_nodata)
     if excluded:
         logger.info("%d reference samples with labels outside %s excluded", excluded, lab)
-    return scores_from_confusion(
+    res = scores_from_confusion(
         lab, conf, names=names, tversky=tversky, empty=empty,
         sample_size=sample_size, area_unit=area_unit, n_excluded=excluded,
     )  # fmt: skip
+    return replace(res, outside_pred=outside, nodata_pred=nodata, excluded_ref=excluded_ref)

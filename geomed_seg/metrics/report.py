@@ -1,4 +1,10 @@
-"""Render evaluation results: rich table, JSON, CSV, Markdown, and a confusion-matrix plot."""
+"""Render evaluation results: rich table, JSON, CSV, Markdown, and a confusion-matrix plot.
+
+Every view says what it measured against what: the prediction and reference, the grid, where
+the class names come from, the metric set with units (table and Markdown headers carry the
+area and distance units), and a headline that names each class or region. A folder of cases
+renders one row per case plus the mean (:meth:`FolderResult.case_table`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,15 @@ from geomed_seg.errors import InvalidInputError
 from geomed_seg.metrics.evaluate import EvaluationResult, FolderResult, rows_to_columns
 
 FORMATS = ("table", "json", "csv", "md")
+
+#: Output suffix -> format, for ``-o``.
+SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".md": "md", ".txt": "table"}
+
+#: Metrics shown per case in the folder table / Markdown views (CSV and JSON keep everything).
+_CASE_METRICS = ("dice", "hd95", "nsd", "global_dsc", "global_hd95", "global_nsd", "f1",
+                 "lesionwise_dsc_mean", "lesionwise_hd95_mean")  # fmt: skip
+_DISTANCE_COLS = {"hd", "hd95", "assd", "global_hd95", "lesionwise_hd95_mean",
+                  "lesionwise_hd95_std"}  # fmt: skip
 
 #: Columns shown in the table / Markdown views (CSV and JSON keep everything).
 _CLASS_COLS = ("index", "name", "dice", "iou", "tversky", "precision", "recall", "specificity",
@@ -34,19 +49,40 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
+    """Return the format of an output file: its suffix decides; ``fmt`` must agree if given."""
+    suffix = os.path.splitext(str(path))[1].lower()
+    by_suffix = SUFFIX_FORMATS.get(suffix)
+    if by_suffix is None:
+        known = ", ".join(SUFFIX_FORMATS)
+        raise InvalidInputError(f"{path}: unknown report suffix {suffix!r}; use one of {known}")
+    if fmt is not None and fmt != by_suffix:
+        raise InvalidInputError(f"{path}: --format {fmt} contradicts the {suffix} suffix")
+    return by_suffix
+
+
+def _units(col: str, result: EvaluationResult | FolderResult) -> str:
+    """Column header with its unit (``hd95 (mm)``, ``ref_area (mm3)``)."""
+    first = next(iter(result.cases.values()), None) if isinstance(result, FolderResult) else result
+    if first is None:
+        return col
+    if any(col.endswith(d) for d in _DISTANCE_COLS) and first.distance_unit:
+        return f"{col} ({first.distance_unit})"
+    if col.endswith(("ref_area", "pred_area")):
+        return f"{col} ({first.overlap.area_unit})"
+    return col
+
+
 def _tables(result: EvaluationResult | FolderResult) -> list[tuple[str, list[str], list[dict]]]:
     if isinstance(result, FolderResult):
-        rows = result.summary()
-        cols = ["kind", "name", "stat", "n", "dice", "iou", "hd95", "global_dsc", "global_hd95",
-                "lesionwise_dsc_mean", "f1"]  # fmt: skip
-        cols = [c for c in cols if any(c in r for r in rows)]
-        return [("summary over cases", cols, rows)]
+        rows = result.case_table(_CASE_METRICS)
+        return [("per case, then the mean over cases", rows_to_columns(rows), rows)]
     rows = result.rows()
     cls = [r for r in rows if r["kind"] == "class"]
     reg = [r for r in rows if r["kind"] == "region"]
     out = [("classes", [c for c in _CLASS_COLS if any(c in r for r in cls)], cls)]
     if reg:
-        out.append(("BraTS regions", list(_REGION_COLS), reg))
+        out.append((f"BraTS {result.brats_convention} regions", list(_REGION_COLS), reg))
     return out
 
 
@@ -57,6 +93,7 @@ def render(result: EvaluationResult | FolderResult, fmt: str = "table") -> str:
     if fmt == "json":
         if isinstance(result, FolderResult):
             data: Any = {
+                "per_case": result.case_table(),
                 "cases": {k: v.to_dict() for k, v in result.cases.items()},
                 "summary": result.summary(),
                 "missing_pred": result.missing_pred,
@@ -66,13 +103,13 @@ def render(result: EvaluationResult | FolderResult, fmt: str = "table") -> str:
             data = result.to_dict()
         return json.dumps(_deep_clean(data), indent=2)
     if fmt == "csv":
-        rows = result.case_rows() if isinstance(result, FolderResult) else result.rows()
+        rows = result.case_table() if isinstance(result, FolderResult) else result.rows()
         return to_csv(rows)
     if fmt == "md":
         parts = []
         for title, cols, rows in _tables(result):
             parts.append(f"**{title}**\n")
-            parts.append("| " + " | ".join(cols) + " |")
+            parts.append("| " + " | ".join(_units(c, result) for c in cols) + " |")
             parts.append("|" + "---|" * len(cols))
             parts.extend("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows)
             parts.append("")
@@ -98,14 +135,26 @@ def _extra_lines(result: EvaluationResult | FolderResult) -> list[str]:
     lines = []
     if isinstance(result, FolderResult):
         lines.append(f"cases evaluated: {len(result.cases)}")
+        first = next(iter(result.cases.values()), None)
+        if first is not None:
+            lines += [f"metrics: {m}" for m in first.metric_set()]
         if result.missing_pred:
             lines.append(f"MISSING prediction for: {', '.join(result.missing_pred)}")
         if result.missing_ref:
             lines.append(f"MISSING reference for: {', '.join(result.missing_ref)}")
     else:
-        s = result.overlap.summary()
-        lines.append(" ".join(f"{k}={_fmt(v)}" for k, v in s.items()))
-        lines.append(f"areas in {result.overlap.area_unit}; distances in {result.distance_unit}")
+        lines.append(f"prediction: {result.pred_path or 'in memory'}")
+        lines.append(f"reference: {result.ref_path or 'in memory'}")
+        lines.append(f"grid: {result.grid}")
+        lines += [f"metrics: {m}" for m in result.metric_set()]
+        lines += result.headline()
+        ov = result.overlap
+        if ov.nodata_pred or ov.outside_pred or ov.n_excluded:
+            lines.append(
+                f"confusion: {ov.nodata_pred} samples predicted nodata and "
+                f"{sum(ov.outside_pred.values())} with an unknown label count as misses; "
+                f"{ov.n_excluded} reference samples outside the classes excluded"
+            )
     return lines
 
 
@@ -119,7 +168,8 @@ def _rich_table(result: EvaluationResult | FolderResult) -> str:
         table = Table(title=title)
         for c in cols:
             table.add_column(
-                c, justify="right" if c not in ("name", "region", "kind", "stat") else "left"
+                _units(c, result),
+                justify="right" if c not in ("name", "region", "kind", "stat", "case") else "left",
             )
         for r in rows:
             table.add_row(*(_fmt(r.get(c, "")) for c in cols))
@@ -130,12 +180,12 @@ def _rich_table(result: EvaluationResult | FolderResult) -> str:
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows as CSV text (header = union of keys)."""
+    """Rows as CSV text (header = union of keys), floats at full precision (``repr``)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=rows_to_columns(rows), extrasaction="ignore")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: _fmt(v) if isinstance(v, float) else v for k, v in r.items()})
+        writer.writerow({k: repr(float(v)) if isinstance(v, float) else v for k, v in r.items()})
     return buf.getvalue()
 
 
@@ -155,7 +205,8 @@ def plot(result: EvaluationResult, path: str | os.PathLike) -> None:
     im = a0.imshow(norm, cmap="viridis", vmin=0, vmax=1)
     a0.set_xticks(range(n), ov.names, rotation=45, ha="right")
     a0.set_yticks(range(n), ov.names)
-    a0.set_xlabel("prediction")
+    outside = int(ov.confusion[:, n:].sum())
+    a0.set_xlabel("prediction" + (f" ({outside} samples outside the classes)" if outside else ""))
     a0.set_ylabel("reference")
     a0.set_title("confusion (row-normalised)")
     fig.colorbar(im, ax=a0)

@@ -1,4 +1,11 @@
-"""BraTS regions and lesion-wise metrics equal brats-evaluation (panoptica) case by case."""
+"""BraTS regions and lesion-wise metrics equal brats-evaluation (panoptica) case by case.
+
+Lesion-wise numbers come straight from brats-evaluation run with the correct spacing. Its
+*global* HD95/NSD ignore the spacing (panoptica passes none to global metrics: voxel units),
+so the global distances are compared with panoptica's own metric functions called on the same
+region masks *with* the spacing (tolerance 0.5 x smallest spacing, brats-evaluation's 0.5
+voxel at 1 mm), and, on isotropic grids, with brats-evaluation's voxel values times the spacing.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,10 @@ from tests.metrics.data import brats_case
 
 brats_evaluation = pytest.importorskip("brats_evaluation")
 from panoptica import Panoptica_Evaluator  # noqa: E402
+from panoptica.metrics.hausdorff_distance import _compute_hausdorff_distance95  # noqa: E402
+from panoptica.metrics.normalized_surface_dice import (  # noqa: E402
+    _compute_normalized_surface_dice,
+)
 
 KINDS = ["several", "missed", "false_positive", "empty_pred", "empty_ref", "both_empty"]
 SPACING = (1.5, 1.0, 1.2)  # (z, y, x) mm, anisotropic on purpose
@@ -52,7 +63,23 @@ def _evaluator(
     return Panoptica_Evaluator.load_from_config(str(path))
 
 
-def _compare(reference: dict, ours) -> None:
+def _global_mm(pred, ref, labels, spacing, key, edge_value):
+    """panoptica's global metric of one region, given the spacing brats-evaluation omits."""
+    p, r = np.isin(pred, labels), np.isin(ref, labels)
+    if not np.any(p & r) or edge_value is None or not np.isfinite(edge_value):
+        return edge_value  # edge cases (no overlap, empty) are unit-free: keep theirs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if key == "global_bin_hd95":
+            return float(_compute_hausdorff_distance95(r, p, voxelspacing=spacing))
+        return float(
+            _compute_normalized_surface_dice(
+                r, p, voxelspacing=spacing, threshold=0.5 * min(spacing)
+            )
+        )
+
+
+def _compare(reference: dict, ours, pred=None, ref=None, spacing=None, regions=None) -> None:
     by_region = {r.region.lower(): r for r in ours}
     assert set(by_region) == set(reference)
     for region, res in reference.items():
@@ -62,6 +89,8 @@ def _compare(reference: dict, ours) -> None:
             want = d.get(key, float("nan"))  # metrics panoptica could not compute are absent
             if want is None:
                 want = float("nan")
+            if key in ("global_bin_hd95", "global_bin_nsd") and pred is not None:
+                want = _global_mm(pred, ref, regions[region.upper()], spacing, key, want)
             if key == "global_bin_hd95" and np.isinf(want):
                 want = HD95_PENALTY  # brats-evaluation's parse_seg_results
             got = getattr(mine, attr)
@@ -84,7 +113,8 @@ def test_2023_equals_brats_evaluation(kind):
     _compare(
         _run(_evaluator("GoAT"), pred, ref, SPACING),
         brats_metrics(pred, ref, SPACING, convention="2023"),
-    )
+        pred, ref, SPACING, region_definitions("2023"),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["several", "false_positive", "empty_pred"])
@@ -97,7 +127,8 @@ def test_2024_equals_brats_evaluation_gli(kind):
     _compare(
         _run(_evaluator("gli"), pred, ref, SPACING),
         brats_metrics(pred, ref, SPACING, convention="2024"),
-    )
+        pred, ref, SPACING, region_definitions("2024"),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["several", "missed", "empty_ref"])
@@ -107,7 +138,11 @@ def test_legacy_equals_brats_evaluation(kind, tmp_path):
     ref = np.where(ref == 3, 4, ref).astype(np.uint8)
     relabel = {"[3]": "[4]", "[1, 3]": "[1, 4]", "[1, 2, 3]": "[1, 2, 4]"}
     ev = _evaluator("GoAT", relabel, tmp_path)
-    _compare(_run(ev, pred, ref, SPACING), brats_metrics(pred, ref, SPACING, convention="legacy"))
+    _compare(
+        _run(ev, pred, ref, SPACING),
+        brats_metrics(pred, ref, SPACING, convention="legacy"),
+        pred, ref, SPACING, region_definitions("legacy"),
+    )  # fmt: skip
 
 
 def test_nifti_files_through_evaluate_single_exam(tmp_path):
@@ -137,6 +172,8 @@ def test_nifti_files_through_evaluate_single_exam(tmp_path):
     assert right["wt"].lesionwise_hd95_mean != pytest.approx(out["wt"]["sq_hd95"], rel=1e-6)
     for region in ("et", "tc", "wt"):
         assert ours[region].global_dsc == pytest.approx(out[region]["global_bin_dsc"], rel=1e-9)
+        # brats-evaluation's global HD95 is in voxels: ours is in mm (never below 1 voxel's worth)
+        assert ours[region].global_hd95 >= out[region]["global_bin_hd95"] * 1.0 - 1e-9
         assert ours[region].lesionwise_hd95_mean == pytest.approx(out[region]["sq_hd95"], rel=1e-6)
         assert ours[region].lesionwise_nsd_mean == pytest.approx(out[region]["sq_nsd"], rel=1e-6)
         assert ours[region].f1 == pytest.approx(out[region]["rq"], rel=1e-9)
@@ -155,7 +192,7 @@ def test_brats2023_protocol_scores_missed_and_false_positive_lesions():
     pred, ref = brats_case("false_positive")
     (wt,) = [
         r
-        for r in brats_metrics(pred, ref, convention="2023", protocol="brats2023")
+        for r in brats_metrics(pred, ref, (1.0, 1.0, 1.0), convention="2023", protocol="brats2023")
         if r.region == "WT"
     ]
     assert wt.n_ref_lesions == 2 and wt.tp == 2 and wt.fp == 1
@@ -164,5 +201,9 @@ def test_brats2023_protocol_scores_missed_and_false_positive_lesions():
     assert wt.lesionwise_dsc_mean == pytest.approx(sum(dice) / 3)
     assert wt.lesionwise_hd95_mean > HD95_PENALTY / 3
     pred, ref = brats_case("both_empty")
-    (et,) = [r for r in brats_metrics(pred, ref, protocol="brats2023") if r.region == "ET"]
+    (et,) = [
+        r
+        for r in brats_metrics(pred, ref, (1.0, 1.0, 1.0), protocol="brats2023")
+        if r.region == "ET"
+    ]
     assert (et.lesionwise_dsc_mean, et.lesionwise_hd95_mean) == (1.0, 0.0)
