@@ -106,8 +106,14 @@ def _flood(res: DemoResult, data_dir: Path, output: Path, overwrite: bool) -> No
     run = run_pipeline("flood", output=output / "flood_unet", overrides=sets, overwrite=overwrite)
     water = next((r for r in run.report["classes"] if r["name"] == "water"), None)
     area = f"water {water['area_km2']:.2f} km², " if water else ""
-    agree = next((m["dice"] for m in run.report["metrics"] if m["what"].endswith("water")), None)
-    versus = "" if agree is None else f"Dice {agree:.3f} vs the NDWI baseline (its weak labels), "
+    agree = next(
+        (m["dice"] for m in run.report["metrics"]
+         if m.get("kind") == "class" and m.get("name") == "water"),
+        None,
+    )  # fmt: skip
+    versus = (
+        "" if agree is None else f"water Dice {agree:.3f} vs the NDWI baseline (its weak labels), "
+    )
     res.facts["flood (U-Net)"] = f"{area}{versus}{run.seconds:.1f} s"
     res.outputs["flood U-Net labels"] = run.outputs["labels"]
 
@@ -141,9 +147,10 @@ def _brats(res: DemoResult, data_dir: Path, output: Path, overwrite: bool) -> No
     sets = [f"evaluation.reference={truth}", f"model.checkpoint={ckpt}", "input.synthetic=true"]
     run = run_pipeline("brats", input=case, output=output / "brats", overrides=sets,
                        overwrite=overwrite)  # fmt: skip
-    regions = {m["what"].split()[-1]: m["dice"] for m in run.report["metrics"]
-               if m["what"].startswith("region")}  # fmt: skip
-    dice = ", ".join(f"{k} {v:.3f}" for k, v in regions.items())
+    regions = [m for m in run.report["metrics"] if m.get("kind") == "region"]
+    dice = ", ".join(
+        f"{m['name']} {m['dice']:.3f} (HD95 {m['hd95']:.1f} {m['distance_unit']})" for m in regions
+    )
     res.facts["brats input"] = "SYNTHETIC phantom: synthetic tumour + sequences on real MNI152"
     res.facts["brats method"] = "; ".join(run.report["notes"]) or run.report["method"]
     res.facts["brats Dice vs phantom truth"] = dice

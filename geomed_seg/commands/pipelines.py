@@ -46,7 +46,12 @@ def _print_run(result) -> None:
         size = f"{row['area_km2']:.3f} km²" if "area_km2" in row else f"{row['volume_ml']:.2f} ml"
         table.add_row(f"class {row['index']} {row['name']}", size)
     for m in rep["metrics"]:
-        table.add_row(m["what"], "Dice " + ("–" if m["dice"] is None else f"{m['dice']:.4f}"))
+        text = "Dice " + ("–" if m["dice"] is None else f"{m['dice']:.4f}")
+        if m.get("hd95") is not None:
+            text += f", HD95 {m['hd95']:.4g} {m.get('distance_unit', '')}"
+        table.add_row(m["what"], text)
+    if rep.get("evaluation", {}).get("reference"):
+        table.add_row("evaluated against", str(rep["evaluation"]["reference"]))
     for key, path in result.outputs.items():
         table.add_row(key, str(path))
     Console().print(table)

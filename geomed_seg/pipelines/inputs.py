@@ -84,14 +84,23 @@ def find_sequences(folder: Path, patterns: dict[str, str]) -> dict[str, Path]:
     return found
 
 
+def effective_config(cfg: PipelineConfig, override: Path | None = None) -> PipelineConfig:
+    """Return ``cfg`` with ``input`` as actually used: ``override`` (``--input``) replaces the
+    path or the sequence folder. Provenance (``run.json``) records this, not the YAML default."""
+    spec = cfg.input
+    if override is None:
+        return cfg
+    used = str(cfg.resolve(override))
+    if spec.folder or (override.is_dir() and spec.sequences):
+        spec = spec.model_copy(update={"folder": used, "path": None})
+    else:
+        spec = spec.model_copy(update={"path": used, "bands": None, "folder": None})
+    return cfg.model_copy(update={"input": spec})
+
+
 def open_inputs(cfg: PipelineConfig, override: Path | None = None) -> tuple[Image, list[Path]]:
     """Return ``(image, input files)`` for ``cfg``; ``override`` replaces path or folder."""
-    spec = cfg.input
-    if override is not None:
-        if spec.folder or (override.is_dir() and spec.sequences):
-            spec = spec.model_copy(update={"folder": str(override), "path": None})
-        else:
-            spec = spec.model_copy(update={"path": str(override), "bands": None, "folder": None})
+    spec = effective_config(cfg, override).input
     if spec.path:
         path = cfg.resolve(spec.path)
         img = _open(path)

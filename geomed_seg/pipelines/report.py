@@ -117,6 +117,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("synthetic"):
         lines += ["**SYNTHETIC input** (phantom tumour in real anatomy): no clinical meaning.", ""]
     lines += [f"- input: `{p}`" for p in report.get("inputs", [])]
+    if report.get("grid"):
+        lines.append(f"- grid: {report['grid']}")
     lines += [f"- method: {report['method']}", f"- seconds: {report['seconds']:.2f}"]
     if report.get("threshold") is not None:
         lines.append(f"- threshold: {report['threshold']:.4f}")
@@ -139,14 +141,36 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Engine", ""]
         lines += [f"- {k}: {v}" for k, v in report["engine"].items()]
     if report.get("metrics"):
-        lines += ["", "## Evaluation", "", "| what | Dice | IoU |", "|---|---|---|"]
+        lines += ["", "## Evaluation", ""] + _evaluation_header(report.get("evaluation") or {})
+        unit = next((m.get("distance_unit") for m in report["metrics"] if m.get("distance_unit")),
+                    None)  # fmt: skip
+        distances = any(m.get("hd95") is not None for m in report["metrics"])
+        head = "| what | Dice | IoU |"
+        if distances:
+            head += f" HD95 ({unit}) | NSD |"
+        lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
         for m in report["metrics"]:
-            dice, iou = m.get("dice"), m.get("iou")
-            lines.append(f"| {m['what']} | {_f(dice)} | {_f(iou)} |")
+            row = f"| {m['what']} | {_f(m.get('dice'))} | {_f(m.get('iou'))} |"
+            if distances:
+                row += f" {_f(m.get('hd95'))} | {_f(m.get('nsd'))} |"
+            lines.append(row)
     if report.get("outputs"):
         lines += ["", "## Outputs", ""]
         lines += [f"- {k}: `{v}`" for k, v in report["outputs"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _evaluation_header(ev: dict[str, Any]) -> list[str]:
+    """Lines naming the reference, grid, class names and metric set of an evaluation."""
+    out = []
+    if ev.get("reference"):
+        out.append(f"- evaluated against: `{ev['reference']}`")
+    if ev.get("grid"):
+        out.append(f"- on the grid: {ev['grid']}")
+    if ev.get("classes_source"):
+        out.append(f"- class names from: {ev['classes_source']}")
+    out += [f"- metrics: {m}" for m in ev.get("metric_set", [])]
+    return out
 
 
 def _f(v: Any) -> str:

@@ -97,15 +97,53 @@ def _evaluate(labels: Image, cfg: PipelineConfig, classes, reference: Image | No
         surface=cfg.evaluation.surface,
         brats=cfg.evaluation.brats,
     )
-    rows = [
-        {"what": f"class {r['index']} {r['name']}", "dice": r["dice"], "iou": r["iou"]}
-        for r in res.overlap.rows()
-    ]
-    rows += [
-        {"what": f"region {r.region}", "dice": r.global_dsc, "iou": None, "hd95": r.global_hd95}
-        for r in res.brats
-    ]
-    return res, rows
+    if res.ref_path is None:
+        res.ref_path = f"in-memory reference ({ref.attrs.get('source') or 'no file'})"
+    return res, evaluation_rows(res)
+
+
+def evaluation_rows(res) -> list[dict[str, Any]]:
+    """Report rows of an evaluation: one per class, then one per BraTS region, each named."""
+    unit = res.distance_unit
+    rows = []
+    for r in res.overlap.rows():
+        s = res.surface.get(r["index"])
+        rows.append({
+            "kind": "class", "index": r["index"], "name": r["name"],
+            "what": f"class {r['index']} {r['name']}", "dice": r["dice"], "iou": r["iou"],
+            "hd95": s.hd95 if s else None, "nsd": s.nsd if s else None, "distance_unit": unit,
+        })  # fmt: skip
+    for r in res.brats:
+        rows.append({
+            "kind": "region", "name": r.region, "what": f"region {r.region}",
+            "labels": list(res.regions.get(r.region, [])),
+            "dice": r.global_dsc, "iou": None, "hd95": r.global_hd95, "nsd": r.global_nsd,
+            "distance_unit": unit,
+        })  # fmt: skip
+    return rows
+
+
+def _evaluation_summary(res) -> dict[str, Any]:
+    """What an evaluation was against and what it measured (for report.md / report.json)."""
+    if res is None:
+        return {}
+    return {
+        "reference": res.ref_path,
+        "grid": res.grid,
+        "classes_source": res.classes_source,
+        "metric_set": res.metric_set(),
+        "distance_unit": res.distance_unit,
+        "spacing": list(res.spacing),
+    }
+
+
+def _reference_provenance(ref: str | None) -> dict[str, str] | None:
+    """``{path: sha256}`` of the evaluation reference file, ``{description: ""}`` in memory."""
+    from geomed_seg.pipelines import report
+
+    if ref is None:
+        return None
+    return {ref: report.sha256(Path(ref)) if Path(ref).exists() else ""}
 
 
 def _write_labels(labels: Image, classes, folder: Path, source: Image, overwrite: bool) -> Path:
@@ -175,11 +213,12 @@ def run_pipeline(
 
     start = time.perf_counter()
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides)
+    cfg = inputs.effective_config(cfg, Path(input) if input else None)  # what run.json records
     sensor, dataset = _cards(cfg)
     if image is not None:
         img, files = image, []
     else:
-        img, files = inputs.open_inputs(cfg, Path(input) if input else None)
+        img, files = inputs.open_inputs(cfg)
     if (img.kind == "raster") != (cfg.kind == "raster"):
         raise ConfigError(f"{cfg.name}: pipeline kind {cfg.kind!r} but the input is a {img.kind}")
     source = img
@@ -209,12 +248,14 @@ def run_pipeline(
         "pipeline": cfg.name,
         "synthetic": bool(source.attrs.get("synthetic") or cfg.input.synthetic),
         "inputs": [str(f) for f in files],
+        "grid": source.grid.describe(),
         "method": out.method,
         "threshold": out.threshold,
         "notes": out.notes,
         "classes": report.class_measures(out.labels, classes),
         "engine": out.stats,
         "metrics": metrics,
+        "evaluation": _evaluation_summary(evaluation),
         "seconds": seconds,
         "outputs": {k: str(v) for k, v in result.outputs.items()},
     }
@@ -226,6 +267,7 @@ def run_pipeline(
         "versions": report.versions(),
         "config": cfg.model_dump(mode="json"),
         "inputs": {str(f): report.sha256(f) for f in files},
+        "reference": _reference_provenance(rep["evaluation"].get("reference")),
         "model_card": out.model_card,
         "synthetic": rep["synthetic"],
     }
