@@ -106,6 +106,8 @@ def _read_headers(files: list[Path], explicit: bool = False) -> list[_File]:
     for p in files:
         try:
             ds = read_header(p)
+        except ReadError:  # DICOM, but cut short: corrupt input, never a skipped file
+            raise
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError):
             logger.debug("%s: not a DICOM file, skipped", p)
             continue

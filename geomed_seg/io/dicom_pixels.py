@@ -68,10 +68,10 @@ class _ToDebug(logging.Handler):
 
 
 @contextmanager
-def quiet_decoders(path: Path) -> Iterator[None]:
+def quiet_decoders(path: Path) -> Iterator[list[warnings.WarningMessage]]:
     """Capture warnings and pydicom/highdicom log records while reading ``path``.
 
-    They are logged at debug level (``--debug`` shows them), so a decoder's own messages
+    Yields the list the warnings are recorded in. They are logged at debug level (``--debug`` shows them), so a decoder's own messages
     and tracebacks never print before the one-line error that names the file.
     """
     with _QUIET:
@@ -85,7 +85,7 @@ def quiet_decoders(path: Path) -> Iterator[None]:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                yield
+                yield caught
         finally:
             for lg, propagate in saved:
                 lg.removeHandler(handler)
@@ -97,10 +97,16 @@ def quiet_decoders(path: Path) -> Iterator[None]:
 def read_header(path: Path) -> pydicom.Dataset:
     """Return ``path``'s dataset with Pixel Data left deferred (value not read).
 
-    Raises the usual pydicom/OS errors for non-DICOM files; callers decide to skip them.
+    Raises the usual pydicom/OS errors for non-DICOM files (callers decide to skip them),
+    and :class:`ReadError` for a DICOM file that ends inside its data set (pydicom only
+    warns and returns what it read).
     """
-    with quiet_decoders(path):
-        return pydicom.dcmread(path, defer_size=DEFER_BYTES)
+    with quiet_decoders(path) as caught:
+        ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+    early = [str(w.message) for w in caught if "End of file reached" in str(w.message)]
+    if early:
+        raise ReadError(f"{path}: truncated DICOM file ({early[0].split(' in file ')[0]})")
+    return ds
 
 
 def _pixel_element(ds: pydicom.Dataset) -> tuple[str, Any] | None:
@@ -252,7 +258,17 @@ def decode_values(path: Path, dtype: np.dtype | None = None) -> np.ndarray:
         arr = _modality(arr, ds)
     if arr.ndim == 2:
         arr = arr[None]
-    return arr if dtype is None else arr.astype(dtype, copy=False)
+    if dtype is None:
+        return arr
+    if np.dtype(dtype).kind in "iu" and arr.size:
+        info = np.iinfo(dtype)
+        lo, hi = arr.min(), arr.max()
+        if lo < info.min or hi > info.max:  # e.g. bits set above BitsStored
+            raise ReadError(
+                f"{path}: pixel values {lo}..{hi} exceed the range its header declares "
+                f"(BitsStored {ds.get('BitsStored')}, rescale) for {np.dtype(dtype)}"
+            )
+    return arr.astype(dtype, copy=False)
 
 
 def _stored_range(ds: pydicom.Dataset) -> tuple[float, float] | None:

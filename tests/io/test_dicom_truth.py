@@ -1,11 +1,13 @@
-"""Every image file bundled with pydicom: values equal pydicom's, geometry equal SimpleITK's,
-or a clean refusal whose reason is true (checked with pydicom, not with our code).
+"""Every image file bundled with pydicom (and with the pydicom-data wheel, a dev dependency):
+values equal pydicom's, geometry equal SimpleITK's, or a clean refusal whose reason is
+true (checked with pydicom, not with our code).
 
-References: pydicom ``pixel_array`` + ``apply_modality_lut`` (+ RT ``DoseGridScaling``) for
-values; SimpleITK (GDCM) after LPS->RAS for geometry, or the file's own
-ImagePositionPatient/ImageOrientationPatient/PixelSpacing where GDCM cannot read it.
-The files are the ones inside the pydicom wheel (``pydicom/data/test_files``): nothing is
-downloaded.
+References: pydicom ``pixel_array`` + ``apply_modality_lut`` (+ RT ``DoseGridScaling``; the
+functional groups' Pixel Value Transformation for enhanced multi-frame files) for values;
+SimpleITK (GDCM) after LPS->RAS for geometry, and each frame's own position from its
+header (ImagePositionPatient, GridFrameOffsetVector, Plane Position Sequence): the voxel
+our affine puts at that position must hold that frame. Nothing is downloaded: the files
+are inside the pydicom and pydicom-data wheels.
 """
 
 from __future__ import annotations
@@ -20,35 +22,85 @@ import SimpleITK as sitk
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.utils import get_expected_length
 
-from geomed_seg.errors import GeomedSegError, ReadError, UnsupportedFormatError
+from geomed_seg.errors import GeomedSegError, GeometryError, ReadError, UnsupportedFormatError
 from geomed_seg.io.registry import detect_format, open_image
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def _image_files() -> list[Path]:
+def _data_store() -> Path | None:
+    try:
+        import data_store  # the pydicom-data wheel
+    except ImportError:
+        return None
+    return Path(data_store.__file__).parent / "data"
+
+
+def _image_files(root: Path | None) -> list[Path]:
+    if root is None:
+        return []
     out = []
-    for p in sorted(TEST_FILES.rglob("*")):
-        if not p.is_file() or p.suffix in (".json", ".txt", ".dump", ".icc", ".gz"):
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.suffix in (".json", ".txt", ".dump", ".icc", ".gz", ".py"):
             continue
         try:
-            ds = pydicom.dcmread(p, stop_before_pixels=False, defer_size=64)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(p, defer_size=64)
         except Exception:  # noqa: BLE001 - not DICOM: not part of this suite
             continue
-        if any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
+        if any(t in ds for t in (0x7FE00010, 0x7FE00008, 0x7FE00009)) or "Rows" in ds:
             out.append(p)
     return out
 
 
-FILES = _image_files()
+FILES = [(TEST_FILES, p) for p in _image_files(TEST_FILES)]
+EXTRA = _data_store()
+FILES += [(EXTRA, p) for p in _image_files(EXTRA)] if EXTRA is not None else []
 
 
-def _reference_values(ds: pydicom.Dataset) -> np.ndarray:
-    arr = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+def _floats(value) -> np.ndarray:
+    return np.asarray([float(v) for v in value], dtype=float)
+
+
+def _frame_groups(ds: pydicom.Dataset, k: int, name: str):
+    for groups in (
+        ds.get("PerFrameFunctionalGroupsSequence"),
+        ds.get("SharedFunctionalGroupsSequence"),
+    ):
+        if groups:
+            item = groups[k] if len(groups) > 1 else groups[0]
+            if name in item:
+                return item[name][0]
+    return None
+
+
+def _reference(ds: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return (values (frame, row, col), LPS position of each frame or None) from pydicom."""
+    n = int(ds.get("NumberOfFrames") or 1)
+    raw = ds.pixel_array.reshape(n, ds.Rows, ds.Columns)
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        values = np.empty(raw.shape, dtype=np.float64)
+        positions = np.empty((n, 3))
+        for k in range(n):
+            pvt = _frame_groups(ds, k, "PixelValueTransformationSequence")
+            slope = float(pvt.RescaleSlope) if pvt is not None else 1.0
+            inter = float(pvt.RescaleIntercept) if pvt is not None else 0.0
+            values[k] = raw[k].astype(np.float64) * slope + inter
+            positions[k] = _floats(
+                _frame_groups(ds, k, "PlanePositionSequence").ImagePositionPatient
+            )
+        return values, positions
+    values = apply_modality_lut(raw, ds).astype(np.float64)
     if ds.get("Modality") == "RTDOSE" and ds.get("DoseGridScaling") is not None:
-        arr = arr * float(ds.DoseGridScaling)
-    return arr.reshape(int(ds.get("NumberOfFrames") or 1), ds.Rows, ds.Columns)
+        values = values * float(ds.DoseGridScaling)
+    if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+        return values, None
+    ipp, iop = _floats(ds.ImagePositionPatient), _floats(ds.ImageOrientationPatient)
+    normal = np.cross(iop[:3], iop[3:])
+    offsets = _floats(ds.GridFrameOffsetVector) if n > 1 else np.zeros(1)
+    return values, ipp + np.outer(offsets - offsets[0], normal)
 
 
 def _sitk_affine_ras(img: sitk.Image) -> np.ndarray:
@@ -58,22 +110,13 @@ def _sitk_affine_ras(img: sitk.Image) -> np.ndarray:
     return LPS_TO_RAS @ aff
 
 
-def _header_affine_ras(ds: pydicom.Dataset) -> np.ndarray | None:
-    """Affine of the first frame from the file's own attributes (for files GDCM cannot read)."""
-    if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-        return None
-    iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-    row, col = iop[:3], iop[3:]
-    aff = np.eye(4)
-    aff[:3, 0] = row * float(ds.PixelSpacing[1])
-    aff[:3, 1] = col * float(ds.PixelSpacing[0])
-    aff[:3, 3] = np.asarray(ds.ImagePositionPatient, dtype=float)
-    return LPS_TO_RAS @ aff
-
-
 def _expected_refusal(path: Path) -> tuple[type, str] | None:
     """Return (error type, message pattern) when the file cannot be a volume, from pydicom."""
-    ds = pydicom.dcmread(path, defer_size=64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = pydicom.dcmread(path, defer_size=64)
+    if any("End of file reached" in str(w.message) for w in caught):
+        return ReadError, "truncated DICOM file"
     if int(ds.get("SamplesPerPixel") or 1) != 1 or ds.get("PhotometricInterpretation") == (
         "PALETTE COLOR"
     ):
@@ -101,11 +144,24 @@ def _expected_refusal(path: Path) -> tuple[type, str] | None:
             if "less than expected" in str(exc):
                 return ReadError, "truncated"
             return GeomedSegError, "decode|decoder missing"
+    n = int(ds.get("NumberOfFrames") or 1)
+    if n > 1 and "PerFrameFunctionalGroupsSequence" not in ds:
+        if "ImagePositionPatient" not in ds or "GridFrameOffsetVector" not in ds:
+            return UnsupportedFormatError, f"{n} frames without"
+    ps = ds.get("PixelSpacing")
+    if ps is not None and min(float(v) for v in ps) <= 0:
+        return GeometryError, "non-positive PixelSpacing"
     return None
 
 
-@pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(TEST_FILES)) for p in FILES])
-def test_bundled_file_matches_pydicom_and_simpleitk(path: Path) -> None:
+@pytest.mark.parametrize(
+    ("root", "path"),
+    FILES,
+    ids=[
+        f"{'pydicom' if r == TEST_FILES else 'pydicom-data'}/{p.relative_to(r)}" for r, p in FILES
+    ],
+)
+def test_bundled_file_matches_pydicom_and_simpleitk(root: Path, path: Path) -> None:
     refusal = _expected_refusal(path)
     if refusal is not None:
         kind, pattern = refusal
@@ -116,23 +172,27 @@ def test_bundled_file_matches_pydicom_and_simpleitk(path: Path) -> None:
     assert detect_format(path) == "dicom"
     img = open_image(path)
     ds = pydicom.dcmread(path)
-    expected = _reference_values(ds)
-    assert img.shape[0] == 1 and img.shape[-2:] == expected.shape[-2:]
+    values, positions = _reference(ds)
     got = img.compute()[0].astype(np.float64)
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert got.shape == values.shape
+    if positions is None:  # no patient geometry: frames in file order
+        np.testing.assert_allclose(got, values, rtol=1e-6, atol=1e-6)
+    else:  # the voxel our affine puts at each frame's position holds that frame
+        inv = np.linalg.inv(img.grid.affine)
+        for k, pos in enumerate(positions):
+            x, y, z = (inv @ LPS_TO_RAS @ np.r_[pos, 1.0])[:3]
+            assert abs(x) < 1e-3 and abs(y) < 1e-3 and abs(z - round(z)) < 1e-3, (k, x, y, z)
+            np.testing.assert_allclose(got[int(round(z))], values[k], rtol=1e-6, atol=1e-6)
     try:
         ref = sitk.ReadImage(str(path))
     except RuntimeError:
         ref = None
-    if ref is not None and ref.GetSize()[2:] in ((), (expected.shape[0],)):
+    if ref is not None and ref.GetSize()[2:] in ((), (1,)) and values.shape[0] == 1:
         np.testing.assert_allclose(img.grid.affine, _sitk_affine_ras(ref), atol=1e-4)
-    else:
-        header = _header_affine_ras(ds)
-        if header is not None:
-            np.testing.assert_allclose(
-                img.grid.affine[:, [0, 1, 3]], header[:, [0, 1, 3]], atol=1e-4
-            )
+
+
+def _reference_values(ds: pydicom.Dataset) -> np.ndarray:
+    return _reference(ds)[0]
 
 
 def test_big_endian_rt_dose_is_in_gray() -> None:
