@@ -3,7 +3,11 @@
 Line 1 is a header ``{"type": "header", "config_hash": ..., "version": ...}``; every other
 line is a tile record ``{"type": "tile", "stem", "input", "input_size", "input_mtime_ns",
 "status": "done"|"failed", "outputs": {name: {"path", "sha256"}}, "seconds", "attempts",
-"error", "finished"}``. The last record of a stem wins. Inputs are identified by size and
+"error", "finished", "batch_threshold"}``. The last record of a stem wins.
+With ``--threshold-scope batch`` pass 1 adds ``{"type": "stats", "stem", "step": "range"|"hist",
+"key", "status", "result", ...identity}`` per tile or block and step (its min/max or its
+histogram, :mod:`geomed_seg.batch.thresholds`) and one ``{"type": "threshold", ...}`` per
+decision; a tile record is done only for the batch threshold it was made with. Inputs are identified by size and
 modification time (not their SHA-256: hashing every input of a large batch costs a full read);
 outputs by SHA-256, checked again before a tile is skipped. A torn last line (a killed run)
 is ignored. Only the driver process writes the journal, so there is a single writer.
@@ -89,6 +93,8 @@ class Journal:
         self.path = self.out / JOURNAL
         self.header: dict[str, Any] | None = None
         self.records: dict[str, dict[str, Any]] = {}
+        self.stats: dict[tuple[str, str], dict[str, Any]] = {}  # (stem, step) -> pass-1 record
+        self.threshold: dict[str, Any] | None = None  # the last batch threshold decision
         self._identities: dict[Path, dict[str, Any]] = {}  # input_identity per input path
         if self.path.exists():
             self._load()
@@ -108,6 +114,10 @@ class Journal:
                 self.header = rec
             elif rec.get("type") == "tile" and "stem" in rec:
                 self.records[rec["stem"]] = rec
+            elif rec.get("type") == "stats" and "stem" in rec and "step" in rec:
+                self.stats[(rec["stem"], rec["step"])] = rec
+            elif rec.get("type") == "threshold":
+                self.threshold = rec
 
     def open(self, chash: str, restart: bool) -> None:
         """Start or continue the journal for ``chash``; a different hash needs ``restart``.
@@ -127,7 +137,7 @@ class Journal:
             for name in MOSAIC_OUTPUTS:  # nothing of the discarded config is left beside
                 (self.out / name).unlink(missing_ok=True)
             self.path.unlink(missing_ok=True)
-            self.header, self.records = None, {}
+            self.header, self.records, self.stats, self.threshold = None, {}, {}, None
         self.out.mkdir(parents=True, exist_ok=True)
         if self.header is None:
             self.header = {"type": "header", "config_hash": chash, "version": __version__,
@@ -146,6 +156,28 @@ class Journal:
         self.records[rec["stem"]] = rec
         self._append(rec)
 
+    def record_stats(self, rec: dict[str, Any]) -> None:
+        """Append one pass-1 record (``stem``, ``step``, ``key``, identity, ``result``)."""
+        rec = {**rec, "type": "stats", "finished": time.time()}
+        self.stats[(rec["stem"], rec["step"])] = rec
+        self._append(rec)
+
+    def record_threshold(self, rec: dict[str, Any]) -> None:
+        """Append a batch threshold decision."""
+        rec = {**rec, "type": "threshold", "finished": time.time()}
+        self.threshold = rec
+        self._append(rec)
+
+    def stats_for(self, stem: str, step: str, key: str, path: Path) -> dict[str, Any] | None:
+        """The pass-1 record of ``stem`` and ``step`` made with ``key`` for this same input."""
+        rec = self.stats.get((stem, step))
+        if rec is None or rec.get("status") != "done" or rec.get("key") != key:
+            return None
+        if rec.get("input") != str(path):
+            return None
+        ident = self._identity(path)
+        return rec if all(rec.get(k) == v for k, v in ident.items()) else None
+
     def _identity(self, path: Path) -> dict[str, Any]:
         """``input_identity(path)``, once per path: the blocks of one scene share it, and a
         VRT's identity stats every source file."""
@@ -156,10 +188,13 @@ class Journal:
                 raise InvalidInputError(f"{path}: cannot stat input ({exc.strerror})") from exc
         return self._identities[path]
 
-    def is_done(self, stem: str, path: Path) -> bool:
-        """True when ``stem`` is recorded done for this same input and its outputs still match."""
+    def is_done(self, stem: str, path: Path, batch_threshold: float | None = None) -> bool:
+        """True when ``stem`` is recorded done for this same input, with this same batch
+        threshold (``None``: none), and its outputs still match."""
         rec = self.records.get(stem)
         if rec is None or rec.get("status") != "done" or rec.get("input") != str(path):
+            return False
+        if rec.get("batch_threshold") != batch_threshold:
             return False
         ident = self._identity(path)
         if any(rec.get(k) != v for k, v in ident.items()):

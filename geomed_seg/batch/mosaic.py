@@ -383,6 +383,7 @@ def _tally(out: Path, journal: Any, stems: Sequence[str], result: Any) -> _Tally
             or any("volume_ml" in c for c in (rep or {}).get("classes", []))
         )
         if rep is not None:
+            _threshold_facts(row, rep)
             key, totals = ("volume_ml", t.volume_ml) if is_volume else ("area_km2", t.area_km2)
             amount = 0.0
             for c in rep.get("classes", []):
@@ -401,6 +402,14 @@ def _tally(out: Path, journal: Any, stems: Sequence[str], result: Any) -> _Tally
             t.gpkgs.append(out / gpkg["path"] if gpkg else None)
         t.rows.append(row)
     return t
+
+
+def _threshold_facts(row: dict[str, Any], rep: dict[str, Any]) -> None:
+    """Copy a tile report's threshold and its separability into the tile's summary row."""
+    if rep.get("threshold") is None:
+        return
+    facts = rep.get("thresholding") or {}
+    row.update(threshold=rep["threshold"], eta=facts.get("eta"), bimodal=facts.get("bimodal"))
 
 
 def _percentiles(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -466,6 +475,7 @@ def write_summary(
     *,
     polygons: bool = True,
     cog: bool = False,
+    thresholds: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Path], list[str]]:
     """Write the batch mosaics and ``summary.json``/``summary.md`` into ``out``; return them.
 
@@ -477,10 +487,22 @@ def write_summary(
     ``report.json``; throughput (km²/s, volumes/h) counts only the tiles processed in this
     run (wall s of ``result``). Per-tile seconds p50/p95 are over the done tiles;
     ``peak_worker_rss_mb`` is the largest ``worker_peak_rss_mb`` of the tile records.
+    ``thresholds`` (:func:`geomed_seg.batch.runner.run_batch`) says which classical
+    threshold(s) were used, their scope and separability; with scope ``tile`` each tile's
+    own threshold is listed (from its report) and tiles whose histogram is not bimodal
+    get a note (``thresholds`` is updated in place with them).
     Returns ``({"mosaic"|"polygons"|"cog"|"summary"|"summary_md": path}, notes)``.
     """
     t = _tally(out, journal, stems, result)
     outputs, notes = _mosaics(out, t, polygons, cog)
+    if thresholds is not None and thresholds.get("scope") == "tile":
+        from geomed_seg.batch.thresholds import tile_scope_summary
+
+        thresholds.update(tile_scope_summary(thresholds.get("method"), t.rows))
+        if thresholds["not_bimodal"]:
+            notes.append(f"threshold scope tile: {len(thresholds['not_bimodal'])} tiles have a "
+                         f"histogram that is not bimodal ({', '.join(thresholds['not_bimodal'])})"
+                         ": their Otsu thresholds are doubtful")  # fmt: skip
     secs = [r["seconds"] for r in t.rows if r["status"] in ("done", "skipped") and r["seconds"]]
     p50, p95 = _percentiles(secs)
     rss = [r["worker_peak_rss_mb"] for r in t.rows if r["worker_peak_rss_mb"] is not None]
@@ -508,6 +530,7 @@ def write_summary(
         "dashboard": result.dashboard,
         "outputs": {k: p.name for k, p in outputs.items()},
         "notes": notes,
+        "thresholds": thresholds,
         "per_tile": t.rows,
     }
     with atomic_output(out / "summary.json", overwrite=True) as tmp:
@@ -521,6 +544,25 @@ def write_summary(
 
 def _num(v: float | None, fmt: str) -> str:
     return "–" if v is None else format(v, fmt)
+
+
+def _threshold_lines(th: dict[str, Any] | None) -> list[str]:
+    """``summary.md`` lines for the thresholds section (none without a threshold)."""
+    if not th:
+        return []
+    head = f"- threshold ({th.get('method')}, scope {th['scope']})"
+    if th["scope"] == "batch":
+        sep = (
+            f"separability eta {_num(th.get('eta'), '.3f')}, valley {_num(th.get('valley'), '.2f')}"
+        )
+        return [f"{head}: {_num(th['thresholds'][0], '.4f')} over {th.get('inputs')} inputs "
+                f"({th.get('n')} px; {sep}; bimodal: {th.get('bimodal')})"]  # fmt: skip
+    if th["scope"] == "fixed":
+        return [f"{head}: {th['thresholds'][0]:.4f} (model.threshold)"]
+    if th["scope"] == "tile":
+        return [f"{head}: {stem} {_num(v['threshold'], '.4f')} (eta {_num(v['eta'], '.3f')})"
+                for stem, v in th.get("per_tile", {}).items()] or [head]  # fmt: skip
+    return [f"{head}: each case on its own"]
 
 
 def _markdown(s: dict[str, Any]) -> str:
@@ -541,6 +583,7 @@ def _markdown(s: dict[str, Any]) -> str:
         f"{_num(s['peak_worker_rss_mb'], '.0f')} MB",
         *[f"- class {name}: {km2:.4f} km²" for name, km2 in sorted(s["class_area_km2"].items())],
         *[f"- class {name}: {ml:.2f} mL" for name, ml in sorted(s["class_volume_ml"].items())],
+        *_threshold_lines(s.get("thresholds")),
         *[f"- output: {name}" for name in s["outputs"].values()],
         *[f"- note: {n}" for n in s["notes"]],
         "",

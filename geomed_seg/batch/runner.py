@@ -18,6 +18,7 @@ is part of the journal's config hash.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -56,6 +57,8 @@ class BatchResult:
     seconds: float = 0.0
     outputs: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the summary's ``thresholds`` section (scope, method, value(s), separability) or None
+    thresholds: dict[str, Any] | None = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -105,12 +108,14 @@ def run_tile(
     retries: int,
     block: Block | None = None,
     stem: str | None = None,
+    batch_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline on one tile (or one ``block`` of it) into ``out/tiles/<stem>``.
 
-    Returns the tile's journal record, with the worker's peak and current RSS (MiB) at the
-    end of the task. Never raises for a tile's own failure: the record has
-    ``status="failed"`` and the error.
+    ``batch_threshold`` (pass 1 of :mod:`geomed_seg.batch.thresholds`) becomes the config's
+    ``model.batch_threshold``. Returns the tile's journal record, with the worker's peak and
+    current RSS (MiB) at the end of the task. Never raises for a tile's own failure: the
+    record has ``status="failed"`` and the error.
     """
     from geomed_seg.pipelines.runner import run_pipeline
 
@@ -121,7 +126,8 @@ def run_tile(
     tiles.mkdir(parents=True, exist_ok=True)
     final = tiles / stem
     rec: dict[str, Any] = {"stem": stem, "input": str(src), "status": "failed",
-                           "outputs": {}, "error": None, "worker_pid": os.getpid()}  # fmt: skip
+                           "outputs": {}, "error": None, "worker_pid": os.getpid(),
+                           "batch_threshold": batch_threshold}  # fmt: skip
     if block is not None:
         rec["block"] = {"index": list(block.index), **block.offsets()}
     start = time.perf_counter()
@@ -130,6 +136,9 @@ def run_tile(
         try:
             rec.update(input_identity(src))
             cfg = _worker_config(config_ref, overrides, chash)
+            if batch_threshold is not None:
+                model = cfg.model.model_copy(update={"batch_threshold": batch_threshold})
+                cfg = cfg.model_copy(update={"model": model})
             with atomic_output(final, overwrite=True) as tmp:
                 if block is None:
                     run_pipeline(cfg, input=src, output=tmp)
@@ -161,9 +170,6 @@ def _result(fut: Any, job: Job) -> dict[str, Any]:
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         return {"stem": job.stem, "input": str(job.path), "status": "failed", "outputs": {},
                 "error": error, "attempts": None, "seconds": None}  # fmt: skip
-
-
-_OTSU = ("ndwi_otsu", "mndwi_otsu", "sar_threshold", "t2f_otsu")
 
 
 def _plan_jobs(
@@ -200,18 +206,16 @@ def _layout_hash(chash: str, layout: dict[str, Any] | None) -> str:
 
 
 def _threshold_note(cfg: PipelineConfig) -> str | None:
-    """A note when the pipeline's threshold would be computed per block (Otsu), else None."""
-    if cfg.model.threshold is not None:
-        return None
-    method = cfg.model.method
-    if method == "checkpoint" and not cfg.resolve(cfg.model.checkpoint or "").exists():
-        method = cfg.model.fallback or method
-    if method not in _OTSU:
+    """With ``--threshold-scope tile``: a note when blocks would each compute their own Otsu
+    threshold (on their read window), else None."""
+    from geomed_seg.pipelines.methods import effective_method, scene_threshold
+
+    if scene_threshold(cfg) is None:
         return None
     return (
-        f"model.method {method}: the Otsu threshold is computed per block, not scene-wide, "
-        "so blocks may disagree at their seams; for scene-consistent results fix it with "
-        "--set model.threshold=<value> (e.g. the threshold of a whole-scene run's report)"
+        f"model.method {effective_method(cfg)} with --threshold-scope tile: the Otsu "
+        "threshold is computed per block, not scene-wide, so blocks may disagree at their "
+        "seams; use --threshold-scope batch (the default) for one scene-wide threshold"
     )
 
 
@@ -239,6 +243,7 @@ def run_batch(
     block_size: int | Sequence[int] | None = None,
     halo: int | None = None,
     cog: bool = False,
+    threshold_scope: str = "batch",
 ) -> BatchResult:
     """Run ``config`` on every tile of ``paths`` into ``out``; skip tiles already done.
 
@@ -274,12 +279,19 @@ def run_batch(
         Context pixels read around each block core; default ``max(engine.roi_size)``.
     cog : bool
         Also build ``OUT/mosaic.tif``, one Cloud-Optimised GeoTIFF of all label tiles.
+    threshold_scope : {"batch", "tile"}
+        ``"batch"``: a method that derives its threshold from the data (Otsu) gets one
+        threshold from the histograms of all tiles/blocks, merged in a journalled pass 1
+        (:mod:`geomed_seg.batch.thresholds`); ``"tile"``: each task decides its own. A
+        ``model.threshold`` in the config always wins (no pass 1).
     """
-    from distributed import as_completed
-
-    from geomed_seg.batch.cluster import open_client
     from geomed_seg.batch.mosaic import write_summary
+    from geomed_seg.batch.thresholds import SCOPES
 
+    if threshold_scope not in SCOPES:
+        raise InvalidInputError(
+            f"--threshold-scope {threshold_scope!r}: choose one of {', '.join(SCOPES)}"
+        )
     start = time.perf_counter()
     root = Path(out).resolve()
     ref = _config_ref(config)
@@ -292,54 +304,148 @@ def run_batch(
     for stale in (root / "tiles").glob(".*.tmp-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     result = BatchResult(root)
-    pre_notes = []
-    if any(j.block is not None for j in jobs) and (note := _threshold_note(cfg)):
-        log.warning("%s", note)
-        pre_notes.append(note)
-    todo = []
-    for j in jobs:
-        (result.skipped if journal.is_done(j.stem, j.path) else todo).append(j)
-    result.skipped = [j.stem for j in result.skipped]
-    log.info(
-        "batch: %d tiles, %d done before, %d to run", len(jobs), len(result.skipped), len(todo)
-    )
-    if todo:
-        saved = dask.config.get("scheduler", None)
-        try:
+    saved = dask.config.get("scheduler", None)
+    try:
+        with contextlib.ExitStack() as stack:
+            get_client = _lazy_client(stack, result, scheduler=scheduler, jobqueue=jobqueue,
+                                      workers=workers, threads=threads,
+                                      memory_limit=memory_limit, processes=processes)  # fmt: skip
+            pass1, batch_threshold = _pass1(
+                cfg, jobs, journal, get_client, (ref, ovr, chash), retries, threshold_scope,
+                result,
+            )  # fmt: skip
+            _pass2(jobs, journal, get_client, (ref, ovr, chash), str(root), retries,
+                   batch_threshold, pass1, result, on_start, on_tile)  # fmt: skip
+    finally:
+        dask.config.set(scheduler=saved)
+    result.seconds = time.perf_counter() - start
+    stems = [j.stem for j in jobs]
+    result.thresholds = _thresholds_section(cfg, threshold_scope, pass1, len(jobs))
+    result.outputs, notes = write_summary(root, journal, stems, result, cog=cog,
+                                          thresholds=result.thresholds)  # fmt: skip
+    result.notes = [*result.notes, *notes]
+    return result
+
+
+def _lazy_client(stack: contextlib.ExitStack, result: BatchResult, **kw: Any) -> Callable[[], Any]:
+    """Return ``get_client()``: the cluster is opened on first use (a resume with nothing
+    left to do opens none) and closed with ``stack``."""
+    from geomed_seg.batch.cluster import open_client
+
+    box: dict[str, Any] = {}
+
+    def get_client() -> Any:
+        if "client" not in box:
             # distributed sets its loggers to INFO on import; follow the application's level
             dlog = logging.getLogger("distributed")
             dlog.setLevel(max(dlog.level, logging.getLogger().getEffectiveLevel()))
             quiet_logs = False if log.isEnabledFor(logging.DEBUG) else logging.WARNING
-            with open_client(scheduler=scheduler, jobqueue=jobqueue, workers=workers,
-                             threads=threads, memory_limit=memory_limit, processes=processes,
-                             silence_logs=quiet_logs) as client:  # fmt: skip
-                result.dashboard = client.dashboard_link
-                if on_start:
-                    on_start(len(jobs), len(todo), result.dashboard)
-                futures = {
-                    client.submit(run_tile, ref, ovr, chash, str(j.path), str(root), retries,
-                                  j.block, j.stem,
-                                  key=f"tile-{j.stem}-{uuid.uuid4().hex[:6]}", pure=False): j
-                    for j in todo
-                }  # fmt: skip
-                for fut in as_completed(list(futures), loop=client.loop):
-                    rec = _result(fut, futures.pop(fut))
-                    # drop the finished task's result from the cluster: a result still held
-                    # is recomputed (the whole tile again) if its worker dies later
-                    fut.release()
-                    journal.record(rec)
-                    if rec["status"] == "done":
-                        result.done.append(rec["stem"])
-                    else:
-                        result.failed[rec["stem"]] = rec["error"]
-                    if on_tile:
-                        on_tile(rec)
-        finally:
-            dask.config.set(scheduler=saved)
-    elif on_start:
-        on_start(len(jobs), 0, None)
-    result.seconds = time.perf_counter() - start
-    stems = [j.stem for j in jobs]
-    result.outputs, notes = write_summary(root, journal, stems, result, cog=cog)
-    result.notes = [*pre_notes, *notes]
-    return result
+            box["client"] = stack.enter_context(open_client(silence_logs=quiet_logs, **kw))
+            result.dashboard = box["client"].dashboard_link
+        return box["client"]
+
+    return get_client
+
+
+def _pass1(
+    cfg: PipelineConfig,
+    jobs: Sequence[Job],
+    journal: Journal,
+    get_client: Callable[[], Any],
+    task_args: tuple[str, tuple[str, ...], str],
+    retries: int,
+    scope: str,
+    result: BatchResult,
+) -> tuple[Any, float | None]:
+    """Run pass 1 when the scope and method need it; return ``(Pass1 | None, threshold)``."""
+    from geomed_seg.batch.thresholds import run_pass1
+    from geomed_seg.pipelines.methods import scene_threshold
+
+    if scene_threshold(cfg) is None:
+        return None, None
+    if scope == "tile":
+        if any(j.block is not None for j in jobs) and (note := _threshold_note(cfg)):
+            log.warning("%s", note)
+            result.notes.append(note)
+        return None, None
+    pass1 = run_pass1(cfg, jobs, journal, get_client, task_args, retries)
+    result.notes.extend(pass1.notes)
+    return pass1, pass1.decision.thresholds[0]
+
+
+def _pass2(
+    jobs: Sequence[Job],
+    journal: Journal,
+    get_client: Callable[[], Any],
+    task_args: tuple[str, tuple[str, ...], str],
+    root: str,
+    retries: int,
+    batch_threshold: float | None,
+    pass1: Any,
+    result: BatchResult,
+    on_start: Callable[[int, int, str | None], None] | None,
+    on_tile: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Run the pipeline on every job not done yet (with ``batch_threshold``); journal each."""
+    from distributed import as_completed
+
+    todo = []
+    failed_pass1 = pass1.failed if pass1 is not None else {}
+    for j in jobs:
+        if j.stem in failed_pass1:
+            rec = {"stem": j.stem, "input": str(j.path), "status": "failed", "outputs": {},
+                   "error": failed_pass1[j.stem], "attempts": None, "seconds": None}  # fmt: skip
+            journal.record(rec)
+            result.failed[j.stem] = rec["error"]
+        elif journal.is_done(j.stem, j.path, batch_threshold):
+            result.skipped.append(j.stem)
+        else:
+            todo.append(j)
+    log.info(
+        "batch: %d tiles, %d done before, %d to run", len(jobs), len(result.skipped), len(todo)
+    )
+    if not todo:
+        if on_start:
+            on_start(len(jobs), 0, None)
+        return
+    client = get_client()
+    if on_start:
+        on_start(len(jobs), len(todo), result.dashboard)
+    ref, ovr, chash = task_args
+    futures = {
+        client.submit(run_tile, ref, ovr, chash, str(j.path), root, retries, j.block, j.stem,
+                      batch_threshold, key=f"tile-{j.stem}-{uuid.uuid4().hex[:6]}",
+                      pure=False): j
+        for j in todo
+    }  # fmt: skip
+    for fut in as_completed(list(futures), loop=client.loop):
+        rec = _result(fut, futures.pop(fut))
+        # drop the finished task's result from the cluster: a result still held
+        # is recomputed (the whole tile again) if its worker dies later
+        fut.release()
+        journal.record(rec)
+        if rec["status"] == "done":
+            result.done.append(rec["stem"])
+        else:
+            result.failed[rec["stem"]] = rec["error"]
+        if on_tile:
+            on_tile(rec)
+
+
+def _thresholds_section(
+    cfg: PipelineConfig, scope: str, pass1: Any, n_jobs: int
+) -> dict[str, Any] | None:
+    """The summary's ``thresholds``: scope, method and value(s), or None (no threshold)."""
+    from geomed_seg.pipelines.methods import SCENE_THRESHOLDS, effective_method
+
+    method = effective_method(cfg)
+    if pass1 is not None:
+        return pass1.summary(n_jobs)
+    if cfg.model.threshold is not None or cfg.model.batch_threshold is not None:
+        t = cfg.model.threshold if cfg.model.threshold is not None else cfg.model.batch_threshold
+        return {"scope": "fixed", "method": method, "thresholds": [float(t)]}
+    if method in SCENE_THRESHOLDS:
+        return {"scope": "tile", "method": method}
+    if method == "t2f_otsu":
+        return {"scope": "case", "method": method}
+    return None

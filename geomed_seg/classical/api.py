@@ -98,7 +98,7 @@ def run_classical(
     a water/foreground mask.
     """
     from geomed_seg.classical import clustering, interactive, local, thresholds
-    from geomed_seg.classical.indices import INDICES, spectral_index
+    from geomed_seg.classical.indices import INDEX_BINS, INDEX_RANGE, INDICES, spectral_index
 
     m = method.lower()
     if m not in METHODS:
@@ -107,7 +107,11 @@ def run_classical(
         idx = spectral_index(image, m, bands)
         if threshold is None and not otsu:
             return ClassicalResult(idx)
-        t = thresholds.otsu_threshold(idx) if threshold is None else float(threshold)
+        t = (
+            thresholds.otsu_threshold(idx, INDEX_BINS, INDEX_RANGE)
+            if threshold is None
+            else float(threshold)
+        )
         return ClassicalResult(
             thresholds.apply_thresholds(idx, [t]),
             WATER if m != "ndvi" else BINARY,

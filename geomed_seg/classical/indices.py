@@ -16,6 +16,12 @@ INDICES = {
     "ndbi": ("swir1", "nir"),
 }
 
+#: Every normalised difference of non-negative bands lies in [-1, 1]: the fixed histogram
+#: range of index thresholds (so tiles and scenes share bins without a min/max pass).
+INDEX_RANGE = (-1.0, 1.0)
+#: Histogram bins over :data:`INDEX_RANGE`: 0.001 index units per bin.
+INDEX_BINS = 2000
+
 
 def band_index(image: Image, band: str | int) -> int:
     """Return the 0-based position of ``band`` (a name, or a 1-based integer as GDAL counts)."""

@@ -1,69 +1,146 @@
 """Scene-wide thresholds from a streamed histogram (Otsu), so tiles never disagree.
 
 scikit-image's ``threshold_otsu`` accepts a histogram; we only build that histogram chunk by
-chunk with dask (the part scikit-image cannot do out of core).
+chunk with dask (the part scikit-image cannot do out of core), as a mergeable
+:class:`~geomed_seg.classical.histogram.Histogram`: a batch computes the same histogram per
+tile or block with the same functions (:func:`value_range_of`, :func:`image_histogram`) and
+merges them, so a scene and its tiles get the same threshold. A histogram that is not
+bimodal is logged as a warning naming the image (:func:`warn_separability`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
+import dask
 import dask.array as da
 import numpy as np
-from skimage.filters import threshold_multiotsu, threshold_otsu
 
+from geomed_seg.classical.histogram import (
+    ETA_MIN,
+    VALLEY_MAX,
+    Histogram,
+    ThresholdDecision,
+    ValueRange,
+    decide,
+    histogram_of,
+    merge_all,
+)
 from geomed_seg.core.image import Image
 from geomed_seg.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+
+def _block_range(block: np.ndarray) -> ValueRange:
+    v = np.asarray(block, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return ValueRange(float(v.min()), float(v.max())) if v.size else ValueRange()
+
+
+def _valid_values(image: Image) -> da.Array:
+    """Band 1 as float64 with NaN wherever a sample is nodata, masked or not finite."""
+    arr = image.darray[0].astype(np.float64)
+    return da.where(image.valid_mask(), arr, np.nan)
+
+
+def value_range_of(image: Image) -> ValueRange:
+    """Return the min/max of band 1's finite, valid samples: one streamed pass, per chunk."""
+    parts = [dask.delayed(_block_range)(b) for b in _valid_values(image).to_delayed().ravel()]
+    out = ValueRange()
+    for r in dask.compute(*parts):
+        out = out.merge(r)
+    return out
+
+
+def image_histogram(
+    image: Image, bins: int = 1024, value_range: tuple[float, float] | None = None
+) -> Histogram:
+    """Return the :class:`~geomed_seg.classical.histogram.Histogram` of band 1's valid samples.
+
+    Streamed chunk by chunk and merged. ``value_range`` fixes the bins (values outside it
+    are clipped into the end bins and counted, see ``Histogram.clipped``); without it a
+    first pass finds the min and max (:func:`value_range_of`). A batch calls the same two
+    functions per tile or block and merges the results, so a scene and its tiles give the
+    same histogram.
+    """
+    if value_range is None:
+        value_range = value_range_of(image).bounds()
+        if value_range is None:
+            raise InvalidInputError(f"{_name(image)}: no valid samples to threshold")
+    lo, hi = value_range
+    parts = [
+        dask.delayed(histogram_of)(b, lo, hi, bins)
+        for b in _valid_values(image).to_delayed().ravel()
+    ]
+    return merge_all(list(dask.compute(*parts)))
+
+
+def _name(image: Image) -> str:
+    return str(image.attrs.get("source") or "image")
 
 
 def streamed_histogram(
     image: Image, bins: int = 1024, value_range: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(counts, bin_centers)`` of band 1's finite, valid samples.
+    """Return ``(counts, bin_centers)`` of band 1's finite, valid samples (see
+    :func:`image_histogram`)."""
+    h = image_histogram(image, bins, value_range)
+    return h.counts, h.centers
 
-    Without ``value_range`` one extra streamed pass finds the min and max. Invalid samples are
-    moved below the range so ``da.histogram`` drops them.
+
+def otsu_decision(
+    image: Image,
+    bins: int = 1024,
+    value_range: tuple[float, float] | None = None,
+    classes: int = 2,
+) -> ThresholdDecision:
+    """Return the scene-wide (multi-)Otsu decision of band 1: thresholds and separability.
+
+    Logs a warning naming the image when the histogram is not bimodal
+    (:attr:`ThresholdDecision.bimodal`).
     """
-    arr = image.darray[0].astype(np.float64)
-    valid = image.valid_mask() & da.isfinite(arr)
-    values = da.where(valid, arr, np.nan)
-    if value_range is None:
-        lo, hi = da.compute(da.nanmin(values), da.nanmax(values))
-        value_range = (float(lo), float(hi))
-    if not np.all(np.isfinite(value_range)):
-        raise InvalidInputError(
-            f"{image.attrs.get('source', 'image')}: no valid samples to threshold"
-        )
-    lo, hi = value_range
-    if hi <= lo:
-        hi = lo + 1e-6
-    counts, edges = da.histogram(da.where(valid, arr, lo - 1.0), bins=bins, range=(lo, hi))
-    counts = counts.compute()
-    return counts, (edges[:-1] + edges[1:]) / 2
+    h = image_histogram(image, bins, value_range)
+    if h.n == 0:
+        raise InvalidInputError(f"{_name(image)}: no valid samples to threshold")
+    decision = decide(h, classes)
+    warn_separability(decision, _name(image))
+    return decision
 
 
-def otsu_threshold(image: Image, bins: int = 1024) -> float:
+def warn_separability(decision: ThresholdDecision, name: str) -> str | None:
+    """Log a warning and return it when ``decision`` is not bimodal (else ``None``)."""
+    if decision.bimodal:
+        return None
+    msg = (
+        f"{name}: the histogram is not bimodal ({decision.describe()}; needs eta >= "
+        f"{ETA_MIN:.2f} and valley <= {VALLEY_MAX:.2f}): the Otsu threshold may not separate "
+        "two classes; check the result or give a fixed threshold"
+    )
+    log.warning("%s", msg)
+    return msg
+
+
+def otsu_threshold(
+    image: Image, bins: int = 1024, value_range: tuple[float, float] | None = None
+) -> float:
     """Return Otsu's threshold of band 1 over the whole scene (streamed histogram)."""
-    counts, centers = streamed_histogram(image, bins=bins)
-    if counts.sum() == 0:
-        raise InvalidInputError(
-            f"{image.attrs.get('source', 'image')}: no valid samples to threshold"
-        )
-    return float(threshold_otsu(hist=(counts, centers)))
+    return otsu_decision(image, bins, value_range).thresholds[0]
 
 
-def multiotsu_thresholds(image: Image, classes: int = 3, bins: int = 1024) -> list[float]:
+def multiotsu_thresholds(
+    image: Image,
+    classes: int = 3,
+    bins: int = 1024,
+    value_range: tuple[float, float] | None = None,
+) -> list[float]:
     """Return the ``classes - 1`` multi-Otsu thresholds of band 1 over the whole scene.
 
-    The histogram is streamed (:func:`streamed_histogram`) and handed to
+    The histogram is streamed (:func:`image_histogram`) and handed to
     ``skimage.filters.threshold_multiotsu(hist=...)``, so tiles never disagree.
     """
-    counts, centers = streamed_histogram(image, bins=bins)
-    if counts.sum() == 0:
-        raise InvalidInputError(
-            f"{image.attrs.get('source', 'image')}: no valid samples to threshold"
-        )
-    return [float(t) for t in threshold_multiotsu(hist=(counts, centers), classes=classes)]
+    return list(otsu_decision(image, bins, value_range, classes).thresholds)
 
 
 def apply_thresholds(
@@ -129,14 +206,19 @@ def sar_water(
     image (bimodal land/water histogram); a fixed value (e.g. -18 dB for Sentinel-1 VV) is
     the common alternative. ``linear=False`` means the band already holds dB.
     """
-    if linear:
-        db = to_db(image, band)
-    else:
-        db = Image.from_array(
-            image.darray[band][None].astype(np.float32),
-            image.grid,
-            nodata=image.nodata,
-            attrs=dict(image.attrs),
-        )
+    db = sar_db(image, band, linear)
     t = otsu_threshold(db, bins) if threshold_db is None else float(threshold_db)
     return apply_thresholds(db, [t], below_is_one=True), t
+
+
+def sar_db(image: Image, band: int = 0, linear: bool = True) -> Image:
+    """Return band ``band`` in dB as a 1-band float32 image: :func:`to_db` of linear
+    backscatter, or the band itself when it already holds dB (``linear=False``)."""
+    if linear:
+        return to_db(image, band)
+    return Image.from_array(
+        image.darray[band][None].astype(np.float32),
+        image.grid,
+        nodata=image.nodata,
+        attrs=dict(image.attrs),
+    )

@@ -85,6 +85,12 @@ def batch(
     cog_mosaic: bool = typer.Option(
         False, "--cog-mosaic", help="Also write mosaic.tif, one COG of all label tiles."
     ),
+    threshold_scope: str = typer.Option(
+        "batch",
+        "--threshold-scope",
+        help="Otsu thresholds: 'batch' = one from all tiles/blocks (pass 1), 'tile' = each "
+        "its own. A model.threshold in the config always wins.",
+    ),
 ) -> None:
     """Run a pipeline on every tile; skip tiles already done; exit 1 if some tiles failed."""
     from geomed_seg.batch.manifest import build_manifest
@@ -100,7 +106,7 @@ def batch(
                            jobqueue=jobqueue,
                            retries=retries, restart=restart, on_start=prog.start,
                            on_tile=prog.advance, block_size=block_size, halo=halo,
-                           cog=cog_mosaic)  # fmt: skip
+                           cog=cog_mosaic, threshold_scope=threshold_scope)  # fmt: skip
     if not quiet:
         total = len(result.done) + len(result.skipped) + len(result.failed)
         print(
@@ -109,6 +115,12 @@ def batch(
         )
         for stem, err in result.failed.items():
             print(f"failed: {stem}: {err}")
+        th = result.thresholds
+        if th and th.get("thresholds"):
+            print(
+                f"threshold ({th['method']}, scope {th['scope']}): {th['thresholds'][0]:.4f}"
+                + (f", separability eta {th['eta']:.3f}" if th.get("eta") is not None else "")
+            )
         for note in result.notes:
             print(f"note: {note}")
     if result.failed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,30 +40,128 @@ class ModelOutput:
     stats: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     model_card: dict[str, Any] | None = None
+    #: how a classical threshold was chosen: scope (fixed|scene|batch|case), separability...
+    thresholding: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SceneThreshold:
+    """How a classical method derives a threshold from the data (Otsu on a histogram).
+
+    ``values(image, cfg)`` is the 1-band image it thresholds (an index, dB backscatter);
+    its histogram has ``bins`` bins over ``value_range``, or over the merged min/max of a
+    first pass when the values are unbounded (``None``). A batch computes these histograms
+    per tile or block with the same functions and merges them
+    (:mod:`geomed_seg.batch.thresholds`), so tiling never changes the threshold.
+    """
+
+    values: Callable[[Image, PipelineConfig], Image]
+    value_range: tuple[float, float] | None
+    bins: int
+    classes: int = 2
+
+
+def _index_values(index: str) -> Callable[[Image, PipelineConfig], Image]:
+    def values(img: Image, cfg: PipelineConfig) -> Image:
+        from geomed_seg.classical.indices import spectral_index
+
+        return spectral_index(img, index)
+
+    return values
+
+
+def _sar_values(img: Image, cfg: PipelineConfig) -> Image:
+    from geomed_seg.classical.indices import band_index
+    from geomed_seg.classical.thresholds import sar_db
+
+    return sar_db(img, band_index(img, cfg.model.sar_band), cfg.model.sar_linear)
+
+
+def _scene_thresholds() -> dict[str, SceneThreshold]:
+    from geomed_seg.classical.indices import INDEX_BINS, INDEX_RANGE
+
+    return {
+        "ndwi_otsu": SceneThreshold(_index_values("ndwi"), INDEX_RANGE, INDEX_BINS),
+        "mndwi_otsu": SceneThreshold(_index_values("mndwi"), INDEX_RANGE, INDEX_BINS),
+        # dB is unbounded (and a dB band may hold anything): bins over the data's min/max
+        "sar_threshold": SceneThreshold(_sar_values, None, 1024),
+    }
+
+
+#: Methods whose threshold is derived from the whole input (see :class:`SceneThreshold`).
+#: ``t2f_otsu`` is not among them: each volume is its own case (MR intensities are not
+#: comparable between cases, and volumes are never split into blocks).
+SCENE_THRESHOLDS: dict[str, SceneThreshold] = _scene_thresholds()
+
+
+def effective_method(cfg: PipelineConfig) -> str:
+    """Return the method a run will use: ``model.fallback`` for a missing checkpoint."""
+    method = cfg.model.method
+    if method == "checkpoint" and not cfg.resolve(cfg.model.checkpoint or "").exists():
+        fb = cfg.model.fallback
+        if fb and fb != "none":
+            return fb
+    return method
+
+
+def scene_threshold(cfg: PipelineConfig) -> SceneThreshold | None:
+    """Return how ``cfg``'s method derives its threshold from the data, or ``None`` when it
+    does not (a checkpoint, a method without one, or a threshold given in the config)."""
+    if cfg.model.threshold is not None or cfg.model.batch_threshold is not None:
+        return None
+    return SCENE_THRESHOLDS.get(effective_method(cfg))
+
+
+def _threshold(values: Image, cfg: PipelineConfig, src: SceneThreshold) -> tuple[float, dict]:
+    """Return ``(threshold, facts)``: the user's ``model.threshold``, else the batch's
+    ``model.batch_threshold``, else Otsu on this scene's histogram (warns if not bimodal)."""
+    from geomed_seg.classical.thresholds import otsu_decision
+
+    if cfg.model.threshold is not None:
+        return float(cfg.model.threshold), {"scope": "fixed", "how": "fixed"}
+    if cfg.model.batch_threshold is not None:
+        return float(cfg.model.batch_threshold), {"scope": "batch", "how": "Otsu over the batch"}
+    d = otsu_decision(values, src.bins, src.value_range, src.classes)
+    facts = {"scope": "scene", "how": f"Otsu, separability eta {d.eta:.3f}", **d.as_dict()}
+    return d.thresholds[0], facts
+
+
+def _separability_note(facts: dict, values: Image) -> list[str]:
+    if facts.get("bimodal", True):
+        return []
+    from geomed_seg.classical.histogram import ETA_MIN
+
+    return [
+        f"{values.attrs.get('source') or 'input'}: histogram not bimodal (eta "
+        f"{facts['eta']:.3f} < {ETA_MIN:.2f} or valley {facts['valley']:.2f}): check the "
+        "threshold"
+    ]
 
 
 def _water_index(img: Image, cfg: PipelineConfig, index: str) -> ModelOutput:
-    from geomed_seg.classical.indices import spectral_index
-    from geomed_seg.classical.thresholds import apply_thresholds, otsu_threshold
+    from geomed_seg.classical.thresholds import apply_thresholds
 
-    nd = spectral_index(img, index)
-    t = float(cfg.model.threshold) if cfg.model.threshold is not None else otsu_threshold(nd)
+    nd = SCENE_THRESHOLDS[f"{index}_otsu"].values(img, cfg)
+    t, facts = _threshold(nd, cfg, SCENE_THRESHOLDS[f"{index}_otsu"])
     labels = apply_thresholds(nd, [t])
-    note = f"{index.upper()} > {t:.4f} ({'fixed' if cfg.model.threshold is not None else 'Otsu'})"
-    return ModelOutput(labels, WATER_CLASSES, f"{index}_otsu", threshold=t, notes=[note])
+    notes = [f"{index.upper()} > {t:.4f} ({facts['how']})", *_separability_note(facts, nd)]
+    return ModelOutput(
+        labels, WATER_CLASSES, f"{index}_otsu", threshold=t, notes=notes, thresholding=facts
+    )
 
 
 def _sar(img: Image, cfg: PipelineConfig) -> ModelOutput:
-    from geomed_seg.classical.indices import band_index
-    from geomed_seg.classical.thresholds import sar_water
+    from geomed_seg.classical.thresholds import apply_thresholds
 
-    band = band_index(img, cfg.model.sar_band)
-    labels, t = sar_water(
-        img, threshold_db=cfg.model.threshold, band=band, linear=cfg.model.sar_linear
+    src = SCENE_THRESHOLDS["sar_threshold"]
+    db = src.values(img, cfg)
+    t, facts = _threshold(db, cfg, src)
+    labels = apply_thresholds(db, [t], below_is_one=True)
+    notes = [f"{cfg.model.sar_band.upper()} < {t:.2f} dB ({facts['how']})",
+             *_separability_note(facts, db)]  # fmt: skip
+    return ModelOutput(
+        labels, WATER_CLASSES, "sar_threshold", threshold=t, notes=notes, thresholding=facts
     )
-    how = "fixed" if cfg.model.threshold is not None else "Otsu"
-    note = f"{cfg.model.sar_band.upper()} < {t:.2f} dB ({how})"
-    return ModelOutput(labels, WATER_CLASSES, "sar_threshold", threshold=t, notes=[note])
 
 
 def _t2f(img: Image, cfg: PipelineConfig) -> ModelOutput:
@@ -79,7 +178,9 @@ def _t2f(img: Image, cfg: PipelineConfig) -> ModelOutput:
     labels = Image.from_array(lab[None], img.grid, attrs={"source": img.attrs.get("source")})
     classes = [TUMOUR_CLASSES[0], ClassInfo(cfg.model.baseline_label, "SNFH", (0, 255, 0))]
     note = f"T2-FLAIR > {t:.1f} (upper multi-Otsu class in the head): whole tumour only"
-    return ModelOutput(labels, classes, "t2f_otsu", threshold=t, notes=[note])
+    scope = "fixed" if cfg.model.threshold else "case"
+    return ModelOutput(labels, classes, "t2f_otsu", threshold=t, notes=[note],
+                       thresholding={"scope": scope})  # fmt: skip
 
 
 def _select_for_card(img: Image, card) -> Image:
@@ -219,18 +320,15 @@ def run_model(img: Image, cfg: PipelineConfig) -> ModelOutput:
     ``preprocess.target_spacing_mm`` runs on the resampled volume and its labels come back
     nearest-neighbour (it has no probabilities).
     """
-    method = cfg.model.method
-    if method == "checkpoint" and not cfg.resolve(cfg.model.checkpoint or "").exists():
-        fb = cfg.model.fallback
-        if fb and fb != "none":
-            out = _classical(METHODS[fb], img, cfg)
-            out.notes.insert(
-                0, f"checkpoint {cfg.model.checkpoint} not found: classical {fb} instead"
-            )
-            return out
+    method = effective_method(cfg)
     if method == "checkpoint":
         return _checkpoint(img, cfg)
-    return _classical(METHODS[method], img, cfg)
+    out = _classical(METHODS[method], img, cfg)
+    if method != cfg.model.method:
+        out.notes.insert(
+            0, f"checkpoint {cfg.model.checkpoint} not found: classical {method} instead"
+        )
+    return out
 
 
 def _classical(fn, img: Image, cfg: PipelineConfig) -> ModelOutput:

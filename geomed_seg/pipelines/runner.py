@@ -251,6 +251,7 @@ def run_pipeline(
         "grid": source.grid.describe(),
         "method": out.method,
         "threshold": out.threshold,
+        "thresholding": out.thresholding,
         "notes": out.notes,
         "classes": report.class_measures(out.labels, classes),
         "engine": out.stats,

@@ -82,7 +82,9 @@ class ModelSpec(_Strict):
 
     ``ndwi_otsu``/``mndwi_otsu``: water where the index exceeds the scene-wide Otsu threshold
     (or ``threshold``). ``sar_threshold``: water where backscatter (dB) is below Otsu's
-    threshold of band ``sar_band`` (or ``threshold`` dB). ``t2f_otsu``: whole-tumour baseline
+    threshold of band ``sar_band`` (or ``threshold`` dB). Otsu thresholds come from the
+    histogram of the whole input; a batch sets ``batch_threshold``, the Otsu threshold of all
+    its tiles or blocks (see docs/batch.md). ``t2f_otsu``: whole-tumour baseline
     (T2-FLAIR hyperintensity above Otsu inside the brain; labelled ``baseline_label``).
     ``checkpoint``: a checkpoint folder or file with its model card.
     """
@@ -90,6 +92,11 @@ class ModelSpec(_Strict):
     method: Literal["ndwi_otsu", "mndwi_otsu", "sar_threshold", "t2f_otsu", "checkpoint"]
     checkpoint: str | None = None
     threshold: float | None = None
+    batch_threshold: float | None = Field(
+        None,
+        description="the Otsu threshold of a whole batch, set by `geomed-seg batch` "
+        "(--threshold-scope batch) for its tasks; a user's `threshold` wins",
+    )
     sar_band: str = "vv"
     sar_linear: bool = True
     baseline_label: int = 2
