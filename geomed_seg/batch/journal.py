@@ -188,12 +188,18 @@ class Journal:
                 raise InvalidInputError(f"{path}: cannot stat input ({exc.strerror})") from exc
         return self._identities[path]
 
-    def is_done(self, stem: str, path: Path, batch_threshold: float | None = None) -> bool:
+    def is_done(self, stem: str, path: Path, batch_threshold: Any = "journal") -> bool:
         """True when ``stem`` is recorded done for this same input, with this same batch
-        threshold (``None``: none), and its outputs still match."""
+        threshold, and its outputs still match.
+
+        ``batch_threshold``: the threshold pass 2 uses (``None``: none); by default the
+        journal's last recorded batch threshold decision (none without one).
+        """
         rec = self.records.get(stem)
         if rec is None or rec.get("status") != "done" or rec.get("input") != str(path):
             return False
+        if batch_threshold == "journal":
+            batch_threshold = self.threshold["thresholds"][0] if self.threshold else None
         if rec.get("batch_threshold") != batch_threshold:
             return False
         ident = self._identity(path)

@@ -394,7 +394,8 @@ def _pass2(
     for j in jobs:
         if j.stem in failed_pass1:
             rec = {"stem": j.stem, "input": str(j.path), "status": "failed", "outputs": {},
-                   "error": failed_pass1[j.stem], "attempts": None, "seconds": None}  # fmt: skip
+                   "error": failed_pass1[j.stem], "attempts": pass1.attempts.get(j.stem),
+                   "seconds": None}  # fmt: skip
             journal.record(rec)
             result.failed[j.stem] = rec["error"]
         elif journal.is_done(j.stem, j.path, batch_threshold):

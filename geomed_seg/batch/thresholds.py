@@ -93,6 +93,7 @@ def stats_task(
     dask.config.set(scheduler="synchronous")  # a task is one unit of parallelism
     src = Path(path)
     rec: dict[str, Any] = {"status": "failed", "error": None}
+    start = time.perf_counter()
     for attempt in range(1, retries + 2):
         rec["attempts"] = attempt
         try:
@@ -110,6 +111,7 @@ def stats_task(
         except Exception as exc:  # noqa: BLE001 - an input's failure is data, not a crash
             rec["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             log.warning("%s: pass 1 attempt %d failed: %s", src, attempt, rec["error"])
+    rec["seconds"] = time.perf_counter() - start
     return rec
 
 
@@ -122,6 +124,7 @@ class Pass1:
     run: int = 0  # pass-1 tasks run now
     reused: int = 0  # pass-1 results taken from the journal
     failed: dict[str, str] = field(default_factory=dict)  # stem -> error
+    attempts: dict[str, int | None] = field(default_factory=dict)  # stem -> tries (failed)
     notes: list[str] = field(default_factory=list)
 
     def summary(self, inputs: int) -> dict[str, Any]:
@@ -170,6 +173,7 @@ def _step(
             results[j.stem] = rec["result"]
         else:
             p1.failed[j.stem] = f"pass 1: {rec['error']}"
+            p1.attempts[j.stem] = rec.get("attempts")
     return results
 
 

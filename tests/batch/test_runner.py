@@ -30,8 +30,11 @@ def test_batch_equals_single_runs(tiles, tmp_path, fast):
     out = tmp_path / "out"
     res = run_batch("flood", tiles, out, overrides=fast, processes=False)
     assert sorted(res.done) == sorted(p.stem for p in tiles) and not res.failed
+    # the default threshold scope is the batch: a single run given the batch's threshold
+    # is the reference (scope "tile" against plain single runs: below)
+    fixed = (*fast, f"model.threshold={res.thresholds['thresholds'][0]!r}")
     for p in tiles:
-        alone = run_pipeline("flood", input=p, output=tmp_path / "alone" / p.stem, overrides=fast)
+        alone = run_pipeline("flood", input=p, output=tmp_path / "alone" / p.stem, overrides=fixed)
         ref = alone.outputs["labels"]
         got = out / "tiles" / p.stem / "labels.tif"
         with rasterio.open(ref) as a, rasterio.open(got) as b:
@@ -51,6 +54,13 @@ def test_batch_equals_single_runs(tiles, tmp_path, fast):
     )
     assert summary["class_area_km2"]["water"] == pytest.approx(water)
     assert water > 0 and summary["throughput_km2_per_s"] > 0
+    out_t = tmp_path / "tile_scope"
+    run_batch("flood", tiles[:2], out_t, overrides=fast, processes=False, threshold_scope="tile")
+    for p in tiles[:2]:
+        alone = run_pipeline("flood", input=p, output=tmp_path / "plain" / p.stem, overrides=fast)
+        assert file_sha256(alone.outputs["labels"]) == file_sha256(
+            out_t / "tiles" / p.stem / "labels.tif"
+        )
 
 
 def test_resume_after_kill_is_identical(tiles, tmp_path, fast):
@@ -116,7 +126,8 @@ def test_existing_scheduler_and_worker_processes(tiles, tmp_path, fast):
     assert len(res.done) == 4 and not res.failed
     pids = {r["worker_pid"] for r in Journal(out).records.values()}
     assert os.getpid() not in pids  # ran in the worker processes
-    ref = run_pipeline("flood", input=tiles[0], output=tmp_path / "alone", overrides=fast)
+    fixed = (*fast, f"model.threshold={res.thresholds['thresholds'][0]!r}")  # the batch's
+    ref = run_pipeline("flood", input=tiles[0], output=tmp_path / "alone", overrides=fixed)
     assert file_sha256(ref.outputs["labels"]) == _labels(out)[tiles[0].stem]
 
 

@@ -244,6 +244,7 @@ def test_sar_dB_two_step_pass1_equals_whole_scene(tmp_path, fast):
     assert (lab == ref).all() and lab[:, :30].mean() > 0.99
     res_t = run_batch("flood-sar", tiles, tmp_path / "t", overrides=sets, processes=False,
                       threshold_scope="tile")  # fmt: skip
+    assert res_t.thresholds["scope"] == "tile" and len(res_t.thresholds["per_tile"]) == 3
     assert (_mosaic(tmp_path / "t") != ref).mean() > 0.2  # one-class tiles split in two
 
 
