@@ -86,6 +86,16 @@ def _consistency(geoms: Sequence[SliceGeometry], where: str) -> None:
     if any(g.position is None or g.orientation is None for g in geoms):
         bad = next(g.path for g in geoms if g.position is None or g.orientation is None)
         raise GeometryError(f"{where}: {bad} has no ImagePositionPatient/ImageOrientationPatient")
+    spacings = {g.pixel_spacing for g in geoms}
+    if len(spacings) > 1:
+        lo, hi = geoms[0], next(g for g in geoms if g.pixel_spacing != geoms[0].pixel_spacing)
+        if None in spacings or not np.allclose(
+            lo.pixel_spacing, hi.pixel_spacing, rtol=1e-4, atol=1e-6  # type: ignore[arg-type]
+        ):
+            raise GeometryError(
+                f"{where}: mixed PixelSpacing: {lo.pixel_spacing} in {lo.path.name} vs "
+                f"{hi.pixel_spacing} in {hi.path.name}"
+            )
     first = geoms[0].orientation
     for g in geoms[1:]:
         if np.max(np.abs(g.orientation - first)) > ORIENTATION_TOL:  # type: ignore[operator]
@@ -129,7 +139,8 @@ def check_slices(
 ) -> tuple[list[int], SeriesReport]:
     """Return the spatial order of ``geoms`` (along the slice normal) and a report.
 
-    Raises :class:`GeometryError` naming ``where`` for mixed sizes/orientations, duplicate
+    Raises :class:`GeometryError` naming ``where`` for mixed sizes/orientations/pixel
+    spacings, duplicate
     positions, and — unless ``allow_irregular`` — uneven steps, gaps and gantry tilt.
     Tolerance: 1% of the median step, at least 0.01 mm.
     """

@@ -284,3 +284,13 @@ def test_malformed_geometry_names_the_file(tmp_path: Path) -> None:
     ds.save_as(files[3])
     with pytest.raises(GeometryError, match=f"{files[3].name}: malformed geometry"):
         open_dicom(tmp_path / "s")
+
+
+def test_mixed_pixel_spacing_is_refused(tmp_path: Path) -> None:
+    """SimpleITK takes the first slice's spacing for all; a slice at another spacing is refused."""
+    files, _ = make_series(tmp_path / "s")
+    ds = pydicom.dcmread(files[3])
+    ds.PixelSpacing = [0.45, 0.4]
+    ds.save_as(files[3])
+    with pytest.raises(GeometryError, match=f"mixed PixelSpacing.*{files[3].name}"):
+        open_dicom(tmp_path / "s")

@@ -43,22 +43,9 @@ def _nifti_gz(path: Path) -> Path:
 def _flip_silently(good: Path, bad: Path) -> int:
     """Write ``good`` with one byte of its deflate stream flipped such that the stream still
     inflates (only the CRC-32 can tell); return how many voxels nibabel then reads wrong."""
-    raw = good.read_bytes()
-    header_len = 10  # nibabel writes no FNAME/FEXTRA: fixed gzip header
-    assert raw[3] == 0
-    expected = zlib.decompress(raw[header_len:-8], -15)
-    for pos in range(len(raw) // 2, len(raw) - 64):
-        cand = bytearray(raw)
-        cand[pos] ^= 0x10
-        try:
-            got = zlib.decompress(bytes(cand[header_len:-8]), -15)
-        except zlib.error:
-            continue
-        if len(got) == len(expected) and got != expected:
-            bad.write_bytes(bytes(cand))
-            data = np.asarray(nib.load(bad).dataobj)  # nibabel: no complaint
-            return int(np.count_nonzero(data != _volume()))
-    raise AssertionError("no silent flip position found")
+    _flip_silently_any(good, bad)
+    data = np.asarray(nib.load(bad).dataobj)  # nibabel: no complaint
+    return int(np.count_nonzero(data != _volume()))
 
 
 def test_flipped_byte_is_refused(tmp_path: Path) -> None:
@@ -182,3 +169,33 @@ def test_info_stats_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["info", str(bad), "--stats"]) == 2
     _one_error_line(capsys, "bad.nii.gz")
     assert open_nifti(bad).shape == (1, *SHAPE[::-1])
+
+
+def test_evaluate_refuses_corrupt_prediction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = (_volume() % 3).astype(np.uint8)
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "ref.nii.gz")
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "good.nii.gz")
+    _flip_silently_any(tmp_path / "good.nii.gz", tmp_path / "pred.nii.gz")
+    rc = main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "ref.nii.gz")])
+    assert rc == 2
+    assert "CRC check failed" in _one_error_line(capsys, "pred.nii.gz")
+
+
+def _flip_silently_any(good: Path, bad: Path) -> None:
+    """Flip one deflate byte of ``good`` so that only the gzip CRC-32 can tell."""
+    raw = good.read_bytes()
+    assert raw[3] == 0  # no FNAME/FEXTRA: nibabel writes a fixed 10-byte gzip header
+    expected = zlib.decompress(raw[10:-8], -15)
+    for pos in range(len(raw) // 2, len(raw) - 64):
+        cand = bytearray(raw)
+        cand[pos] ^= 0x10
+        try:
+            got = zlib.decompress(bytes(cand[10:-8]), -15)
+        except zlib.error:
+            continue
+        if len(got) == len(expected) and got != expected:
+            bad.write_bytes(bytes(cand))
+            return
+    raise AssertionError("no silent flip position found")
