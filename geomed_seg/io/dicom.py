@@ -45,7 +45,9 @@ from geomed_seg.io.dicom_pixels import (
     check_grey,
     check_payload,
     decode_values,
+    is_encapsulated,
     read_header,
+    transfer_syntax,
     value_dtype,
     verify_files,
 )
@@ -348,6 +350,8 @@ def open_dicom(
             "sop_instance_uids": [str(f.get("SOPInstanceUID", "")) for f in ordered],
             "files": [str(f.path) for f in ordered],
             "resampled": resampled,
+            "transfer_syntaxes": sorted({str(transfer_syntax(f.ds)) for f in ordered}),
+            "compressed": any(is_encapsulated(f.ds) for f in ordered),
             "slice_thickness_mm": _thickness(first),
         },
         "source": str(ordered[0].path.parent),
@@ -358,8 +362,10 @@ def open_dicom(
 def verify_dicom(path: Any, image: Image) -> None:
     """Raise :class:`ReadError` unless every instance behind ``image`` decodes completely.
 
-    The header checks ran when the series was opened; this decodes each compressed
-    instance once (``attrs["dicom"]["files"]``), so a corrupt codestream is refused before
-    anything is written.
+    The header checks (Pixel Data length, file size) ran when the series was opened; when
+    any instance is compressed (``attrs["dicom"]["compressed"]``) this decodes each one once,
+    so a corrupt codestream is refused before anything is written.
     """
-    verify_files(image.attrs["dicom"]["files"])
+    meta = image.attrs["dicom"]
+    if meta.get("compressed", True):
+        verify_files(meta["files"])

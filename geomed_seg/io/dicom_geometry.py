@@ -90,7 +90,10 @@ def _consistency(geoms: Sequence[SliceGeometry], where: str) -> None:
     if len(spacings) > 1:
         lo, hi = geoms[0], next(g for g in geoms if g.pixel_spacing != geoms[0].pixel_spacing)
         if None in spacings or not np.allclose(
-            lo.pixel_spacing, hi.pixel_spacing, rtol=1e-4, atol=1e-6  # type: ignore[arg-type]
+            lo.pixel_spacing,
+            hi.pixel_spacing,
+            rtol=1e-4,
+            atol=1e-6,  # type: ignore[arg-type]
         ):
             raise GeometryError(
                 f"{where}: mixed PixelSpacing: {lo.pixel_spacing} in {lo.path.name} vs "
