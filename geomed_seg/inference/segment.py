@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geomed_seg.core.bands import physical_values
 from geomed_seg.core.grid import GeoGrid
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
@@ -206,6 +207,8 @@ def segment(
     module, card = _unpack_model(model)
     if card is not None:
         image = _match_bands(image, card)
+        if card.normalisation.apply_scale_offset:  # the card asks for physical values
+            image = physical_values(image)
         roi_size = roi_size if roi_size is not None else tuple(card.roi_size)
         overlap = card.overlap if overlap is None else overlap
         mode = mode or card.mode

@@ -33,6 +33,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from geomed_seg.core.bands import band_metadata
 from geomed_seg.core.grid import GeoGrid, normalise_slices
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo, parse_classes
@@ -146,6 +147,13 @@ class GeoTIFFBlockWriter:
         Extra dataset tags.
     write_mask : bool
         Store an internal validity mask (see :meth:`write`).
+    scales, offsets : sequence of float, optional
+        Per-band GDAL scale/offset (physical = raw * scale + offset), written as given.
+    units : sequence of str, optional
+        Per-band unit types (``""`` for none).
+    colormap : dict, optional
+        Band-1 colour table ``{value: (r, g, b[, a])}`` (uint8/uint16 only); class colours
+        override its entries.
 
     Notes
     -----
@@ -171,6 +179,10 @@ class GeoTIFFBlockWriter:
         blocksize: int = 512,
         tags: dict[str, Any] | None = None,
         write_mask: bool = False,
+        scales: Sequence[float] | None = None,
+        offsets: Sequence[float] | None = None,
+        units: Sequence[str] | None = None,
+        colormap: dict[int, Sequence[int]] | None = None,
     ) -> None:
         if not isinstance(grid, GeoGrid):
             raise InvalidInputError(f"{path}: GeoTIFF needs a GeoGrid, got {type(grid).__name__}")
@@ -192,6 +204,14 @@ class GeoTIFFBlockWriter:
                 "use 'nearest', 'mode', 'average', ..."
             )
         self.write_mask = write_mask
+        self.scales = None if scales is None else [float(v) for v in scales]
+        self.offsets = None if offsets is None else [float(v) for v in offsets]
+        self.units = None if units is None else [str(u or "") for u in units]
+        for name, values in (("scales", self.scales), ("offsets", self.offsets),
+                             ("units", self.units)):  # fmt: skip
+            if values is not None and len(values) != self.count:
+                raise InvalidInputError(f"{path}: {len(values)} band {name} for {self.count} bands")
+        self.colormap = {int(k): tuple(v) for k, v in (colormap or {}).items()}
         self._lock = threading.Lock()
         self._dst: Any = None
         self._part: Path | None = None
@@ -235,7 +255,8 @@ class GeoTIFFBlockWriter:
 
     def _write_colormap(self) -> None:
         # before any pixel: libtiff cannot change the photometric tag once data is written
-        colors = {c.index: c.color for c in self.classes if c.color}
+        colors = dict(self.colormap)  # a palette raster's own table, then class colours
+        colors.update({c.index: c.color for c in self.classes if c.color})
         if colors and self.dtype in (np.uint8, np.uint16):
             self._dst.write_colormap(1, colors)
         elif colors:
@@ -270,7 +291,12 @@ class GeoTIFFBlockWriter:
         dst = self._dst
         if self.band_names is not None:
             for i, name in enumerate(self.band_names[: self.count], start=1):
-                dst.set_band_description(i, str(name))
+                if name:
+                    dst.set_band_description(i, str(name))
+        if self.scales is not None and self.offsets is not None:
+            dst.scales, dst.offsets = self.scales, self.offsets
+        if self.units is not None:
+            dst.units = self.units
         tags = {k: str(v) for k, v in self.tags.items()}
         if self.classes:
             tags[CLASSES_TAG] = _class_tag(self.classes)
@@ -354,9 +380,11 @@ def write_geotiff(
     """Stream ``image`` chunk by chunk into a COG (or tiled GeoTIFF) at ``path``; return the path.
 
     Only one dask chunk (all bands, spatial edges rounded up to 512-pixel multiples) is in
-    memory at a time. CRS, transform and nodata are written exactly; ``classes`` (default
-    ``image.attrs["classes"]``) adds colour table, category names and mode overviews;
-    ``image.mask`` becomes an internal mask. ``dtype`` casts on write.
+    memory at a time. CRS, transform (or GCPs / RPCs) and nodata are written exactly;
+    ``classes`` (default ``image.attrs["classes"]``) adds colour table, category names and
+    mode overviews; ``image.mask`` becomes an internal mask. The values' metadata carried
+    by ``image.data`` (:func:`geomed_seg.core.bands.band_metadata`: per-band scale/offset,
+    units, descriptions, palette) is written back. ``dtype`` casts on write.
     """
     if not isinstance(image.grid, GeoGrid):
         raise InvalidInputError(f"{path}: GeoTIFF needs a raster Image (GeoGrid), got {image.kind}")
@@ -368,6 +396,7 @@ def write_geotiff(
     if image.mask is not None:
         mask = image.valid_mask().rechunk(arr.chunks[1:])
     tags = {k: v for k, v in image.attrs.get("tags", {}).items() if not k.startswith("STATISTICS_")}
+    meta = band_metadata(image.data)  # scale/offset, units, descriptions, palette of the values
     with GeoTIFFBlockWriter(
         path,
         image.grid,
@@ -375,13 +404,17 @@ def write_geotiff(
         dtype or image.dtype,
         nodata=image.nodata,
         classes=classes,
-        band_names=image.channel_names,
+        band_names=meta.get("description", image.channel_names),
         overwrite=overwrite,
         cog=cog,
         compress=compress,
         blocksize=blocksize,
         tags=tags,
         write_mask=mask is not None,
+        scales=meta.get("scale"),
+        offsets=meta.get("offset"),
+        units=meta.get("units"),
+        colormap=meta.get("colormap"),
     ) as writer:
         starts = [np.cumsum((0, *c[:-1])) for c in arr.chunks[1:]]
         for i, j in np.ndindex(*arr.numblocks[1:]):

@@ -34,6 +34,7 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from geomed_seg.core.bands import COLORMAP_ATTR, band_coords
 from geomed_seg.core.image import DEFAULT_CHUNK_BYTES, RASTER_DIMS, Image
 from geomed_seg.errors import ReadError, UnsupportedFormatError
 from geomed_seg.io.cog import CLASSES_TAG, GeoTIFFBlockWriter, gdal_message, write_geotiff
@@ -238,6 +239,8 @@ def _attrs(src: Any, path: Path) -> dict[str, Any]:
         attrs["compression"] = src.compression.name
     if any(s != 1.0 for s in src.scales) or any(o != 0.0 for o in src.offsets):
         attrs["scales"], attrs["offsets"] = list(src.scales), list(src.offsets)
+    if any(src.units):
+        attrs["units"] = [u or "" for u in src.units]
     cmap = _colormap(src)
     if cmap is not None and len(cmap) <= 256:  # uint16 palettes (65536 entries) stay in the file
         attrs["colormap"] = {str(k): list(v) for k, v in cmap.items()}
@@ -264,7 +267,9 @@ def open_geotiff(path: str | os.PathLike, chunks: Any = None) -> Image:
         ``attrs`` holds ``source``, ``driver``, ``dtype``, ``band_names`` (descriptions or
         ``band_1..``), ``band_nodata``, ``colorinterp``, ``tags``, ``block_shape``,
         ``compression``, and when present ``colormap``, ``classes`` (``[{index, name,
-        color}]``), ``scales``/``offsets``.
+        color}]``), ``scales``/``offsets``, ``units``. The values' own metadata also rides
+        on ``data`` (:mod:`geomed_seg.core.bands`): band coordinates ``scale``/``offset``,
+        ``units``, ``description`` and the ``colormap`` attr, which writers reproduce.
 
     Notes
     -----
@@ -298,6 +303,10 @@ def open_geotiff(path: str | os.PathLike, chunks: Any = None) -> Image:
             nodatas = list(src.nodatavals)
             flags = src.mask_flag_enums
             attrs = _attrs(path=path, src=src)
+            coords = band_coords(
+                src.count, scales=src.scales, offsets=src.offsets, units=src.units,
+                descriptions=src.descriptions,
+            )  # fmt: skip
             natural = block_chunks(shape, src.block_shapes[0], dtype.itemsize)
     nodata = None if nodatas[0] is None else float(nodatas[0])
     chunks = _normalise_chunks(chunks, shape, dtype, natural)
@@ -315,7 +324,11 @@ def open_geotiff(path: str | os.PathLike, chunks: Any = None) -> Image:
             mreader, chunks=arr.chunks[1:], name=f"{token}-mask", meta=np.empty((0, 0), bool)
         )
         mask = xr.DataArray(marr, dims=RASTER_DIMS[1:])
-    data = xr.DataArray(arr, dims=RASTER_DIMS, coords={"band": attrs["band_names"]})
+    coords_all: dict[str, Any] = {"band": attrs["band_names"]}
+    coords_all.update({k: ("band", v) for k, v in coords.items()})
+    # value metadata lives on the DataArray so that derived arrays do not inherit it
+    data_attrs = {COLORMAP_ATTR: attrs["colormap"]} if "colormap" in attrs else {}
+    data = xr.DataArray(arr, dims=RASTER_DIMS, coords=coords_all, attrs=data_attrs)
     log.debug("opened %s: %s chunks %s", path, shape, arr.chunksize)
     return Image(data, grid, nodata, mask, attrs)
 

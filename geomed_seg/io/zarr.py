@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from geomed_seg.core.bands import BAND_COORDS, COLORMAP_ATTR, band_metadata
 from geomed_seg.core.grid import Grid, grid_from_attrs, normalise_slices
 from geomed_seg.core.image import RASTER_DIMS, VOLUME_DIMS, Image
 from geomed_seg.errors import InvalidInputError, ReadError, UnsupportedFormatError, WriteError
@@ -37,6 +38,8 @@ from geomed_seg.io.atomic import atomic_output, check_output
 log = logging.getLogger(__name__)
 
 ATTRS_KEY = "geomed_seg"
+#: Key (in the stored attrs) of the values' metadata (:mod:`geomed_seg.core.bands`).
+BAND_META_KEY = "band_metadata"
 FORMAT_VERSION = 1
 
 
@@ -244,9 +247,18 @@ def write_zarr(
     """
     arr = image.darray
     zchunks = chunks if chunks is not None else tuple(max(c) for c in arr.chunks)
+    attrs = dict(image.attrs)
+    values_meta = band_metadata(image.data)  # scale/offset, units, palette of the values
+    if COLORMAP_ATTR in values_meta:  # JSON keys are strings
+        values_meta[COLORMAP_ATTR] = {
+            str(i): list(c) for i, c in values_meta[COLORMAP_ATTR].items()
+        }
+    attrs.pop(BAND_META_KEY, None)
+    if values_meta:
+        attrs[BAND_META_KEY] = values_meta
     with ZarrBlockWriter(
         path, image.grid, arr.shape, arr.dtype, chunks=zchunks, nodata=image.nodata,
-        attrs=image.attrs, dims=image.data.dims, channel_names=image.channel_names,
+        attrs=attrs, dims=image.data.dims, channel_names=image.channel_names,
         overwrite=overwrite,
     ) as writer:  # fmt: skip
         sources, targets = [arr.rechunk(writer.chunks)], [writer.target()]
@@ -284,12 +296,17 @@ def open_zarr(path: str | os.PathLike, chunks: Any = None) -> Image:
     )
     dims = tuple(meta["dims"])
     names = meta.get("channel_names")
-    data = xr.DataArray(arr, dims=dims, coords={dims[0]: names} if names else None)
+    attrs = dict(meta.get("attrs") or {})
+    values_meta = attrs.pop(BAND_META_KEY, None) or {}
+    coords: dict[str, Any] = {dims[0]: names} if names else {}
+    coords.update({k: (dims[0], v) for k, v in values_meta.items() if k in BAND_COORDS})
+    data_attrs = {COLORMAP_ATTR: values_meta[COLORMAP_ATTR]} if COLORMAP_ATTR in values_meta else {}
+    data = xr.DataArray(arr, dims=dims, coords=coords or None, attrs=data_attrs)
     mask = None
     if "mask" in group:
         marr = da.from_zarr(group["mask"]).rechunk(arr.chunks[1:])
         mask = xr.DataArray(marr, dims=dims[1:])
-    return Image(data, grid, meta.get("nodata"), mask, dict(meta.get("attrs") or {}))
+    return Image(data, grid, meta.get("nodata"), mask, attrs)
 
 
 __all__ = ["ZarrBlockWriter", "open_zarr", "write_zarr"]

@@ -34,7 +34,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class MeanStd(_Strict):
+class _Normalisation(_Strict):
+    """Fields shared by every normalisation.
+
+    ``apply_scale_offset``: the model was trained on physical values, so the engine first
+    turns raw samples into ``raw * scale + offset`` per band from the input's own GDAL band
+    scale/offset (e.g. 0.0001 / -0.1 reflectance), nodata to NaN; an input without them is
+    used raw, with a warning. Default False (raw samples, the behaviour before the field).
+    """
+
+    apply_scale_offset: bool = False
+
+
+class MeanStd(_Normalisation):
     """Per-band z-score: ``(x - mean[c]) / std[c]`` (units of the input samples)."""
 
     type: Literal["meanstd"] = "meanstd"
@@ -50,7 +62,7 @@ class MeanStd(_Strict):
         return self
 
 
-class Percentile(_Strict):
+class Percentile(_Normalisation):
     """Per-sample, per-channel percentile clip then scale to ``[0, 1]``.
 
     Same as MONAI ``ScaleIntensityRangePercentiles(low, high, 0, 1, clip=True,
@@ -69,7 +81,7 @@ class Percentile(_Strict):
         return self
 
 
-class NonZeroZScore(_Strict):
+class NonZeroZScore(_Normalisation):
     """Per-case, per-channel z-score over the NON-ZERO samples, as BraTS pipelines and nnU-Net
     do for MRI: ``(x - mean_c) / std_c`` where ``x != 0``, zeros (outside the brain) stay 0.
 
@@ -84,7 +96,7 @@ class NonZeroZScore(_Strict):
     type: Literal["nonzero_zscore"] = "nonzero_zscore"
 
 
-class NoNormalisation(_Strict):
+class NoNormalisation(_Normalisation):
     """Samples are fed to the model as float32, unchanged."""
 
     type: Literal["none"] = "none"
