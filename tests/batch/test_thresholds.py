@@ -273,9 +273,9 @@ def _vrt_of(tiles: list[Path], scene: Path, path: Path) -> Path:
                 col, row = (round(v) for v in ~tr * (ds.transform.c, ds.transform.f))
                 size = f'xSize="{ds.width}" ySize="{ds.height}"'
                 srcs.append(
-                    f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{t}</SourceFilename>"
-                    f"<SourceBand>{b}</SourceBand><SrcRect xOff=\"0\" yOff=\"0\" {size}/>"
-                    f"<DstRect xOff=\"{col}\" yOff=\"{row}\" {size}/></SimpleSource>"
+                    f'<SimpleSource><SourceFilename relativeToVRT="0">{t}</SourceFilename>'
+                    f'<SourceBand>{b}</SourceBand><SrcRect xOff="0" yOff="0" {size}/>'
+                    f'<DstRect xOff="{col}" yOff="{row}" {size}/></SimpleSource>'
                 )
         bands.append(f'<VRTRasterBand dataType="{dtype}" band="{b}">{"".join(srcs)}'
                      "</VRTRasterBand>")  # fmt: skip
