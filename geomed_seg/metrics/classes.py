@@ -76,7 +76,7 @@ def resolve_classes(
     """Return the class table of an evaluation (see the module docstring for the order)."""
     infos = parse_classes(classes)
     if infos:
-        return ClassTable(infos, "--classes")
+        return ClassTable(infos, "--classes" if isinstance(classes, str) else "the caller")
     if card:
         return ClassTable(*_from_card(card))
     if brats:

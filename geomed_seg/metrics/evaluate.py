@@ -198,6 +198,7 @@ def evaluate(
     brats_protocol: str = "panoptica",
     card: str | None = None,
     allow_unknown: bool = False,
+    classes_source: str | None = None,
 ) -> EvaluationResult:
     """Return overlap (and optionally surface / BraTS) scores of ``pred`` against ``ref``.
 
@@ -232,6 +233,8 @@ def evaluate(
     allow_unknown : bool
         Accept prediction labels that are no class (a warning with counts; they count as
         misses) instead of raising :class:`InvalidInputError`.
+    classes_source : str, optional
+        Where ``classes`` come from, for reports (default ``"--classes"`` for a string).
     """
     pred_img, ref_img = _open(pred), _open(ref)
     pred_name = str(pred) if not isinstance(pred, Image) else pred.attrs.get("source", "prediction")
@@ -276,7 +279,7 @@ def evaluate(
         ov,
         spacing=dist.spacing if dist else (),
         distance_unit=dist.unit if dist else "",
-        classes_source=table.source,
+        classes_source=classes_source if classes_source and infos else table.source,
         grid=ref_img.grid.describe(),
         tolerance=tolerance if surface else None,
     )

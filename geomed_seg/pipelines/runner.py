@@ -82,7 +82,9 @@ def _relabel(out, dataset, cfg: PipelineConfig) -> None:
     out.notes.append(f"labels mapped to the {dataset.name} convention ({pairs})")
 
 
-def _evaluate(labels: Image, cfg: PipelineConfig, classes, reference: Image | None):
+def _evaluate(
+    labels: Image, cfg: PipelineConfig, classes, reference: Image | None, names_from: str
+):
     from geomed_seg.metrics.evaluate import evaluate
 
     ref = reference
@@ -96,6 +98,7 @@ def _evaluate(labels: Image, cfg: PipelineConfig, classes, reference: Image | No
         classes=[c for c in classes],
         surface=cfg.evaluation.surface,
         brats=cfg.evaluation.brats,
+        classes_source=names_from,
     )
     if res.ref_path is None:
         res.ref_path = f"in-memory reference ({ref.attrs.get('source') or 'no file'})"
@@ -239,7 +242,12 @@ def run_pipeline(
     result = RunResult(cfg, labels=out.labels)
     if cfg.outputs.labels:
         result.outputs["labels"] = _write_labels(out.labels, classes, folder, source, overwrite)
-    evaluation, metrics = _evaluate(out.labels, cfg, classes, reference)
+    names_from = (
+        f"dataset card {dataset.name}"
+        if dataset is not None and list(classes) == dataset.class_infos()
+        else f"{out.method} (its classes)"
+    )
+    evaluation, metrics = _evaluate(out.labels, cfg, classes, reference, names_from)
     result.outputs.update(
         write_outputs(cfg, img, source, out, classes, folder, overwrite, files, evaluation)
     )

@@ -47,6 +47,7 @@ def test_brats_run_report_names_reference_metrics_grid_and_input(tmp_path, capsy
     assert f"evaluated against: `{ref}`" in md
     assert "HD95 in mm" in md and "| HD95 (mm) | NSD |" in md
     assert "spacing(x,y,z)=(3, 3, 3) mm" in md  # the grid
+    assert "- class names from: t2f_otsu (its classes)" in md
     assert str(case / "c-t2f.nii.gz") in md  # the input
     report = json.loads((out / "report.json").read_text())
     wt = next(m for m in report["metrics"] if m["what"] == "region WT")
@@ -75,6 +76,7 @@ def test_flood_run_json_records_the_given_input(tmp_path):
     assert names == {"land": 1.0, "water": 1.0}
     md = (tmp_path / "b" / "report.md").read_text()
     assert f"evaluated against: `{ref}`" in md and "EPSG" in md
+    assert "- class names from: ndwi_otsu (its classes)" in md
 
 
 @pytest.mark.slow
