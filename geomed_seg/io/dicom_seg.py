@@ -90,6 +90,36 @@ def _descriptions(present: Sequence[ClassInfo]) -> list[Any]:
     ]
 
 
+def _further_sources(
+    dicom: dict[str, Any], further_series: Sequence[dict[str, Any]], first: Any, path: Any
+) -> list[Any]:
+    """Return the headers (no pixels) of the other series' instances, checked."""
+    import pydicom
+
+    out = []
+    seen = {dicom.get("series_uid")}
+    for series in further_series:
+        if series.get("series_uid") in seen:
+            continue
+        seen.add(series.get("series_uid"))
+        files = [Path(f) for f in series.get("files", [])]
+        if len(files) != len(dicom.get("files", [])):
+            raise GeometryError(
+                f"{path}: series {series.get('series_uid')} has {len(files)} slices, the "
+                f"labels' series {len(dicom.get('files', []))}"
+            )
+        heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        study = str(heads[0].get("StudyInstanceUID", ""))
+        if study != str(first.StudyInstanceUID):
+            raise InvalidInputError(
+                f"{path}: series {series.get('series_uid')} ({files[0].parent}) is in study "
+                f"{study}, the labels' series in {first.StudyInstanceUID}: a SEG references "
+                "one study"
+            )
+        out.extend(heads)
+    return out
+
+
 def write_dicom_seg(
     labels: Image,
     dicom: dict[str, Any],
@@ -98,6 +128,7 @@ def write_dicom_seg(
     classes: Sequence[ClassInfo],
     overwrite: bool = False,
     series_description: str = "geomed-seg segmentation",
+    further_series: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write a DICOM SEG of ``labels`` referencing the source series; return its path.
 
@@ -109,6 +140,12 @@ def write_dicom_seg(
         ``attrs["dicom"]`` of the source image (files in ``z`` order).
     classes : sequence of ClassInfo
         Non-zero classes become segments 1..n in index order (named by ``name``).
+    further_series : sequence of dict
+        ``attrs["dicom"]`` of the other series the labels were made from (e.g. the t1c,
+        t2w, t2f series of a BraTS case; ``attrs["dicom_series"]`` of a stacked case). Their
+        instances are referenced in the Common Instance Reference (``ReferencedSeriesSequence``)
+        and ``SourceImageSequence`` (highdicom's ``further_source_images``); frames derive
+        from ``dicom``'s slices. They must belong to the same study and lie on the same grid.
     """
     import highdicom as hd
     import pydicom
@@ -124,6 +161,7 @@ def write_dicom_seg(
     sources = [_with_type2(pydicom.dcmread(f)) for f in files]
     if (int(sources[0].Rows), int(sources[0].Columns)) != arr.shape[1:]:
         raise GeometryError(f"{path}: label slices {arr.shape[1:]} != source rows/columns")
+    further = _further_sources(dicom, further_series, sources[0], path)
     present = [c for c in sorted(classes, key=lambda c: c.index) if c.index != 0]
     lut = np.zeros(
         int(max(arr.max(initial=0), max((c.index for c in present), default=0))) + 1, np.uint8
@@ -148,11 +186,15 @@ def write_dicom_seg(
         device_serial_number="0",
         series_description=series_description,
         omit_empty_frames=True,
+        further_source_images=further or None,
     )
     with atomic_output(path, overwrite) as tmp:
         try:
             seg.save_as(tmp)
         except (OSError, ValueError) as exc:
             raise WriteError(f"{path}: cannot write DICOM SEG ({exc})") from exc
-    log.info("%s: DICOM SEG with %d segments", path, len(present))
+    log.info(
+        "%s: DICOM SEG with %d segments referencing %d series",
+        path, len(present), 1 + len({d.SeriesInstanceUID for d in further}),
+    )  # fmt: skip
     return Path(path)

@@ -84,8 +84,9 @@ def write_outputs(
 
         if image.grid.almost_equals(source.grid):
             written["DICOM SEG"] = write_dicom_seg(
-                out.labels, dicom, folder / "seg.dcm", classes=classes, overwrite=overwrite
-            )
+                out.labels, dicom, folder / "seg.dcm", classes=classes, overwrite=overwrite,
+                further_series=source.attrs.get("dicom_series") or (),
+            )  # fmt: skip
         else:
             out.notes.append("DICOM SEG skipped: labels are not on the source series grid")
     return written
