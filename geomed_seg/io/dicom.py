@@ -1,4 +1,4 @@
-"""DICOM series, single files and multi-frame files → volume :class:`Image` (pydicom, highdicom).
+"""DICOM series, single files and multi-frame files → volume :class:`Image` (pydicom).
 
 pydicom reads the headers to find series and check their geometry, and decodes the pixels
 (:mod:`geomed_seg.io.dicom_pixels`: ``pixel_array`` with the Modality LUT and RT dose
@@ -6,8 +6,8 @@ scaling, for every transfer syntax pydicom has a decoder for), so values always 
 pydicom's. Slices are sorted by ``ImagePositionPatient`` projected on the slice normal,
 never by file name or ``InstanceNumber`` (:mod:`geomed_seg.io.dicom_geometry`). A series
 of one file, or a single file, is a one-slice volume or a multi-frame volume
-(:mod:`geomed_seg.io.dicom_frames`; enhanced multi-frame files through highdicom's
-``get_volume``). Geometry enters our world through
+(:mod:`geomed_seg.io.dicom_frames`; enhanced multi-frame files placed frame by frame from
+their functional groups). Geometry enters our world through
 :meth:`VoxelGrid.from_itk <geomed_seg.core.grid.VoxelGrid.from_itk>`, the one LPS↔RAS place.
 
 Opening checks every instance of the chosen series from its header: scalar pixels, a
@@ -17,7 +17,7 @@ also decodes every compressed instance once.
 
 Regular single-frame series are lazy: each dask chunk (a slab of whole slices, at most
 :data:`~geomed_seg.core.image.DEFAULT_CHUNK_BYTES`) decodes its files when computed.
-Enhanced multi-frame files and series resampled with ``resample=True`` are read whole.
+Single files are one lazy chunk; series resampled with ``resample=True`` are read whole.
 """
 
 from __future__ import annotations
@@ -318,7 +318,7 @@ def open_dicom(
     multi = [f for f in chosen.files if _is_multiframe(f)]
     resampled = False
     if len(chosen.files) == 1:
-        arr, grid = open_file_volume(chosen.files[0].path, chosen.files[0].ds)
+        arr, grid = open_file_volume(chosen.files[0].path, chosen.files[0].ds, resample)
         ordered = chosen.files
     elif multi:
         raise UnsupportedFormatError(f"{where}: multi-frame files mixed with other files")

@@ -9,8 +9,9 @@
   ``GridFrameOffsetVector`` (relative offsets, or absolute z when the first offset equals
   the ``ImagePositionPatient`` z of an axial grid). Frames must be evenly spaced; files
   whose frames cannot be placed are refused.
-* An enhanced multi-frame file (per-frame functional groups) goes through highdicom's
-  ``get_volume``, which sorts frames spatially and checks regular spacing.
+* An enhanced multi-frame file (per-frame functional groups) places each frame by its
+  Plane Position/Orientation and Pixel Measures groups; frames are sorted and checked like
+  the slices of a series, and each keeps its own Pixel Value Transformation (rescale).
 
 Pixels are decoded by :mod:`geomed_seg.io.dicom_pixels` (pydicom, Modality LUT, dose
 scaling). Geometry leaves here as ITK-style ``(origin, spacing, direction)`` in LPS for
@@ -22,7 +23,6 @@ short pixel data silently.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 
 import dask
@@ -32,13 +32,13 @@ import pydicom
 
 from geomed_seg.core.grid import VoxelGrid
 from geomed_seg.errors import GeometryError, UnsupportedFormatError
+from geomed_seg.io.dicom_geometry import SliceGeometry, check_slices, resample_slices
 from geomed_seg.io.dicom_pixels import (
     check_decodable,
     check_grey,
     check_payload,
     decode_values,
-    quiet_decoders,
-    transfer_syntax,
+    group_item,
     value_dtype,
 )
 
@@ -164,45 +164,82 @@ def _legacy_geometry(ds: pydicom.Dataset, path: Path, n: int) -> tuple[Itk, bool
     return itk, reverse
 
 
-def _enhanced(path: Path, ds: pydicom.Dataset) -> tuple[np.ndarray, VoxelGrid]:
-    """Read an enhanced multi-frame file with highdicom; slices along +normal."""
-    if not transfer_syntax(ds).is_little_endian:
+def _frame_geometry(ds: pydicom.Dataset, path: Path, k: int) -> SliceGeometry:
+    """Return frame ``k``'s geometry from the functional groups (per-frame, else shared)."""
+    pos = group_item(ds, k, "PlanePositionSequence")
+    ori = group_item(ds, k, "PlaneOrientationSequence")
+    if pos is None or ori is None or "ImagePositionPatient" not in pos:
         raise UnsupportedFormatError(
-            f"{path}: big-endian enhanced multi-frame not supported (highdicom reads "
-            "little-endian transfer syntaxes only; convert it to little endian first)"
+            f"{path}: enhanced multi-frame file without Plane Position/Orientation for frame "
+            f"{k + 1}; cannot place it in patient space"
         )
-    import highdicom as hd
-
-    with quiet_decoders(path):
-        try:
-            vol = hd.imread(path).get_volume(dtype=np.float64)
-        except (ValueError, RuntimeError, AttributeError, KeyError, sqlite3.Error) as exc:
-            raise UnsupportedFormatError(
-                f"{path}: enhanced multi-frame file without a regular 3D volume ({exc})"
-            ) from exc
-    aff = np.asarray(vol.affine)  # (slice, row, column) indices -> LPS mm
-    if np.dot(aff[:3, 0], np.cross(aff[:3, 2], aff[:3, 1])) < 0:
-        vol = vol.flip_spatial(0)
-        aff = np.asarray(vol.affine)
-    axes = aff[:3, [2, 1, 0]]  # our x = column, y = row, z = slice
-    spacing = np.linalg.norm(axes, axis=0)
-    direction = (axes / spacing).ravel()
-    arr = np.asarray(vol.array)
-    return arr, VoxelGrid.from_itk(aff[:3, 3], spacing, direction, arr.shape)
+    frame = pydicom.Dataset()
+    frame.ImagePositionPatient = pos.ImagePositionPatient
+    frame.ImageOrientationPatient = ori.ImageOrientationPatient
+    measures = group_item(ds, k, "PixelMeasuresSequence")
+    if measures is not None and "PixelSpacing" in measures:
+        frame.PixelSpacing = measures.PixelSpacing
+    frame.Rows, frame.Columns = ds.Rows, ds.Columns
+    return SliceGeometry.from_dataset(frame, path.with_name(f"{path.name} frame {k + 1}"))
 
 
-def open_file_volume(path: Path, ds: pydicom.Dataset) -> tuple[da.Array | np.ndarray, VoxelGrid]:
+def _enhanced(
+    path: Path, ds: pydicom.Dataset, resample: bool
+) -> tuple[da.Array | np.ndarray, VoxelGrid]:
+    """Place an enhanced multi-frame file's frames like a series; slices along +normal.
+
+    Each frame's position, orientation and pixel spacing come from its functional groups
+    (Plane Position, Plane Orientation, Pixel Measures); the frames are sorted and checked
+    like the slices of a series (:func:`~geomed_seg.io.dicom_geometry.check_slices`), so
+    several frames at one position (echoes, time points, segments) are refused. Values are
+    pydicom's with each frame's Pixel Value Transformation. Written here rather than with
+    highdicom's ``get_volume``, which dropped the rescale of enhanced MR frames and reads
+    little-endian files only.
+    """
+    n = int(ds.get("NumberOfFrames") or 1)
+    geoms = [_frame_geometry(ds, path, k) for k in range(n)]
+    order, report = check_slices(geoms, str(path), allow_irregular=resample)
+    first = geoms[order[0]]
+    sy, sx = first.pixel_spacing or (None, None)
+    if sx is None:
+        raise GeometryError(f"{path}: no PixelSpacing in the Pixel Measures functional group")
+    if n == 1:
+        measures = group_item(ds, 0, "PixelMeasuresSequence")
+        step = _single_step(measures if measures is not None else ds, path)
+    else:
+        step = float(report.projections_mm[-1] - report.projections_mm[0]) / (n - 1)
+    direction = np.column_stack([report.row, report.col, report.normal]).ravel()
+    dtype = value_dtype([ds])
+    shape = (n, int(ds.Rows), int(ds.Columns))
+    if not report.regular:
+        logger.info("%s: resampling frames onto a regular grid (%s)", path, report.problem)
+        stack = decode_values(path, np.dtype(np.float64))[order]
+        arr, (origin, spacing, dirs) = resample_slices(
+            stack, (sx, sy), [geoms[i] for i in order], report
+        )
+        return arr, VoxelGrid.from_itk(origin, spacing, dirs, arr.shape)
+    arr = da.from_delayed(
+        dask.delayed(decode_values, pure=True)(path, dtype), shape=shape, dtype=dtype
+    )
+    if order != list(range(n)):
+        arr = arr[order]
+    origin = tuple(float(v) for v in first.position)  # type: ignore[union-attr]
+    return arr, VoxelGrid.from_itk(origin, (sx, sy, step), direction, shape)
+
+
+def open_file_volume(
+    path: Path, ds: pydicom.Dataset, resample: bool = False
+) -> tuple[da.Array | np.ndarray, VoxelGrid]:
     """Return ``((z, y, x) values, grid)`` of one DICOM image file.
 
-    ``ds`` is its header (pixel data deferred). Single-frame and legacy multi-frame files
-    are lazy (one dask chunk, decoded by pydicom when computed); enhanced multi-frame files
-    are read whole (highdicom).
+    ``ds`` is its header (pixel data deferred). Lazy: one dask chunk, decoded by pydicom
+    when computed. ``resample`` regularises enhanced multi-frame files whose frames are
+    unevenly spaced (as for series); without it they are refused.
 
     Raises
     ------
     UnsupportedFormatError
-        Colour pixels, no decoder for the transfer syntax, frames that cannot be placed,
-        big-endian enhanced multi-frame.
+        Colour pixels, no decoder for the transfer syntax, frames that cannot be placed.
     ReadError
         Pixel Data shorter or longer than the header promises.
     GeometryError
@@ -212,7 +249,7 @@ def open_file_volume(path: Path, ds: pydicom.Dataset) -> tuple[da.Array | np.nda
     check_payload(ds, path)
     check_decodable(ds, path)
     if "PerFrameFunctionalGroupsSequence" in ds:
-        return _enhanced(path, ds)
+        return _enhanced(path, ds, resample)
     try:
         n = int(ds.get("NumberOfFrames") or 1)
     except ValueError as exc:

@@ -222,7 +222,48 @@ def _decode_reason(exc: Exception) -> str:
     return " ".join(lines[-2:]) if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
 
 
+def group_item(ds: pydicom.Dataset, k: int, name: str) -> pydicom.Dataset | None:
+    """Return frame ``k``'s item of functional group ``name`` (per-frame first, then shared)."""
+    for key in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        groups = ds.get(key)
+        if not groups:
+            continue
+        item = groups[k] if key.startswith("PerFrame") else groups[0]
+        seq = item.get(name)
+        if seq:
+            return seq[0]
+    return None
+
+
+def frame_rescales(ds: pydicom.Dataset) -> list[tuple[float, float]] | None:
+    """Return each frame's (RescaleSlope, RescaleIntercept) of an enhanced multi-frame file.
+
+    From the Pixel Value Transformation functional group (per-frame, else shared), else the
+    top-level attributes; ``None`` for files without functional groups.
+    """
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        return None
+    top = (float(ds.get("RescaleSlope") or 1.0), float(ds.get("RescaleIntercept") or 0.0))
+    out = []
+    for k in range(int(ds.get("NumberOfFrames") or 1)):
+        pvt = group_item(ds, k, "PixelValueTransformationSequence")
+        if pvt is None:
+            out.append(top)
+        else:
+            out.append(
+                (float(pvt.get("RescaleSlope") or 1.0), float(pvt.get("RescaleIntercept") or 0.0))
+            )
+    return out
+
+
 def _modality(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    rescales = frame_rescales(ds)
+    if rescales is not None:  # enhanced: the functional groups' rescale, frame by frame
+        if any(r != (1.0, 0.0) for r in rescales):
+            arr = arr.reshape(len(rescales), *arr.shape[-2:]).astype(np.float64)
+            slopes, inters = (np.asarray(v)[:, None, None] for v in zip(*rescales, strict=True))
+            arr = arr * slopes + inters
+        return arr
     if "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds:
         arr = apply_modality_lut(arr, ds)
     scaling = ds.get("DoseGridScaling")
@@ -234,7 +275,8 @@ def _modality(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
 def decode_values(path: Path, dtype: np.dtype | None = None) -> np.ndarray:
     """Return the physical values of ``path``'s frames, ``(frame, row, column)``.
 
-    pydicom's ``pixel_array`` (native byte order), then the Modality LUT and RT Dose
+    pydicom's ``pixel_array`` (native byte order), then the Modality LUT (for enhanced
+    multi-frame files the functional groups' rescale, frame by frame) and RT Dose
     ``DoseGridScaling``; cast to ``dtype`` when given. Decoding failures and short
     payloads raise :class:`ReadError` naming the file; colour raises
     :class:`UnsupportedFormatError`.
@@ -305,11 +347,13 @@ def value_dtype(datasets: Sequence[pydicom.Dataset]) -> np.dtype:
         if "ModalityLUTSequence" in ds:
             lut = np.asarray(apply_modality_lut(np.asarray([0]), ds))  # dtype probe
             return np.dtype(np.float32) if lut.dtype.kind == "f" else np.dtype(np.int32)
-        slope = float(ds.get("RescaleSlope") or 1.0)
-        inter = float(ds.get("RescaleIntercept") or 0.0)
-        pairs.add((slope, inter))
-        ends = (stored[0] * slope + inter, stored[1] * slope + inter)
-        lo, hi = min(lo, *ends), max(hi, *ends)
+        rescales = frame_rescales(ds) or [
+            (float(ds.get("RescaleSlope") or 1.0), float(ds.get("RescaleIntercept") or 0.0))
+        ]
+        for slope, inter in rescales:
+            pairs.add((slope, inter))
+            ends = (stored[0] * slope + inter, stored[1] * slope + inter)
+            lo, hi = min(lo, *ends), max(hi, *ends)
     if len(pairs) != 1:
         return np.dtype(np.float32)
     slope, inter = pairs.pop()
@@ -336,6 +380,8 @@ __all__ = [
     "check_grey",
     "check_payload",
     "decode_values",
+    "frame_rescales",
+    "group_item",
     "is_encapsulated",
     "quiet_decoders",
     "read_header",

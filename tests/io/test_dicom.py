@@ -179,8 +179,12 @@ def test_no_dicom(tmp_path: Path) -> None:
         open_dicom(tmp_path / "missing")
 
 
-def test_enhanced_multiframe_matches_series(tmp_path: Path) -> None:
-    files, values = make_series(tmp_path / "mr", modality="MR", orientation=oblique_orientation())
+@pytest.mark.parametrize("rescale", [(1.0, 0.0), (2.0, -1024.0)])
+def test_enhanced_multiframe_matches_series(rescale: tuple, tmp_path: Path) -> None:
+    """highdicom's get_volume dropped the rescale of enhanced MR frames: values differed."""
+    files, values = make_series(
+        tmp_path / "mr", modality="MR", orientation=oblique_orientation(), rescale=rescale
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mf = hd.legacy.LegacyConvertedEnhancedMRImage(read_back(files), hd.UID(), 2, hd.UID(), 1)
@@ -294,3 +298,18 @@ def test_mixed_pixel_spacing_is_refused(tmp_path: Path) -> None:
     ds.save_as(files[3])
     with pytest.raises(GeometryError, match=f"mixed PixelSpacing.*{files[3].name}"):
         open_dicom(tmp_path / "s")
+
+
+def test_enhanced_multiframe_uneven_frames(tmp_path: Path) -> None:
+    """Frames are checked like slices: uneven steps refused, or resampled on request."""
+    files, _ = make_series(tmp_path / "mr", modality="MR", shape=(8, 8, 10), uneven=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mf = hd.legacy.LegacyConvertedEnhancedMRImage(read_back(files), hd.UID(), 2, hd.UID(), 1)
+    mf.save_as(tmp_path / "mf.dcm")
+    with pytest.raises(GeometryError, match="mf.dcm: uneven slice spacing"):
+        open_dicom(tmp_path / "mf.dcm")
+    multi = open_dicom(tmp_path / "mf.dcm", resample=True)
+    series = open_dicom(tmp_path / "mr", resample=True)
+    np.testing.assert_allclose(multi.grid.affine, series.grid.affine, atol=1e-5)
+    np.testing.assert_allclose(multi.compute(), series.compute(), atol=1e-4)

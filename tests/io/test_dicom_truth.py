@@ -121,8 +121,6 @@ def _expected_refusal(path: Path) -> tuple[type, str] | None:
         "PALETTE COLOR"
     ):
         return UnsupportedFormatError, "colou?r"
-    if "PerFrameFunctionalGroupsSequence" in ds and not ds.original_encoding[1]:
-        return UnsupportedFormatError, "big-endian enhanced multi-frame not supported"
     if "Rows" not in ds or "BitsAllocated" not in ds:
         return GeomedSegError, "Rows|pixel attributes|Transfer Syntax"
     if not str(ds.get("NumberOfFrames", "1")).strip().isdigit():
