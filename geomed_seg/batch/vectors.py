@@ -8,8 +8,11 @@ coordinates (inverse affine, rounded to integers). A polygon touching an *inner*
 (one shared with a neighbour tile, not the mosaic's outer edge) is such a border piece: the
 pieces are kept, unioned per class (``shapely.union_all`` of each group of touching pieces)
 and split into connected parts (``shapely.get_parts``), then mapped back with the mosaic's
-affine, with ``area_m2`` recomputed. All of this happens in the pixel space of the shared
-grid, so tiles of a rotated (or south-up) grid merge exactly like north-up ones. Every other polygon is final: it is copied unchanged (read per tile with
+affine; a joined feature's ``area_m2`` is the sum of its pieces' (true ground areas written
+per tile by :func:`~geomed_seg.io.vector.write_polygons`; ``area_crs_units2`` for tiles
+without a ground). All of this happens in the pixel space of the shared grid, so tiles of a
+rotated (or south-up) grid merge exactly like north-up ones. Every other polygon is final:
+it is copied unchanged (read per tile with
 pyogrio, appended in batches), so memory holds only the border pieces, never a raster.
 
 Hand-written because GDAL/OGR has no "dissolve only across tile seams" and re-polygonising
@@ -30,11 +33,13 @@ import numpy as np
 from geomed_seg.batch.mosaic import TileLayout, TilePlace, tile_layout
 from geomed_seg.errors import GeometryError, InvalidInputError
 from geomed_seg.io.atomic import atomic_output
-from geomed_seg.io.vector import LAYER, VectorSummary
+from geomed_seg.io.vector import LAYER, VectorSummary, piece_areas
 
 log = logging.getLogger(__name__)
 
 FIELDS = ["class", "name", "area_m2"]
+#: The area field of tiles on a grid without ground units (no CRS, local CRS).
+FIELDS_CRS_UNITS = ["class", "name", "area_crs_units2"]
 #: Largest distance (pixels) of a border vertex from a pixel corner that is accepted.
 CORNER_TOLERANCE_PX = 1e-6
 
@@ -78,19 +83,32 @@ def check_disjoint(layout: TileLayout) -> None:
             raise GeometryError(f"{p[i].path} overlaps {p[j].path}: tiles must not overlap")
 
 
+def _fields(gpkg: Path) -> list[str]:
+    """Return the tile's field names (``FIELDS`` or ``FIELDS_CRS_UNITS``)."""
+    import pyogrio
+    from pyogrio.errors import DataLayerError, DataSourceError
+
+    try:
+        fields = list(pyogrio.read_info(gpkg, layer=LAYER)["fields"])
+    except (DataLayerError, DataSourceError) as exc:
+        raise InvalidInputError(f"{gpkg}: cannot read layer {LAYER!r}: {exc}") from exc
+    if fields not in (FIELDS, FIELDS_CRS_UNITS):
+        raise InvalidInputError(f"{gpkg}: fields {fields} != {FIELDS}")
+    return fields
+
+
 def _read(gpkg: Path, batch: int) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-    """Yield ``(wkb, [class, name, area_m2])`` of a tile's polygons, ``batch`` at a time."""
+    """Yield ``(wkb, [class, name, area])`` of a tile's polygons, ``batch`` at a time."""
     import pyogrio
     import pyogrio.raw
     from pyogrio.errors import DataLayerError, DataSourceError, FieldError
 
+    columns = _fields(gpkg)
     try:
         info = pyogrio.read_info(gpkg, layer=LAYER)
-        if list(info["fields"]) != FIELDS:
-            raise InvalidInputError(f"{gpkg}: fields {list(info['fields'])} != {FIELDS}")
         for skip in range(0, max(int(info["features"]), 0), batch):
             _meta, _fids, wkb, fields = pyogrio.raw.read(
-                gpkg, layer=LAYER, columns=FIELDS, skip_features=skip, max_features=batch
+                gpkg, layer=LAYER, columns=columns, skip_features=skip, max_features=batch
             )
             yield wkb, fields
     except (DataLayerError, DataSourceError, FieldError) as exc:
@@ -190,7 +208,7 @@ def merge_polygons(
         vertices on the tile's pixel corners), in the order of ``labels``.
     path : path-like
         Output ``.gpkg``, written atomically with the same layer and fields; features cut
-        by tile edges are joined into one and their ``area_m2`` (CRS units²) recomputed.
+        by tile edges are joined into one, their area the sum of their pieces' areas.
     batch : int
         Features read from a tile at a time, and copied features buffered before each
         append.
@@ -212,7 +230,12 @@ def merge_polygons(
     sides = inner_sides(layout)
     crs = layout.crs.to_wkt() if layout.crs is not None else None
     t = layout.transform
-    summary = VectorSummary(Path(path))
+    kinds = {tuple(_fields(Path(g))) for g in gpkgs}
+    if len(kinds) > 1:
+        raise GeometryError(f"{path}: tiles mix ground areas (m²) and CRS units²")
+    out_fields = list(kinds.pop()) if kinds else FIELDS
+    unit = "CRS units²" if out_fields == FIELDS_CRS_UNITS else "m²"
+    summary = VectorSummary(Path(path), area_unit=unit)
     border: dict[int, list] = defaultdict(list)
     names: dict[int, str] = {}
 
@@ -222,7 +245,7 @@ def merge_polygons(
 
         def write(wkb: np.ndarray, fields: list[np.ndarray]) -> None:
             nonlocal started
-            pyogrio.raw.write(tmp, wkb, field_data=fields, fields=FIELDS, layer=LAYER,
+            pyogrio.raw.write(tmp, wkb, field_data=fields, fields=out_fields, layer=LAYER,
                               driver="GPKG", geometry_type="Polygon", crs=crs,
                               append=started)  # fmt: skip
             started = True
@@ -248,8 +271,9 @@ def merge_polygons(
             names.update(zip(cls.tolist(), fields[1].tolist(), strict=True))
             px = _to_mosaic_pixels(shapely.from_wkb(wkb), layout)
             inner = _touches_inner(px, place, tile_sides)
-            for v, g in zip(cls[inner].tolist(), _snap(px[inner], gpkg), strict=True):
-                border[v].append(g)
+            pieces = _snap(px[inner], gpkg)
+            for v, g, a in zip(cls[inner].tolist(), pieces, fields[2][inner].tolist(), strict=True):
+                border[v].append((g, a))
             keep = ~inner
             if keep.any():
                 buf.append((wkb[keep], [f[keep] for f in fields]))
@@ -257,12 +281,14 @@ def merge_polygons(
                 flush()
         flush()
         to_crs = [t.a, t.b, t.d, t.e, t.c, t.f]
-        for v, pieces in sorted(border.items()):
+        for v, items in sorted(border.items()):
+            pieces = [g for g, _ in items]
             parts = join_pieces(pieces)
+            areas = piece_areas(parts, pieces, [a for _, a in items])
             geoms = np.array([shapely.affinity.affine_transform(p, to_crs) for p in parts])
             write(shapely.to_wkb(geoms), [np.full(len(geoms), v, np.int32),
                                           np.array([names[v]] * len(geoms), object),
-                                          shapely.area(geoms).astype(np.float64)])  # fmt: skip
+                                          areas])  # fmt: skip
         if not started:  # an empty layer still records the CRS and schema
             write(np.array([], dtype=object),
                   [np.array([], np.int32), np.array([], object), np.array([], float)])  # fmt: skip

@@ -43,7 +43,12 @@ def _print_run(result) -> None:
     for note in rep["notes"]:
         table.add_row("note", note)
     for row in rep["classes"]:
-        size = f"{row['area_km2']:.3f} km²" if "area_km2" in row else f"{row['volume_ml']:.2f} ml"
+        if "area_km2" in row:
+            size = f"{row['area_km2']:.3f} km²"
+        elif "area_crs_units2" in row:
+            size = f"{row['area_crs_units2']:.6g} CRS units²"
+        else:
+            size = f"{row['volume_ml']:.2f} ml"
         table.add_row(f"class {row['index']} {row['name']}", size)
     for m in rep["metrics"]:
         text = "Dice " + ("–" if m["dice"] is None else f"{m['dice']:.4f}")

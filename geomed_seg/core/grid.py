@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from affine import Affine
 
 from geomed_seg.errors import GeometryError
+
+if TYPE_CHECKING:
+    from geomed_seg.core.ground import GroundUnits
 
 _LPS_FLIP = np.diag([-1.0, -1.0, 1.0])
 
@@ -180,9 +183,30 @@ class GeoGrid:
         return self.transform.b == 0 and self.transform.d == 0
 
     @property
-    def pixel_area(self) -> float:
-        """Area of one pixel in squared CRS units."""
+    def crs_pixel_area(self) -> float:
+        """Area of one pixel in squared CRS units (``|det(transform)|``), NOT a ground area.
+
+        Degrees², ft², or Web Mercator m² are not ground m²: use :attr:`ground` for areas.
+        """
         return abs(self.transform.determinant)
+
+    @property
+    def pixel_area(self) -> float:
+        """Removed: it was CRS units², silently wrong as m² (use ``ground`` or ``crs_pixel_area``)."""
+        raise AttributeError(
+            "GeoGrid.pixel_area was the area in CRS units², not ground m²; use "
+            "grid.ground (geomed_seg.core.ground) for ground areas or grid.crs_pixel_area"
+        )
+
+    @property
+    def ground(self) -> GroundUnits:
+        """Ground pixel areas (m²) and sizes (m) of this grid, or CRS units without a ground.
+
+        See :mod:`geomed_seg.core.ground` (planar only where exact to 0.1 %, geodesic otherwise).
+        """
+        from geomed_seg.core.ground import ground_units
+
+        return ground_units(self)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

@@ -19,7 +19,9 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
+from geomed_seg.core.connectivity import CONNECTIVITY
 from geomed_seg.core.grid import GeoGrid
+from geomed_seg.core.ground import label_areas
 from geomed_seg.core.image import Image
 from geomed_seg.errors import InvalidInputError
 from geomed_seg.instances.components import label_components, relabel_sequential
@@ -30,7 +32,7 @@ def semantic_to_instances(
     semantic: Image,
     *,
     background: Sequence[int] = (0,),
-    connectivity: int | None = None,
+    connectivity: int = CONNECTIVITY,
     split: str = "components",
     min_distance: int = 3,
     halo: int = 32,
@@ -42,7 +44,9 @@ def semantic_to_instances(
     background : sequence of int
         Class values that are not objects (nodata is always background).
     connectivity : int or None
-        scikit-image convention, 1..ndim (default full).
+        scikit-image convention, 1..ndim (default faces only, the project's one
+        connectivity shared with post-processing and polygons:
+        :mod:`geomed_seg.core.connectivity`).
     split : {"components", "watershed"}
         ``"watershed"`` splits touching objects of a class at the distance-transform saddles
         (tile-wise with ``halo``; exact when objects are smaller than the halo).
@@ -103,6 +107,10 @@ def _block_stats(
 def instance_table(instances: Image, semantic: Image, scores: Image | None = None) -> pd.DataFrame:
     """Return one row per instance: id, class, n_pixels, area_m2 / volume_mm3, centroid, bbox.
 
+    ``area_m2`` is the true ground area (sum of the pixels' ground areas,
+    :mod:`geomed_seg.core.ground`); a grid without a ground (no CRS, local CRS) gives
+    ``area_crs_units2`` instead.
+
     ``centroid_x, centroid_y`` (CRS units) for rasters or ``centroid_r, _a, _s`` (RAS mm) for
     volumes are the world position of the mean pixel-centre index (exact for an affine grid).
     ``bbox_*`` are array indices (inclusive min, exclusive max, array order); rasters also
@@ -138,7 +146,10 @@ def instance_table(instances: Image, semantic: Image, scores: Image | None = Non
         {"id": t.index.to_numpy(), "class": t["class"].to_numpy(), "n_pixels": t["n"].to_numpy()}
     )
     if isinstance(grid, GeoGrid):
-        out["area_m2"] = out["n_pixels"] * grid.pixel_area
+        areas = label_areas(grid, ids)  # true ground m² per id (CRS units² without a ground)
+        ids_np = out["id"].to_numpy().astype(np.int64)
+        areas = np.pad(areas, (0, max(0, int(ids_np.max(initial=0)) + 1 - len(areas))))
+        out[f"area_{grid.ground.area_key}"] = areas[ids_np]
         xy = [grid.xy(r, c) for r, c in zip(*mean_idx, strict=True)]
         out["centroid_x"] = [p[0] for p in xy]
         out["centroid_y"] = [p[1] for p in xy]

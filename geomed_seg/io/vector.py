@@ -9,7 +9,17 @@ connected parts, so a region crossing tile borders becomes one feature. Only the
 pieces are held in memory. Geometries are then mapped to the grid's CRS with its affine
 transform, or for GCP / RPC grids through GDAL's GCP / RPC transformer after densifying
 edges to every pixel corner (:func:`geomed_seg.io.georef.pixel_to_map`); each feature
-carries the class index, class name and area in m² (CRS units²).
+carries the class index, class name and its true ground area.
+
+Polygons use the project's one connectivity (faces only, ``shapes(connectivity=4)``,
+:mod:`geomed_seg.core.connectivity`), the same as post-processing: each polygon is one
+face-connected region, so after ``min_object_size`` every polygon is at least that size.
+Its area is the sum of the ground areas of the pixels it covers (each tile is labelled
+with ``skimage.measure.label(connectivity=1)`` and polygonised by region id, so region and
+polygon are the same pixels; areas from :mod:`geomed_seg.core.ground`, geodesic where the
+CRS's scale varies; a GCP grid's from GDAL's affine fit of its GCPs). The field is
+``area_m2``, or ``area_crs_units2`` for a grid without a ground (no CRS, local CRS,
+RPC-only).
 
 Hand-written tiling because rasterio vectorises a whole in-memory array at once and GDAL's
 ``gdal_polygonize`` needs the whole raster as one dataset; the per-tile work is theirs.
@@ -27,7 +37,9 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+from geomed_seg.core.connectivity import CONNECTIVITY, RASTERIO_CONNECTIVITY
 from geomed_seg.core.grid import GeoGrid
+from geomed_seg.core.ground import GroundUnits
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import InvalidInputError
@@ -41,12 +53,16 @@ LAYER = "labels"
 
 @dataclass
 class VectorSummary:
-    """What :func:`write_polygons` wrote: feature count and area (CRS units², m²) per class."""
+    """What :func:`write_polygons` wrote: feature count and ground area per class.
+
+    Areas are in ``area_unit`` (m², or CRS units² for a grid without a ground).
+    """
 
     path: Path
     n_features: int = 0
     area_by_class: dict[int, float] = field(default_factory=dict)
     features_by_class: dict[int, int] = field(default_factory=dict)
+    area_unit: str = "m²"
 
 
 def _tile_slices(shape: tuple[int, int], tile: int):
@@ -63,16 +79,48 @@ def _shapes_dtype(arr: np.ndarray) -> np.ndarray:
     raise InvalidInputError(f"cannot polygonise labels of dtype {arr.dtype}")
 
 
-def _pixel_polygons(block: np.ndarray, keep: np.ndarray, r0: int, c0: int):
-    """Yield ``(shapely polygon in global pixel coords, value)`` of one tile."""
+def _pixel_polygons(block: np.ndarray, keep: np.ndarray, r0: int, c0: int, gu: GroundUnits):
+    """Yield ``(shapely polygon in global pixel coords, value, ground area)`` of one tile.
+
+    Regions are face-connected pixels of equal value (``skimage.measure.label``,
+    connectivity 1); ``rasterio.features.shapes`` (connectivity 4) polygonises the region
+    ids, so each region is exactly one polygon and its area is the sum of its pixels' areas.
+    """
     from affine import Affine
     from rasterio.features import shapes
     from shapely.geometry import shape
+    from skimage.measure import label
 
-    for geom, value in shapes(
-        _shapes_dtype(block), mask=keep, connectivity=4, transform=Affine.translation(c0, r0)
-    ):
-        yield shape(geom), int(value)
+    values = _shapes_dtype(block)
+    # +1 so that a kept value 0 is not skimage's background
+    ids = label(np.where(keep, values.astype(np.int64) + 1, 0), background=0,
+                connectivity=CONNECTIVITY)  # fmt: skip
+    h, w = block.shape
+    weights = np.broadcast_to(gu.pixel_areas(slice(r0, r0 + h), slice(c0, c0 + w)), (h, w))
+    area = np.bincount(ids.ravel(), weights=weights.ravel())
+    value = np.zeros(len(area), dtype=np.int64)
+    value[ids[keep]] = values[keep]
+    if ids.max(initial=0) >= 2**31:
+        raise InvalidInputError(f"tile at row {r0}, col {c0} has too many regions to polygonise")
+    for geom, rid in shapes(
+        ids.astype(np.int32), mask=keep, connectivity=RASTERIO_CONNECTIVITY,
+        transform=Affine.translation(c0, r0),
+    ):  # fmt: skip
+        rid = int(rid)
+        yield shape(geom), int(value[rid]), float(area[rid])
+
+
+def piece_areas(parts: list, pieces: list, areas: list[float]) -> np.ndarray:
+    """Return the area of each joined part as the sum of the areas of its pieces."""
+    import shapely
+
+    tree = shapely.STRtree(np.array(parts, dtype=object))
+    points = shapely.point_on_surface(np.array(pieces, dtype=object))
+    src, part = tree.query(points, predicate="intersects")
+    out = np.zeros(len(parts))
+    first = np.unique(src, return_index=True)[1]  # a point on a shared edge counts once
+    np.add.at(out, part[first], np.asarray(areas)[src[first]])
+    return out
 
 
 def write_polygons(
@@ -94,8 +142,9 @@ def write_polygons(
         samples and ``background`` labels are not vectorised.
     path : path-like
         ``.gpkg`` output, written atomically (layer ``"labels"``; fields ``class``,
-        ``name``, ``area_m2``; the grid's CRS, the GCPs' CRS for a GCP grid, WGS 84 for
-        an RPC-only grid, none for an ungeoreferenced grid: then coordinates are pixels).
+        ``name``, ``area_m2`` = true ground area, or ``area_crs_units2`` for a grid without
+        a ground; the grid's CRS, the GCPs' CRS for a GCP grid, WGS 84 for an RPC-only
+        grid, none for an ungeoreferenced grid: then coordinates are pixels).
     classes : sequence of ClassInfo, optional
         Names of the classes; only these are vectorised when given.
     tile : int
@@ -111,12 +160,14 @@ def write_polygons(
     grid = labels.grid
     names = {c.index: c.name for c in classes or []}
     wanted = np.array(sorted(names), dtype=np.int64) if classes else None
+    gu = grid.ground
+    fields = ["class", "name", f"area_{gu.area_key}"]
     to_map = pixel_to_map(grid)  # affine, or GDAL's GCP / RPC transformer
     # GCP/RPC mappings bend straight pixel edges: map every pixel corner of the boundary
     densify = not is_affine(grid)
     crs = map_crs(grid).to_wkt() if map_crs(grid) is not None else None
     height, width = grid.shape
-    summary = VectorSummary(Path(path))
+    summary = VectorSummary(Path(path), area_unit=gu.area_unit)
     border: dict[int, list] = defaultdict(list)
     arr = labels.darray[0]
     valid = labels.valid_mask()
@@ -125,8 +176,9 @@ def write_polygons(
         started = False
         done: list = []
         done_v: list[int] = []
+        done_a: list[float] = []
 
-        def flush(polys: list, values: list[int]) -> None:
+        def flush(polys: list, values: list[int], areas: Sequence[float]) -> None:
             nonlocal started
             if not polys:
                 return
@@ -135,13 +187,13 @@ def write_polygons(
             if densify:
                 pix = shapely.segmentize(pix, 1.0)
             geoms = list(shapely.transform(pix, to_map))
-            areas = np.array([g.area for g in geoms], dtype=np.float64)
+            area = np.asarray(areas, dtype=np.float64)
             vals = np.asarray(values, dtype=np.int32)
             pyogrio.raw.write(
                 tmp,
                 shapely.to_wkb(np.array(geoms, dtype=object)),
-                field_data=[vals, np.array([names.get(v, str(v)) for v in values], object), areas],
-                fields=["class", "name", "area_m2"],
+                field_data=[vals, np.array([names.get(v, str(v)) for v in values], object), area],
+                fields=fields,
                 layer=LAYER,
                 driver="GPKG",
                 geometry_type="Polygon",
@@ -149,7 +201,7 @@ def write_polygons(
                 append=started,
             )
             started = True
-            for v, a in zip(values, areas, strict=True):
+            for v, a in zip(values, area, strict=True):
                 summary.area_by_class[v] = summary.area_by_class.get(v, 0.0) + float(a)
                 summary.features_by_class[v] = summary.features_by_class.get(v, 0) + 1
             summary.n_features += len(values)
@@ -163,28 +215,31 @@ def write_polygons(
                 keep &= np.isin(block, wanted)
             if not keep.any():
                 continue
-            for poly, value in _pixel_polygons(block, keep, r0, c0):
+            for poly, value, area in _pixel_polygons(block, keep, r0, c0, gu):
                 x0, y0, x1, y1 = poly.bounds
                 inner = (x0 == c0 and c0 > 0) or (y0 == r0 and r0 > 0)
                 inner |= (x1 == c1 and c1 < width) or (y1 == r1 and r1 < height)
                 if inner:
-                    border[value].append(poly)
+                    border[value].append((poly, area))
                 else:
                     done.append(poly)
                     done_v.append(value)
+                    done_a.append(area)
             if len(done) >= batch:
-                flush(done, done_v)
-                done, done_v = [], []
-        flush(done, done_v)
-        for value, pieces in sorted(border.items()):
+                flush(done, done_v, done_a)
+                done, done_v, done_a = [], [], []
+        flush(done, done_v, done_a)
+        for value, items in sorted(border.items()):
+            pieces = [p for p, _ in items]
             merged = list(shapely.get_parts(shapely.union_all(pieces)))
-            flush(merged, [value] * len(merged))
+            areas = piece_areas(merged, pieces, [a for _, a in items])
+            flush(merged, [value] * len(merged), areas)
         if not started:  # an empty layer still records the CRS and schema
             pyogrio.raw.write(
                 tmp,
                 np.array([], dtype=object),
                 field_data=[np.array([], np.int32), np.array([], object), np.array([], float)],
-                fields=["class", "name", "area_m2"],
+                fields=fields,
                 layer=LAYER,
                 driver="GPKG",
                 geometry_type="Polygon",

@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -159,21 +159,53 @@ def _open(x: ImageLike) -> Image:
 
 
 def _sample_size(grid) -> tuple[float, str, tuple[float, ...], str]:
-    """Return (area or volume of one sample, its unit, spacing in array order, distance unit)."""
-    if isinstance(grid, GeoGrid):
-        x_res, y_res = grid.res
-        crs = grid.crs
-        metres = False
-        if crs is not None and crs.is_projected:
-            from rasterio.errors import CRSError
+    """Return (area or volume of one sample, its unit, spacing in array order, distance unit).
 
-            try:
-                metres = crs.linear_units_factor[1] == 1.0
-            except CRSError:  # units unknown to PROJ: keep CRS units
-                metres = False
-        unit = "m" if metres else "crs"
-        return grid.pixel_area, ("m2" if metres else "crs_units2"), (y_res, x_res), unit
+    Rasters: the sample area is the true ground area (:mod:`geomed_seg.core.ground`): one
+    constant in m² where planar areas are exact, the mean pixel area where they vary (the
+    class areas are then summed per pixel by :func:`_ground_areas`), CRS units² without a
+    ground. (Distances come from :mod:`geomed_seg.metrics.spacing`; the spacing returned
+    here is in CRS units.)
+    """
+    if isinstance(grid, GeoGrid):
+        gu = grid.ground
+        x_res, y_res = grid.res
+        area = gu.constant_area if gu.constant_area is not None else gu.mean_pixel_area
+        return area, ("m2" if gu.metric else "crs_units2"), (y_res, x_res), "crs"
     return grid.voxel_volume, "mm3", tuple(grid.spacing_zyx), "mm"
+
+
+def _ground_areas(ov: OverlapResult, grid: GeoGrid, pred: Any, ref: Any, valid: Any, ignore):
+    """Return ``ov`` with class areas summed from per-pixel ground areas (varying-area grids).
+
+    The masks match the confusion matrix: reference areas over valid samples, prediction
+    areas over valid samples whose reference label is one of the scored labels.
+    """
+    import dask.array as da
+
+    from geomed_seg.core.ground import label_areas
+
+    ok = da.ones(ref.shape, dtype=bool, chunks=ref.chunks) if valid is None else valid
+    if ignore is not None:
+        ok = ok & (ref != ignore)
+    scored = ok & da.isin(ref, np.asarray(ov.labels))
+    offset = -min(0, *ov.labels)  # bincount needs non-negative labels
+
+    def areas(lab: Any, mask: Any) -> np.ndarray:
+        shifted = da.where(mask, lab.astype(np.int64) + offset, 0)
+        return label_areas(grid, da.where(shifted >= 0, shifted, 0), mask & (shifted >= 0))
+
+    ref_a, pred_a = areas(ref, scored), areas(pred, scored)
+
+    def get(a: np.ndarray, label: int) -> float:
+        i = label + offset
+        return float(a[i]) if 0 <= i < len(a) else 0.0
+
+    classes = [
+        replace(c, ref_area=get(ref_a, c.index), pred_area=get(pred_a, c.index)) for c in ov.classes
+    ]
+    extra = dict(ov.extra, area_method=grid.ground.method)
+    return replace(ov, classes=classes, extra=extra)
 
 
 def _labels(img: Image) -> Any:
@@ -275,6 +307,8 @@ def evaluate(
             ref_name,
             ", ".join(f"{k} ({v} samples)" for k, v in sorted(ov.excluded_ref.items())),
         )
+    if isinstance(ref_img.grid, GeoGrid) and ref_img.grid.ground.constant_area is None:
+        ov = _ground_areas(ov, ref_img.grid, p_lab, r_lab, valid, ignore_index)
     result = EvaluationResult(
         ov,
         spacing=dist.spacing if dist else (),

@@ -274,12 +274,20 @@ def _resampled_note(img: Image, grid) -> str:
 
 
 def _spacing_mismatch(img: Image, card) -> str | None:
-    """Return a warning when the input's sample size differs > 10 % from the card's."""
+    """Return a warning when the input's sample size differs > 10 % from the card's.
+
+    Rasters compare ground metres (degrees or Web Mercator units are not metres).
+    """
     from geomed_seg.inference.respaced import spacing_differs
 
     if not card.spacing:
         return None
-    if img.kind == "raster":
+    if img.kind == "raster" and img.grid.ground.metric:  # ground metres at the scene centre
+        from geomed_seg.core.ground import pixel_size_at
+
+        dx, dy = pixel_size_at(img.grid, img.grid.height / 2, img.grid.width / 2)
+        have = (dy, dx)
+    elif img.kind == "raster":
         have = (img.grid.res[1], img.grid.res[0])
     else:
         have = tuple(img.grid.spacing_zyx)
@@ -409,7 +417,7 @@ def _postprocess(out: ModelOutput, cfg: PipelineConfig) -> ModelOutput:
         arr = da.where(arr == 1, np.uint8(value), arr).astype(arr.dtype)
         lab = Image.from_array(arr, lab.grid, nodata=lab.nodata, attrs=dict(lab.attrs))
     out.labels = lab
-    unit = "m²" if lab.kind == "raster" else "mm³"
+    unit = lab.grid.ground.area_unit if lab.kind == "raster" else "mm³"
     out.notes.append(
         f"post-processing: opening {p.opening}, closing {p.closing}, fill holes {p.fill_holes}, "
         f"min object {p.min_object_size or 0:g} {unit}"

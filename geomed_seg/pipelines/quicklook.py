@@ -4,7 +4,9 @@ Rasters: an RGB composite (bands named red/green/blue, else the first three; 2-9
 stretch) with the classes in their card colours. Volumes: axial, coronal and sagittal
 slices through the centre of the foreground of one channel. Large images are decimated
 (strided reads) to at most ``max_px`` on a side, so a quicklook never loads a whole scene.
-matplotlib (Agg) draws it; the scale bar is drawn by hand (no extra dependency).
+matplotlib (Agg) draws it; the scale bar is drawn by hand (no extra dependency). Raster
+scale bars are in true ground metres/km (:mod:`geomed_seg.core.ground`), or say "CRS units"
+when the grid has no CRS or a local one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from geomed_seg.core.grid import GeoGrid
+from geomed_seg.core.ground import pixel_size_at
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.io.atomic import atomic_output
@@ -47,10 +51,37 @@ def _nice_length(span: float) -> float:
     return float(max(m * base for m in (1, 2, 5) if m * base <= target))
 
 
-def _scale_bar(ax, px_size: float, width_px: int, unit: str) -> None:
+def bar_label(px_size: float, width_px: int, unit: str) -> tuple[float, str]:
+    """Return ``(bar length in pixels, label)`` of a scale bar about 1/5 of ``width_px``.
+
+    ``px_size`` is the size of one shown pixel in ``unit`` (``"m"``, ``"mm"`` or
+    ``"CRS units"``); metres of 1 km and more are labelled in km.
+    """
     length = _nice_length(width_px * px_size)
-    n_px = length / px_size
-    label = f"{length / 1000:g} km" if unit == "m" and length >= 1000 else f"{length:g} {unit}"
+    if unit == "m" and length >= 1000:
+        label = f"{length / 1000:g} km"
+    else:
+        label = f"{length:g} {unit}"
+    return length / px_size, label
+
+
+def raster_bar(grid: GeoGrid, step: int, width_px: int) -> tuple[float, str]:
+    """Return ``(bar length in shown pixels, label)`` for a raster quicklook.
+
+    True ground metres (geodesic length of a pixel's column edge where the bar is drawn,
+    near the top-left, :func:`geomed_seg.core.ground.pixel_size_at`), so Web Mercator or
+    degrees get a correct bar; a grid without a ground says "CRS units".
+    """
+    gu = grid.ground
+    if gu.metric:
+        row, col = 0.05 * grid.height, 0.15 * grid.width  # where the bar is drawn
+        px = pixel_size_at(grid, row, col)[0]
+    else:
+        px = grid.res[0]
+    return bar_label(px * step, width_px, gu.length_unit)
+
+
+def _scale_bar(ax, n_px: float, width_px: int, label: str) -> None:
     x0, y0 = width_px * 0.05, 0.95
     ax.plot([x0, x0 + n_px], [y0, y0], transform=ax.get_xaxis_transform(), color="white", lw=4)
     ax.plot([x0, x0 + n_px], [y0, y0], transform=ax.get_xaxis_transform(), color="black", lw=2)
@@ -112,9 +143,8 @@ def raster_quicklook(
     ax.imshow(shown, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title, fontsize=10)
-    crs = image.grid.crs
-    unit = "m" if crs is not None and crs.is_projected else "units"
-    _scale_bar(ax, image.grid.res[0] * step, shown.shape[1], unit)
+    n_px, label = raster_bar(image.grid, step, shown.shape[1])
+    _scale_bar(ax, n_px, shown.shape[1], label)
     _legend(fig, classes, ax)
     return _save(fig, path, overwrite)
 
@@ -152,7 +182,8 @@ def volume_quicklook(
         ax.imshow(shown, origin="lower", aspect=aspect, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.set_axis_off()
-        _scale_bar(ax, px, shown.shape[1], "mm")
+        n_px, label = bar_label(px, shown.shape[1], "mm")
+        _scale_bar(ax, n_px, shown.shape[1], label)
     fig.suptitle(title, fontsize=10)
     _legend(fig, classes)
     return _save(fig, path, overwrite)

@@ -21,6 +21,7 @@ import dask.array as da
 import numpy as np
 
 from geomed_seg.core.grid import GeoGrid
+from geomed_seg.core.ground import label_areas
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.io.atomic import atomic_output
@@ -45,25 +46,37 @@ PACKAGES = (
 
 
 def class_measures(labels: Image, classes: Sequence[ClassInfo]) -> list[dict[str, Any]]:
-    """Return per-class sample counts and areas (m², km², ha) or volumes (mm³, ml).
+    """Return per-class sample counts and true ground areas or volumes.
 
-    Counts are streamed (``dask.array.bincount``); nodata samples are not counted.
+    Rasters: ``area_m2``, ``area_km2``, ``area_ha`` (sums of each pixel's ground area,
+    :mod:`geomed_seg.core.ground`: geodesic where the CRS's scale varies); a grid without a
+    ground (no CRS, local CRS) gives ``area_crs_units2`` only. Every raster row names its
+    ``area_unit`` and ``area_method``. Volumes: ``volume_mm3``, ``volume_ml``.
+    Counts and areas are streamed per chunk; nodata samples are not counted.
     """
     arr = labels.darray[0]
     valid = labels.valid_mask()
-    flat = da.where(valid, arr, 0).astype(np.int64).ravel()
-    counts = da.bincount(flat, weights=valid.ravel().astype(np.float64)).compute()
+    flat = da.where(valid, arr, 0).astype(np.int64)
+    counts = da.bincount(flat.ravel(), weights=valid.ravel().astype(np.float64)).compute()
     raster = isinstance(labels.grid, GeoGrid)
-    unit = labels.grid.pixel_area if raster else labels.grid.voxel_volume
+    if raster:
+        gu = labels.grid.ground
+        areas = label_areas(labels.grid, flat, valid)
     names = {c.index: c.name for c in classes}
     rows = []
     for idx in sorted(set(names) | {i for i, n in enumerate(counts) if n > 0}):
         n = int(counts[idx]) if idx < len(counts) else 0
         row: dict[str, Any] = {"index": idx, "name": names.get(idx, str(idx)), "samples": n}
         if raster:
-            row.update(area_m2=n * unit, area_km2=n * unit / 1e6, area_ha=n * unit / 1e4)
+            a = float(areas[idx]) if idx < len(areas) else 0.0
+            if gu.metric:
+                row.update(area_m2=a, area_km2=a / 1e6, area_ha=a / 1e4)
+            else:
+                row.update(area_crs_units2=a)
+            row.update(area_unit=gu.area_unit, area_method=gu.method)
         else:
-            row.update(volume_mm3=n * unit, volume_ml=n * unit / 1000)
+            v = n * labels.grid.voxel_volume
+            row.update(volume_mm3=v, volume_ml=v / 1000)
         rows.append(row)
     return rows
 
@@ -130,6 +143,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             f"| {r['index']} | {r['name']} | {r['samples']} | {r['area_km2']:.4f} | "
             f"{r['area_ha']:.2f} |"
+            for r in rows
+        ]
+    elif rows and "area_crs_units2" in rows[0]:
+        lines += [
+            "Areas in CRS units² (the grid has no CRS or a local CRS: no ground units).",
+            "",
+            "| class | name | pixels | CRS units² |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['index']} | {r['name']} | {r['samples']} | {r['area_crs_units2']:.6g} |"
             for r in rows
         ]
     elif rows:

@@ -157,7 +157,8 @@ def test_batch_polygons_equal_scene_polygons(tiles, tmp_path):
     with rasterio.open(res.outputs["mosaic"]) as m:
         a, transform = m.read(1), m.transform
     ref = _reference(a, transform)
-    assert len(ref) > 100
+    # 76 features since objects are face-connected (issue 13): 8000 m² removes more of them
+    assert len(ref) > 50
     _assert_same(out / "polygons.gpkg", ref, abs(transform.a * transform.e))
     tile_total = sum(pyogrio.read_info(out / "tiles" / p.stem / "polygons.gpkg")["features"]
                      for p in tiles)  # fmt: skip

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import rasterio
 from affine import Affine
+from rasterio.crs import CRS
 from skimage.filters import threshold_otsu
 from skimage.measure import label
 
 from geomed_seg.cli import main
+from tests.geo_truth import geodesic_pixel_areas
 
 NAMES = "blue,green,red,nir,swir1,swir2"
 
@@ -60,7 +63,13 @@ def test_instances_with_table_and_errors(tmp_path, capsys):
     ref = label(sem)
     assert ids.max() == ref.max() == 3
     table = pd.read_csv(tab)
-    assert sorted(table["area_m2"]) == sorted([75 * 25.0, 20 * 25.0, 150 * 25.0])
+    # x = 1000 m lies ~4.5° off the UTM central meridian: the true ground area is 0.54 %
+    # below the CRS m² (UTM scale 1.0027 there), issue 13; pyproj.Geod of the same pixels
+    rows, cols = np.nonzero(ids)
+    truth = geodesic_pixel_areas(CRS.from_epsg(32633), t, rows, cols)
+    expected = sorted(np.bincount(ids[rows, cols], weights=truth)[1:])
+    assert sorted(table["area_m2"]) == pytest.approx(expected, rel=1e-5)
+    assert sorted(table["area_m2"]) == pytest.approx([500.0, 1875.0, 3750.0], rel=0.006)
     pan_tif, pan_png = tmp_path / "pan.tif", tmp_path / "pan.png"
     assert (
         main(

@@ -66,7 +66,8 @@ def test_objects_in_tile_overlaps_are_detected_once_in_scene_coordinates():
     inst, sem, table = detections_to_instances(image, det)
     ids = inst.compute()[0]
     np.testing.assert_array_equal(ids > 0, a[0] > 0.5)
-    assert table.iloc[0]["class"] == 2 and table.iloc[0]["area_m2"] == 120 * 4.0
+    # no CRS: the area is in CRS units², never claimed as m² (issue 13; was "area_m2")
+    assert table.iloc[0]["class"] == 2 and table.iloc[0]["area_crs_units2"] == 120 * 4.0
     assert table.iloc[0]["centroid_x"] == pytest.approx(100.0 + 2 * 55.0)
 
 
