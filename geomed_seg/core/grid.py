@@ -210,8 +210,21 @@ class GeoGrid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        """``(left, bottom, right, top)`` of the four corners' envelope in CRS units."""
+        """``(left, bottom, right, top)`` of the four corners' envelope in CRS units.
+
+        GCP / RPC-only grids: the envelope of the outline mapped through GDAL's transformer
+        (65 points per edge; their polynomial is smooth), not of the affine fit.
+        """
         h, w = self.shape
+        if self.georeference in ("gcps", "rpcs"):
+            from geomed_seg.io.georef import pixel_to_map
+
+            t = np.linspace(0.0, 1.0, 65)
+            cols = np.concatenate([t * w, t * w, 0 * t, 0 * t + w])
+            rows = np.concatenate([0 * t, 0 * t + h, t * h, t * h])
+            xy = pixel_to_map(self)(np.column_stack([cols, rows]))
+            return (float(xy[:, 0].min()), float(xy[:, 1].min()),
+                    float(xy[:, 0].max()), float(xy[:, 1].max()))  # fmt: skip
         xs, ys = zip(*(self.transform @ c for c in ((0, 0), (w, 0), (0, h), (w, h))), strict=True)
         return (min(xs), min(ys), max(xs), max(ys))
 
@@ -233,11 +246,28 @@ class GeoGrid:
         return GeoGrid(self.crs, transform, shape, gcps, rpcs)
 
     def xy(self, row: float, col: float) -> tuple[float, float]:
-        """Map coordinates of pixel ``(row, col)``'s centre."""
+        """Map coordinates of pixel ``(row, col)``'s centre.
+
+        GCP / RPC-only grids go through GDAL's GCP / RPC transformer (the only branch that
+        needs rasterio; :func:`geomed_seg.io.georef.pixel_to_map`), never their affine fit.
+        """
+        if self.georeference in ("gcps", "rpcs"):
+            from geomed_seg.io.georef import pixel_to_map
+
+            x, y = pixel_to_map(self)(np.array([[col + 0.5, row + 0.5]], dtype=float))[0]
+            return (float(x), float(y))
         return self.transform @ (col + 0.5, row + 0.5)
 
     def rowcol(self, x: float, y: float) -> tuple[float, float]:
-        """Fractional ``(row, col)`` of map point ``(x, y)`` (pixel centres at ``.0``)."""
+        """Fractional ``(row, col)`` of map point ``(x, y)`` (pixel centres at ``.0``).
+
+        GCP / RPC-only grids invert GDAL's transformer (:func:`geomed_seg.io.georef.map_to_pixel`).
+        """
+        if self.georeference in ("gcps", "rpcs"):
+            from geomed_seg.io.georef import map_to_pixel
+
+            col, row = map_to_pixel(self)(np.array([[x, y]], dtype=float))[0]
+            return (float(row) - 0.5, float(col) - 0.5)
         col, row = ~self.transform @ (x, y)
         return (row - 0.5, col - 0.5)
 

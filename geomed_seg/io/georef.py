@@ -121,8 +121,6 @@ def pixel_to_map(grid: GeoGrid) -> Callable[[np.ndarray], np.ndarray]:
     (GDAL's default without a DEM or ``RPC_HEIGHT``, as ``gdalwarp`` does), giving WGS 84 longitude/latitude (:func:`map_crs`). Suited to
     ``shapely.transform``.
     """
-    from rasterio.transform import GCPTransformer, RPCTransformer
-
     kind = grid.georeference
     if kind in ("transform", "none"):
         t = grid.transform
@@ -134,15 +132,7 @@ def pixel_to_map(grid: GeoGrid) -> Callable[[np.ndarray], np.ndarray]:
             )
 
         return affine
-    if kind == "gcps":
-        from rasterio.control import GroundControlPoint
-
-        gcps = [GroundControlPoint(g.row, g.col, g.x, g.y, g.z) for g in grid.gcps or ()]
-        transformer: Any = GCPTransformer(gcps)
-    else:
-        from rasterio.rpc import RPC
-
-        transformer = RPCTransformer(RPC.from_gdal(dict(grid.rpcs or ())))
+    transformer = _gdal_transformer(grid)
 
     def through_gdal(xy: np.ndarray) -> np.ndarray:
         xy = np.asarray(xy, dtype=np.float64)
@@ -150,6 +140,47 @@ def pixel_to_map(grid: GeoGrid) -> Callable[[np.ndarray], np.ndarray]:
             return xy.reshape(0, 2)
         xs, ys = transformer.xy(xy[:, 1], xy[:, 0], offset="ul")
         return np.column_stack([np.atleast_1d(xs), np.atleast_1d(ys)]).astype(np.float64)
+
+    return through_gdal
+
+
+def _gdal_transformer(grid: GeoGrid) -> Any:
+    """GDAL's GCP or RPC transformer of a GCP / RPC-only grid (rasterio wrappers)."""
+    from rasterio.transform import GCPTransformer, RPCTransformer
+
+    if grid.georeference == "gcps":
+        from rasterio.control import GroundControlPoint
+
+        return GCPTransformer([GroundControlPoint(g.row, g.col, g.x, g.y, g.z)
+                               for g in grid.gcps or ()])  # fmt: skip
+    from rasterio.rpc import RPC
+
+    return RPCTransformer(RPC.from_gdal(dict(grid.rpcs or ())))
+
+
+def map_to_pixel(grid: GeoGrid) -> Callable[[np.ndarray], np.ndarray]:
+    """Return a function mapping ``(N, 2)`` map ``(x, y)`` to fractional pixel-corner ``(col, row)``.
+
+    The inverse of :func:`pixel_to_map`: the inverse affine, or GDAL's GCP / RPC transformer
+    run backwards (``rowcol`` without rounding).
+    """
+    if is_affine(grid):
+        inv = ~grid.transform
+
+        def affine(xy: np.ndarray) -> np.ndarray:
+            xy = np.asarray(xy, dtype=np.float64)
+            return np.column_stack([inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c,
+                                    inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f])  # fmt: skip
+
+        return affine
+    transformer = _gdal_transformer(grid)
+
+    def through_gdal(xy: np.ndarray) -> np.ndarray:
+        xy = np.asarray(xy, dtype=np.float64)
+        if len(xy) == 0:
+            return xy.reshape(0, 2)
+        rows, cols = transformer.rowcol(xy[:, 0], xy[:, 1], op=lambda v: v)
+        return np.column_stack([np.atleast_1d(cols), np.atleast_1d(rows)]).astype(np.float64)
 
     return through_gdal
 

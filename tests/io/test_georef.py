@@ -218,3 +218,21 @@ def test_rpcs_are_carried_and_shifted(tmp_path):
             np.testing.assert_allclose(tw.xy([0, 29], [0, 49], offset="ul"),
                                        ts.xy([10, 39], [25, 74], offset="ul"),
                                        atol=1e-9)  # fmt: skip
+
+
+def test_grid_xy_rowcol_bounds_follow_gdal_transformer(gcp_tif):
+    grid = gs.open_image(gcp_tif).grid
+    with rasterio.open(gcp_tif) as ds:
+        gdal = GCPTransformer(ds.gcps[0])
+        for row, col in ((0, 0), (100, 250), (351, 348)):
+            x, y = gdal.xy(row, col)  # pixel centre
+            assert grid.xy(row, col) == pytest.approx((x, y), abs=1e-6)
+            # GDAL fits the inverse polynomial separately: back within 0.01 px, not exactly
+            assert grid.rowcol(x, y) == pytest.approx((row, col), abs=0.01)
+        h, w = grid.shape
+        edge = [(r, c) for r in np.linspace(0, h, 41) for c in (0, w)]
+        edge += [(r, c) for c in np.linspace(0, w, 41) for r in (0, h)]
+        xs, ys = gdal.xy([e[0] for e in edge], [e[1] for e in edge], offset="ul")
+    left, bottom, right, top = grid.bounds
+    assert (left, bottom) == pytest.approx((min(xs), min(ys)), abs=0.5)
+    assert (right, top) == pytest.approx((max(xs), max(ys)), abs=0.5)
