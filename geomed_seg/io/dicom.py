@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ logger = logging.getLogger(__name__)
 class _File:
     path: Path
     ds: pydicom.Dataset
+    problem: ReadError | None = None  # a truncated header: raised if this series is chosen
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.ds.get(key, default)
@@ -106,22 +108,39 @@ def _read_headers(files: list[Path], explicit: bool = False) -> list[_File]:
     """
     out = []
     for p in files:
+        problem = None
         try:
             ds = read_header(p)
-        except ReadError:  # DICOM, but cut short: corrupt input, never a skipped file
-            raise
+        except ReadError as exc:  # DICOM, but cut short: corrupt input, never skipped
+            ds, problem = _partial_header(p, exc), exc
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError):
             logger.debug("%s: not a DICOM file, skipped", p)
+            continue
+        if problem is not None:  # set aside with its series: raised if that one is read
+            out.append(_File(p, ds, problem))
             continue
         if "Rows" not in ds:  # images only (not DICOMDIR, SR, RT structures...)
             if explicit and "PixelData" in ds:
                 raise ReadError(f"{p}: Pixel Data without Rows/Columns (image module incomplete)")
             continue
         if "SeriesInstanceUID" in ds or explicit:
-            out.append(_File(p, ds))
+            out.append(_File(p, ds, problem))
         else:
             logger.warning("%s: DICOM image without SeriesInstanceUID, skipped", p)
     return out
+
+
+def _partial_header(path: Path, problem: ReadError) -> pydicom.Dataset:
+    """Return what pydicom read of a truncated file, to tell which series it belongs to.
+
+    Without a SeriesInstanceUID the file cannot be set aside, so ``problem`` is raised.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, defer_size=4096)
+    if "SeriesInstanceUID" not in ds:
+        raise problem
+    return ds
 
 
 def _group(files: list[_File]) -> list[_Series]:
@@ -248,8 +267,10 @@ def _thickness(ds: pydicom.Dataset) -> float | None:
 
 
 def _check_instances(files: list[_File]) -> None:
-    """Refuse colour pixels and short/long Pixel Data in any instance (header only)."""
+    """Refuse truncated files, colour pixels and short/long Pixel Data (header only)."""
     for f in files:
+        if f.problem is not None:
+            raise f.problem
         check_grey(f.ds, f.path)
         check_payload(f.ds, f.path)
         check_decodable(f.ds, f.path)

@@ -99,13 +99,23 @@ def read_header(path: Path) -> pydicom.Dataset:
 
     Raises the usual pydicom/OS errors for non-DICOM files (callers decide to skip them),
     and :class:`ReadError` for a DICOM file that ends inside its data set (pydicom only
-    warns and returns what it read).
+    warns, or says nothing when the cut falls between elements, and returns what it read):
+    an image SOP class without Pixel Data is a truncated file.
     """
     with quiet_decoders(path) as caught:
         ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
     early = [str(w.message) for w in caught if "End of file reached" in str(w.message)]
     if early:
         raise ReadError(f"{path}: truncated DICOM file ({early[0].split(' in file ')[0]})")
+    if not any(t in ds for t in _PIXEL_TAGS):
+        # pydicom returns a partial data set, silently, for a file cut between elements
+        sop = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
+        name = pydicom.uid.UID(str(sop)).name if sop else ""
+        if "Image Storage" in name:
+            raise ReadError(
+                f"{path}: truncated DICOM file ({name} without Pixel Data; the data set ends "
+                f"after {os.path.getsize(path)} bytes)"
+            )
     return ds
 
 

@@ -313,3 +313,19 @@ def test_enhanced_multiframe_uneven_frames(tmp_path: Path) -> None:
     series = open_dicom(tmp_path / "mr", resample=True)
     np.testing.assert_allclose(multi.grid.affine, series.grid.affine, atol=1e-5)
     np.testing.assert_allclose(multi.compute(), series.compute(), atol=1e-4)
+
+
+def test_truncated_header_refused_only_in_the_chosen_series(tmp_path: Path) -> None:
+    """A file cut between header elements (pydicom returns the partial data set silently)."""
+    files, values = make_series(tmp_path / "f" / "a", series_uid="1.2.3.1", description="A")
+    other, _ = make_series(tmp_path / "f" / "b", series_uid="1.2.3.2", description="B")
+    raw = other[1].read_bytes()
+    series_uid_at = raw.index(b"\x20\x00\x0e\x00")  # (0020,000E) SeriesInstanceUID
+    rows_at = raw.index(b"\x28\x00\x10\x00", series_uid_at)  # (0028,0010) Rows
+    other[1].write_bytes(raw[:rows_at])  # the series is known, the image module is gone
+    np.testing.assert_array_equal(open_dicom(tmp_path / "f", series="A").compute()[0], values)
+    with pytest.raises(ReadError, match=f"{other[1].name}: truncated DICOM file"):
+        open_dicom(tmp_path / "f", series="B")
+    other[1].write_bytes(raw[:series_uid_at])  # cannot tell its series: the folder is refused
+    with pytest.raises(ReadError, match=f"{other[1].name}: truncated DICOM file"):
+        open_dicom(tmp_path / "f", series="A")
