@@ -8,13 +8,16 @@ and a single ``error: <path>: <problem>`` line on stderr (``--debug`` shows the 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
+import warnings
 from importlib import import_module
 
 import typer
 
 from geomed_seg import __version__
-from geomed_seg.errors import GeomedSegError
+from geomed_seg.errors import GeomedSegError, Interrupted, WriteError
 
 app = typer.Typer(
     name="geomed-seg",
@@ -24,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_STATE = {"debug": False}
+_STATE: dict = {"debug": False}
 
 #: Command modules; each registers its commands on :data:`app` when imported.
 COMMAND_MODULES = (
@@ -59,6 +62,32 @@ def _root(
     _STATE["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    _quiet_third_party(debug, verbose)
+
+
+#: Loggers of libraries whose messages (GDAL through rasterio, decoders, DICOM parsing) are
+#: noise before our one error line; shown with --debug (warnings also with -v).
+THIRD_PARTY_LOGGERS = (
+    "rasterio", "pyogrio", "fiona", "pydicom", "highdicom", "nibabel", "PIL", "zarr",
+    "numcodecs", "matplotlib", "py.warnings", "SimpleITK", "pylibjpeg", "gdcm",
+)  # fmt: skip
+
+
+def _quiet_third_party(debug: bool, verbose: bool) -> None:
+    """Send library warnings (``warnings`` and library loggers) to the debug log only."""
+    _STATE["levels"] = {n: logging.getLogger(n).level for n in THIRD_PARTY_LOGGERS}
+    logging.captureWarnings(True)
+    if debug:
+        warnings.simplefilter("default")
+    level = logging.DEBUG if debug else logging.WARNING if verbose else logging.CRITICAL
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    try:  # ITK prints its warnings straight to stderr unless told not to
+        sitk = sys.modules.get("SimpleITK")
+        if sitk is not None and not debug:
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    except AttributeError:
+        pass
 
 
 def _register() -> None:
@@ -74,25 +103,92 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+#: Signals that stop a command like Ctrl-C: unfinished outputs are removed, exit 128 + signum.
+STOP_SIGNALS = tuple(
+    s
+    for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+    if s is not None
+)
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> dict[int, object]:
+    """Make SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (main thread only).
+
+    The exception unwinds every ``with`` block, so atomic writers and output transactions
+    remove their temporary files and stages. Returns the previous handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is signal.SIG_IGN:  # nohup: the user asked to ignore it
+            continue
+        old[sig] = signal.signal(sig, _raise_interrupted)
+    return old
+
+
+def _restore(handlers: dict[int, object]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def _error_line(text: str) -> None:
+    try:
+        print(f"error: {text}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed (SIGHUP of a terminal): nothing to say it to
+        pass
+
+
+def _io_error(exc: OSError) -> WriteError | None:
+    """A bare OS error from a writer (disk full, read-only...) as one WriteError, else None."""
+    from geomed_seg.io.atomic import WRITE_ERRNOS, write_error
+
+    if getattr(exc, "errno", None) in WRITE_ERRNOS and getattr(exc, "filename", None):
+        return write_error(exc.filename, exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (2 for user errors and usage errors, 1 for bugs).
 
-    typer runs in standalone mode so it reports its own usage errors (exit 2); only our
-    :class:`GeomedSegError` is turned into one line here.
+    typer runs in standalone mode so it reports its own usage errors (exit 2); our
+    :class:`GeomedSegError` becomes one line and exit 2; SIGINT, SIGTERM and SIGHUP remove
+    unfinished outputs and exit 130, 143 and 129 with one line.
     """
-    _register()
+    handlers = install_signal_handlers()
     try:
+        _register()
         app(args=argv, prog_name="geomed-seg", standalone_mode=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except GeomedSegError as exc:
         if _STATE["debug"]:
             raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        _error_line(_one_line(exc))
         return 2
+    except Interrupted as exc:
+        if _STATE["debug"]:
+            logging.getLogger(__name__).debug("interrupted", exc_info=True)
+        _error_line(str(exc))
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        _error_line("interrupted; unfinished outputs removed")
         return 130
+    except OSError as exc:
+        wrapped = _io_error(exc)
+        if wrapped is None or _STATE["debug"]:
+            raise
+        _error_line(_one_line(wrapped))
+        return 2
+    finally:
+        _restore(handlers)
+        for name, lvl in _STATE.pop("levels", {}).items():  # in-process callers (tests)
+            logging.getLogger(name).setLevel(lvl)
+        logging.captureWarnings(False)
     return 0
 
 

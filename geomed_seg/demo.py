@@ -162,9 +162,22 @@ def _brats(res: DemoResult, data_dir: Path, output: Path, overwrite: bool) -> No
 def run_demo(
     output: Path, data_dir: Path = SAMPLES, *, overwrite: bool = True, brats: bool = True
 ) -> DemoResult:
-    """Run the demo into ``output`` (created if missing) and return what it wrote."""
+    """Run the demo into ``output`` (created if missing) and return what it wrote.
+
+    ``output`` must be a folder (``demo -o README.md`` is refused before any work). Each
+    step commits on its own (every file atomic, each pipeline run one output transaction),
+    because later steps read what earlier ones wrote.
+    """
+    from geomed_seg.io.transaction import OutputTransaction
+
     start = time.perf_counter()
-    output.mkdir(parents=True, exist_ok=True)
+    OutputTransaction(folders=[output], overwrite=overwrite, inputs=[data_dir])
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from geomed_seg.io.atomic import write_error
+
+        raise write_error(output, exc) from exc
     res = DemoResult()
     _conversions(res, data_dir, output, overwrite)
     _flood(res, data_dir, output, overwrite)

@@ -45,7 +45,26 @@ class ConfigError(InvalidInputError):
     """A configuration file or option is invalid (unknown key, wrong type)."""
 
 
+class Interrupted(BaseException):  # noqa: N818 - reads as the event, like KeyboardInterrupt
+    """A termination signal (SIGINT, SIGTERM, SIGHUP) arrived; outputs are being rolled back.
+
+    A ``BaseException`` (as ``KeyboardInterrupt``) so that no ``except Exception`` swallows
+    it; the CLI exits with ``128 + signum`` (130, 143, 129).
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = int(signum)
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        super().__init__(f"interrupted by {name}; unfinished outputs removed")
+
+
 __all__ = [
+    "Interrupted",
     "ConfigError",
     "GeomedSegError",
     "GeometryError",

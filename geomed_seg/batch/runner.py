@@ -40,6 +40,7 @@ from geomed_seg.batch.journal import Journal, config_hash, file_sha256, input_id
 from geomed_seg.batch.manifest import Job, build_jobs, default_halo
 from geomed_seg.errors import ConfigError, InvalidInputError
 from geomed_seg.io.atomic import atomic_output
+from geomed_seg.io.transaction import sweep_stages
 from geomed_seg.pipelines.schema import PipelineConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -316,6 +317,12 @@ def run_batch(
             )  # fmt: skip
             _pass2(jobs, journal, get_client, (ref, ovr, chash), str(root), retries,
                    batch_threshold, pass1, result, on_start, on_tile)  # fmt: skip
+    except BaseException:
+        # Ctrl-C/SIGTERM/SIGHUP or a failure: the workers are stopped by now (the client
+        # closed with the stack); a worker killed mid-tile could not remove its staged folder
+        for left in sweep_stages(root / "tiles"):
+            log.debug("batch: removed %s left by a stopped worker", left)
+        raise
     finally:
         dask.config.set(scheduler=saved)
     result.seconds = time.perf_counter() - start

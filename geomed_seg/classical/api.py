@@ -208,16 +208,33 @@ def classical_file(
     a COCO-panoptic PNG plus its ``.json`` beside it. ``things`` are the instance classes
     (default: every non-zero class).
     """
-    from geomed_seg.io.atomic import check_output
-    from geomed_seg.io.registry import open_image, write_image
+    from geomed_seg.core.dtypes import check_compute_dtype
+    from geomed_seg.io.registry import open_image
+    from geomed_seg.io.transaction import OutputTransaction
 
-    check_output(output, overwrite)
+    if (table is not None or panoptic is not None) and method != "instances":
+        raise InvalidInputError("--table/--panoptic are only written by the 'instances' method")
+    outputs = [output, table, panoptic]
+    if panoptic is not None and Path(panoptic).suffix.lower() == ".png":
+        outputs.append(Path(panoptic).with_suffix(".json"))
+    # all outputs are checked before computing and appear together (or none does)
+    txn = OutputTransaction(
+        [o for o in outputs if o is not None], overwrite=overwrite, inputs=[input_path]
+    )
     image = with_band_names(open_image(input_path), band_names)
+    image = check_compute_dtype(image, input_path)
+    with txn:
+        return _write_classical(method, image, output, overwrite, table, panoptic, things,
+                                options)  # fmt: skip
+
+
+def _write_classical(method, image, output, overwrite, table, panoptic, things, options):
+    """Run ``method`` and write its outputs (inside :func:`classical_file`'s transaction)."""
+    from geomed_seg.io.registry import write_image
+
     result = run_classical(method, image, **options)
     kw = {"classes": result.classes} if result.classes else {}
     write_image(result.image, output, overwrite=overwrite, **kw)
-    if (table is not None or panoptic is not None) and method != "instances":
-        raise InvalidInputError("--table/--panoptic are only written by the 'instances' method")
     if table is None and panoptic is None:
         return result
     from geomed_seg.instances.instances import instance_table, write_table

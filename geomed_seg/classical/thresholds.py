@@ -90,6 +90,27 @@ def streamed_histogram(
     return h.counts, h.centers
 
 
+def _check_spread(counts: np.ndarray, centers: np.ndarray, image: Image, classes: int) -> None:
+    """Raise when the valid samples fall in fewer bins than ``classes`` (nothing to split).
+
+    A 1x1 or constant image has one value: any threshold would be invented.
+    """
+    distinct = int(np.count_nonzero(counts))
+    if distinct >= classes:
+        return
+    if distinct == 1:
+        k = int(np.argmax(counts))
+        raise InvalidInputError(
+            f"{_name(image)}: nothing to threshold: all {int(counts.sum())} valid samples of "
+            f"the thresholded band are equal (about {float(centers[k]):.4g}); a 1x1 or "
+            "constant image has no scene-wide threshold"
+        )
+    raise InvalidInputError(
+        f"{_name(image)}: nothing to threshold into {classes} classes: the valid samples "
+        f"fall in only {distinct} histogram bins"
+    )
+
+
 def otsu_decision(
     image: Image,
     bins: int = 1024,
@@ -104,6 +125,7 @@ def otsu_decision(
     h = image_histogram(image, bins, value_range)
     if h.n == 0:
         raise InvalidInputError(f"{_name(image)}: no valid samples to threshold")
+    _check_spread(h.counts, h.centers, image, classes)
     decision = decide(h, classes)
     warn_separability(decision, _name(image))
     return decision

@@ -52,6 +52,7 @@ def segment_file(
     card: str | os.PathLike | None = None,
     quiet: bool = True,
     resample: bool = True,
+    allow_complex: str | None = None,
 ) -> Any:
     """Segment ``input_path`` with ``checkpoint`` into ``output``; return the ``SegmentResult``.
 
@@ -71,13 +72,19 @@ def segment_file(
     OutputExistsError
         ``output`` exists and not ``overwrite``.
     """
-    from geomed_seg.io.atomic import check_output
+    from geomed_seg.core.dtypes import check_compute_dtype
+    from geomed_seg.io.transaction import OutputTransaction
     from geomed_seg.models.card import ModelCard
     from geomed_seg.models.checkpoint import load_checkpoint, read_card
+    from geomed_seg.pipelines.schema import engine_spec
 
-    check_output(output, overwrite)
+    engine_spec(roi_size=roi_size, overlap=overlap, mode=mode, batch_size=batch_size)
+    # every conflict (existing output, output = input or checkpoint, blocked folder) first;
+    # the one output (and its .aux.xml sidecar) is then committed by its atomic writer
+    OutputTransaction([output], overwrite=overwrite, inputs=[input_path, checkpoint, card])
     model_card = ModelCard.load(card) if card is not None else read_card(checkpoint)
     image = open_input(input_path, model_card, series=series)
+    image = check_compute_dtype(image, input_path, allow_complex)
     model_card.check_image(image, source=input_path)
     if roi_size is not None and len(roi_size) != model_card.spatial_dims:
         raise InvalidInputError(
@@ -165,6 +172,9 @@ def segment_command(
         "--resample/--no-resample",
         help="Volumes: run at the card's spacing, results back on the input grid.",
     ),  # fmt: skip
+    allow_complex: str | None = typer.Option(
+        None, "--allow-complex", help="Complex input (SAR SLC): 'magnitude' segments |z|."
+    ),
 ) -> None:
     """Segment a scene or volume with a checkpoint, writing labels on the input's grid."""
     if mode is not None and mode not in ("gaussian", "constant"):
@@ -173,6 +183,7 @@ def segment_command(
         input_path, model, output, roi_size=parse_roi(roi), overlap=overlap, mode=mode,
         batch_size=batch_size, device=device, tta=tta, probabilities=probabilities,
         overwrite=overwrite, series=series, card=card, quiet=quiet, resample=resample,
+        allow_complex=allow_complex,
     )  # fmt: skip
     if not quiet:
         _summary(result, output)

@@ -173,6 +173,24 @@ def mirror_axes(ndim: int) -> list[tuple[int, ...]]:
     return [c for k in range(ndim + 1) for c in combinations(range(2, ndim + 2), k)]
 
 
+def one_tensor(out: object, what: str = "model") -> torch.Tensor:
+    """Return ``out`` if it is one tensor; raise :class:`ModelError` for tuple/dict outputs.
+
+    Deep-supervision and multi-head models return several tensors; which one is the
+    segmentation is the user's choice (wrap the model: ``lambda x: model(x)[0]``).
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    kind = type(out).__name__
+    keys = f" with keys {sorted(map(str, out))}" if isinstance(out, dict) else ""
+    size = f" of {len(out)}" if isinstance(out, tuple | list) else ""
+    raise ModelError(
+        f"{what} returned a {kind}{size}{keys}, not one tensor (N, C, *roi); tuple/dict "
+        "outputs are not supported yet: wrap the model to return the segmentation tensor "
+        "(e.g. lambda x: model(x)[0])"
+    )
+
+
 class Predictor:
     """Run a torch module on numpy batches: device, AMP, TTA and activation in one place."""
 
@@ -185,8 +203,8 @@ class Predictor:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.amp_dtype is not None:
             with torch.autocast("cuda", dtype=self.amp_dtype):
-                return self.module(x).float()
-        return self.module(x).float()
+                return one_tensor(self.module(x)).float()
+        return one_tensor(self.module(x)).float()
 
     @staticmethod
     def activate(logits: torch.Tensor) -> torch.Tensor:

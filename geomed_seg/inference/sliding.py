@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from geomed_seg.errors import InvalidInputError
+from geomed_seg.inference.engine import one_tensor
 from geomed_seg.inference.plan import importance_map, plan_windows
 
 
@@ -77,7 +78,7 @@ def sliding_window_inference(
     for first in range(0, len(jobs), sw_batch_size):
         batch = jobs[first : first + sw_batch_size]
         win = torch.cat([inputs[(slice(b, b + 1), slice(None), *w)] for b, w in batch])
-        pred = predictor(win.to(sw_device))
+        pred = one_tensor(predictor(win.to(sw_device)), "predictor")
         if tuple(pred.shape[2:]) != plan.roi_size:
             raise InvalidInputError(
                 f"predictor output spatial shape {tuple(pred.shape[2:])} != roi {plan.roi_size}"

@@ -1,20 +1,58 @@
 """Atomic outputs: write to a temporary name in the target folder, rename when complete.
 
-A failure (exception, Ctrl-C) removes the temporary file or folder, so no partial output is
-ever left, and an existing output is only replaced when ``overwrite=True``. Hand-written
-because none of the format libraries offers it: rasterio, nibabel and zarr all write in place.
+A failure (exception, Ctrl-C, SIGTERM/SIGHUP through the CLI's handlers) removes the
+temporary file or folder, so no partial output is ever left, and an existing output is only
+replaced when ``overwrite=True``. Hand-written because none of the format libraries offers
+it: rasterio, nibabel and zarr all write in place.
+
+Inside an :class:`~geomed_seg.io.transaction.OutputTransaction` (one per command that writes
+several outputs) :func:`atomic_output` stages the output in the transaction's stage folder
+instead and leaves the final rename to the transaction's commit, so a set of outputs
+appears together. OS errors raised while writing (disk full, read-only file system,
+permission, a file where a folder should be) become one :class:`WriteError` naming the output.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import signal
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
-from geomed_seg.errors import OutputExistsError, WriteError
+from geomed_seg.errors import GeomedSegError, OutputExistsError, WriteError
+from geomed_seg.io.faults import fault_point
+
+#: The transaction that stages outputs in this context (set by ``OutputTransaction``).
+ACTIVE_TRANSACTION: ContextVar[Any] = ContextVar("geomed_seg_transaction", default=None)
+
+#: Signals whose delivery is deferred while outputs are renamed into place.
+COMMIT_SIGNALS = tuple(
+    s
+    for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+    if s is not None
+)
+
+#: errno values reported as "the output cannot be written" rather than as bugs.
+WRITE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EEXIST: "a file of that name appeared while writing",
+    errno.EFBIG: "file too large (size limit reached)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EIO: "input/output error",
+    errno.EISDIR: "a folder of that name exists",
+    errno.ENOENT: "the target folder disappeared while writing",
+}
 
 
 def _remove(path: Path) -> None:
@@ -24,42 +62,140 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def write_error(final: str | os.PathLike, exc: BaseException) -> WriteError:
+    """Return a :class:`WriteError` naming ``final`` for an OS/library error while writing it."""
+    code = getattr(exc, "errno", None)
+    what = WRITE_ERRNOS.get(code) if isinstance(code, int) else None
+    if what is None:
+        what = getattr(exc, "strerror", None) or " ".join(str(exc).split()) or type(exc).__name__
+    return WriteError(f"{final}: cannot write output: {what}")
+
+
+def _file_ancestor(path: Path) -> Path | None:
+    """Return the first ancestor of ``path`` that exists as a non-folder, if any."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Return ``path`` as a Path; raise :class:`OutputExistsError` if it exists and not ``overwrite``."""
+    """Return ``path`` as a Path; raise :class:`OutputExistsError` if it exists and not ``overwrite``.
+
+    Raises :class:`WriteError` when a folder on the way is a regular file or missing.
+    """
     p = Path(path)
     if p.exists() and not overwrite:
         raise OutputExistsError(
             f"{p}: output exists; pass overwrite=True (--overwrite) to replace it"
         )
-    if not p.parent.exists():
+    blocker = _file_ancestor(p)
+    if blocker is not None:
+        raise WriteError(f"{p}: {blocker} is a file, not a folder")
+    txn = ACTIVE_TRANSACTION.get()
+    if not p.parent.exists() and not (txn is not None and txn.covers(p)):
         raise WriteError(f"{p}: folder {p.parent} does not exist")
     return p
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def deferred_signals(signals: Sequence[int] = COMMIT_SIGNALS) -> Iterator[None]:
+    """Block ``signals`` in this thread for the body (a handful of renames), then deliver them.
+
+    A SIGTERM that arrives while a set of outputs is renamed into place is handled right
+    after the last rename, so a reader sees the old or the new set, never half of each.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "pthread_sigmask"
+    ):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def tmp_name(final: Path, tag: str = "tmp") -> str:
+    """Return a hidden temporary name for ``final`` that keeps its suffix(es)."""
+    suffix = "".join(final.suffixes)
+    stem = final.name[: len(final.name) - len(suffix)] if suffix else final.name
+    return f".{stem}.{tag}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def scratch_path(final: str | os.PathLike, tag: str = "part") -> Path:
+    """Return a temporary path for an intermediate file of ``final`` (the stage in a transaction)."""
+    final = Path(final)
+    txn = ACTIVE_TRANSACTION.get()
+    if txn is not None and txn.covers(final):
+        return txn.stage_dir(final) / tmp_name(final, tag)
+    return final.with_name(tmp_name(final, tag))
+
+
+def replace_into_place(tmp: Path, final: Path, companions: Sequence[str] = ()) -> None:
+    """Rename ``tmp`` (file or folder) onto ``final``, with its ``companions`` sidecars.
+
+    ``companions`` are suffixes appended to the name (``".aux.xml"``): ``<tmp><suffix>``
+    replaces ``<final><suffix>``, and a stale ``<final><suffix>`` is removed when the new
+    output has none. A folder replaces a folder through a backup name (``os.replace`` cannot
+    replace a non-empty folder). Call under :func:`deferred_signals`.
+    """
+    for suffix in companions:
+        side_tmp, side_final = Path(f"{tmp}{suffix}"), Path(f"{final}{suffix}")
+        if side_tmp.exists():
+            os.replace(side_tmp, side_final)
+        elif side_final.exists():
+            side_final.unlink()
+    if final.is_dir() and not final.is_symlink():
+        backup = final.with_name(tmp_name(final, "old"))
+        os.replace(final, backup)
+        os.replace(tmp, final)
+        _remove(backup)
+        return
+    os.replace(tmp, final)
+
+
+@contextmanager
+def atomic_output(
+    path: str | os.PathLike, overwrite: bool = False, companions: Sequence[str] = ()
+) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     The temporary name keeps the final suffix(es) so format drivers that look at the suffix
     (GDAL, nibabel) behave as for the real name. Works for files and folders (Zarr stores).
+    ``companions`` are sidecar suffixes (``".aux.xml"``) committed together with the output.
+    In an active transaction the output is staged and renamed by the transaction's commit.
     """
     final = check_output(path, overwrite)
-    suffix = "".join(final.suffixes)
-    stem = final.name[: len(final.name) - len(suffix)] if suffix else final.name
-    tmp = final.with_name(f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
+    txn = ACTIVE_TRANSACTION.get()
+    staged = txn is not None and txn.covers(final)
+    tmp = txn.stage_dir(final) / tmp_name(final) if staged else final.with_name(tmp_name(final))
     try:
-        yield tmp
+        try:
+            yield tmp
+            fault_point("commit", final)
+        except GeomedSegError:
+            raise
+        except OSError as exc:
+            raise write_error(final, exc) from exc
         if not tmp.exists():
             raise WriteError(f"{final}: writer produced no output")
-        if final.exists():
-            if not overwrite:
+        if staged:
+            txn.add(tmp, final, companions)
+            return
+        with deferred_signals():
+            if final.exists() and not overwrite:
                 raise OutputExistsError(f"{final}: output appeared while writing; not replaced")
-            if final.is_dir() and not final.is_symlink():
-                backup = final.with_name(f".{stem}.old-{uuid.uuid4().hex[:8]}{suffix}")
-                os.replace(final, backup)
-                os.replace(tmp, final)
-                _remove(backup)
-                return
-        os.replace(tmp, final)
-    finally:
+            try:
+                replace_into_place(tmp, final, companions)
+            except OSError as exc:
+                raise write_error(final, exc) from exc
+    except BaseException:
         _remove(tmp)
+        for suffix in companions:
+            _remove(Path(f"{tmp}{suffix}"))
+        raise
+    finally:
+        if not staged:
+            _remove(tmp)

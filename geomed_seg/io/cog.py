@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import threading
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
@@ -38,10 +38,15 @@ from geomed_seg.core.grid import GeoGrid, normalise_slices
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo, parse_classes
 from geomed_seg.errors import InvalidInputError, WriteError
-from geomed_seg.io.atomic import _remove, atomic_output, check_output
+from geomed_seg.io.atomic import _remove, atomic_output, check_output, scratch_path, write_error
+from geomed_seg.io.faults import fault_point
 from geomed_seg.io.georef import write_profile
+from geomed_seg.io.native import native_stderr_to_log
 
 log = logging.getLogger(__name__)
+
+#: GDAL failures: rasterio's own errors and the CPLE_* errors GDAL raises through it.
+GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 
 CLASSES_TAG = "GEOMED_CLASSES"
 #: GDAL block cache (MB) while writing, unless the user set ``GDAL_CACHEMAX`` themselves.
@@ -58,6 +63,32 @@ def gdal_message(exc: BaseException) -> str:
             parts.append(msg)
         seen = seen.__cause__ or seen.__context__
     return "; ".join(parts) or type(exc).__name__
+
+
+def _known_reason(text: str) -> str | None:
+    """The plain OS reason named in a GDAL/libtiff message (disk full, read-only...), if any."""
+    low = text.lower()
+    for key, what in (
+        ("no space left", "no space left on device"),
+        ("read-only file system", "read-only file system"),
+        ("permission denied", "permission denied"),
+        ("file too large", "file too large (size limit reached)"),
+        ("disk quota", "disk quota exceeded"),
+    ):
+        if key in low:
+            return what
+    return None
+
+
+def _errno_message(exc: BaseException) -> str:
+    """GDAL's message, or the plain OS reason when the cause is disk full / read-only / ..."""
+    text = gdal_message(exc)
+    reason = _known_reason(text)
+    if reason is not None:
+        return reason
+    if isinstance(exc, OSError) and getattr(exc, "errno", None):
+        return str(write_error("", exc)).split(": cannot write output: ", 1)[-1]
+    return text
 
 
 def _pam_xml(classes: Sequence[ClassInfo]) -> str:
@@ -239,7 +270,7 @@ class GeoTIFFBlockWriter:
         return prof
 
     def __enter__(self) -> GeoTIFFBlockWriter:
-        self._part = self.path.with_name(f".{self.path.name}.part-{uuid.uuid4().hex[:8]}.tif")
+        self._part = scratch_path(self.path, "part")
         # GDAL's block cache defaults to 5% of RAM and holds dirty tiles until it is full
         cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": WRITE_CACHE_MB}
         self._env = rasterio.Env(**cache)
@@ -248,7 +279,7 @@ class GeoTIFFBlockWriter:
             with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
                 self._dst = rasterio.open(self._part, "w", **self._profile(final=not self.cog))
                 self._write_colormap()
-        except (RasterioError, ValueError) as exc:
+        except (*GDAL_ERRORS, ValueError) as exc:
             self._cleanup()
             raise WriteError(f"{self.path}: cannot create GeoTIFF: {gdal_message(exc)}") from exc
         return self
@@ -280,12 +311,18 @@ class GeoTIFFBlockWriter:
         if arr.shape != expected:
             raise InvalidInputError(f"{self.path}: window array {arr.shape} != expected {expected}")
         window = Window.from_slices(rows, cols)
-        with self._lock:
-            self._dst.write(arr.astype(self.dtype, copy=False), window=window)
-            if self.write_mask and mask is not None:
-                self._dst.write_mask(
-                    np.where(np.asarray(mask), 255, 0).astype(np.uint8), window=window
-                )
+        with self._lock, native_stderr_to_log(str(self.path)):
+            try:
+                fault_point("window", self.path)
+                self._dst.write(arr.astype(self.dtype, copy=False), window=window)
+                if self.write_mask and mask is not None:
+                    self._dst.write_mask(
+                        np.where(np.asarray(mask), 255, 0).astype(np.uint8), window=window
+                    )
+            except (*GDAL_ERRORS, OSError) as exc:
+                raise WriteError(
+                    f"{self.path}: GDAL failed writing: {_errno_message(exc)}"
+                ) from exc
 
     def _finish_part(self) -> None:
         dst = self._dst
@@ -317,13 +354,6 @@ class GeoTIFFBlockWriter:
             BIGTIFF="IF_SAFER",
         )
 
-    def _commit_aux(self, tmp: Path) -> None:
-        aux_tmp, aux_final = Path(f"{tmp}.aux.xml"), Path(f"{self.path}.aux.xml")
-        if aux_tmp.exists():
-            os.replace(aux_tmp, aux_final)
-        elif aux_final.exists():  # stale sidecar of the file being replaced
-            aux_final.unlink()
-
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             if exc_type is None:
@@ -332,21 +362,29 @@ class GeoTIFFBlockWriter:
             self._cleanup()
 
     def _commit(self) -> None:
+        cap = None
+        try:
+            with native_stderr_to_log(str(self.path)) as cap:
+                self._commit_quietly()
+        except WriteError as exc:  # libtiff may say why only on fd 2 ("File too large.")
+            reason = _known_reason(cap.text if cap is not None else "")
+            if reason is None:
+                raise
+            raise WriteError(f"{self.path}: cannot write output: {reason}") from exc
+
+    def _commit_quietly(self) -> None:
         try:
             self._finish_part()
-            with atomic_output(self.path, self.overwrite) as tmp:
-                try:
-                    if self.cog:
-                        rasterio.shutil.copy(self._part, tmp, driver="COG", **self._cog_options())
-                    else:
-                        os.replace(self._part, tmp)
-                        if self.classes:
-                            os.replace(f"{self._part}.aux.xml", f"{tmp}.aux.xml")
-                    self._commit_aux(tmp)
-                finally:
-                    _remove(Path(f"{tmp}.aux.xml"))
-        except RasterioError as exc:
-            raise WriteError(f"{self.path}: GDAL failed writing: {gdal_message(exc)}") from exc
+            # the PAM sidecar (class names, RAT) commits with the COG, stale ones go
+            with atomic_output(self.path, self.overwrite, companions=(".aux.xml",)) as tmp:
+                if self.cog:
+                    rasterio.shutil.copy(self._part, tmp, driver="COG", **self._cog_options())
+                else:
+                    os.replace(self._part, tmp)
+                    if self.classes:
+                        os.replace(f"{self._part}.aux.xml", f"{tmp}.aux.xml")
+        except GDAL_ERRORS as exc:
+            raise WriteError(f"{self.path}: GDAL failed writing: {_errno_message(exc)}") from exc
 
     def _cleanup(self) -> None:
         if self._dst is not None:

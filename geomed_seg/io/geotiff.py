@@ -103,6 +103,15 @@ def _check_blocks(src: Any, path: Path) -> None:
                 )
 
 
+#: GDAL complex integer types (SAR SLC products) have no numpy type: read as complex floats.
+_COMPLEX_INT = {"complex_int16": np.complex64, "complex_int32": np.complex128}
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    """Return the numpy dtype that holds GDAL type ``name`` exactly (CInt16 -> complex64)."""
+    return np.dtype(_COMPLEX_INT.get(str(name), name))
+
+
 def block_chunks(
     shape: Sequence[int], block: Sequence[int], itemsize: int, target: int = DEFAULT_CHUNK_BYTES
 ) -> tuple[int, int, int]:
@@ -174,6 +183,8 @@ class _WindowReader:
                 if self.mask:
                     return src.dataset_mask(window=window) > 0
                 indexes = list(range(key[0].start + 1, key[0].stop + 1))
+                if any(str(d).startswith("complex_int") for d in src.dtypes):
+                    return src.read(indexes=indexes, window=window, out_dtype=self.dtype)
                 return src.read(indexes=indexes, window=window)
 
 
@@ -296,9 +307,9 @@ def open_geotiff(path: str | os.PathLike, chunks: Any = None) -> Image:
             if isinstance(path, Path):
                 _check_blocks(src, path)
             shape = (src.count, src.height, src.width)
-            dtype = np.dtype(src.dtypes[0])
+            dtype = _numpy_dtype(src.dtypes[0])
             if len(set(src.dtypes)) > 1:
-                dtype = np.result_type(*src.dtypes)
+                dtype = np.result_type(*(_numpy_dtype(d) for d in src.dtypes))
             grid = read_grid(src)
             nodatas = list(src.nodatavals)
             flags = src.mask_flag_enums

@@ -289,6 +289,18 @@ def open_zarr(path: str | os.PathLike, chunks: Any = None) -> Image:
             "write it with geomed_seg.io.zarr.write_zarr"
         )
     grid = grid_from_attrs(meta["grid"])
+    data_shape = tuple(group["data"].shape)
+    dims = tuple(meta.get("dims") or ())
+    if (
+        len(data_shape) != grid.ndim + 1
+        or len(dims) != len(data_shape)
+        or (data_shape[1:] != tuple(grid.shape))
+    ):
+        raise ReadError(
+            f"{p}: 'data' array has shape {data_shape} (rank {len(data_shape)}), but the "
+            f"store's geometry needs rank {grid.ndim + 1}: dims {dims} with spatial shape "
+            f"{tuple(grid.shape)}; a damaged store or one not written by geomed-seg"
+        )
     arr = (
         da.from_zarr(group["data"])
         if chunks is None

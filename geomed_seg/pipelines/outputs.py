@@ -16,6 +16,33 @@ def _dicom_source(source: Image) -> dict[str, Any] | None:
     return source.attrs.get("dicom") if isinstance(source.attrs.get("dicom"), dict) else None
 
 
+def planned_outputs(
+    cfg: PipelineConfig, folder: Path, kind: str, source: Image | None = None
+) -> list[Path]:
+    """Return every file a run of ``cfg`` may write into ``folder``, ``run.json`` last.
+
+    Checked by the run's output transaction before anything is computed, so a run that
+    would refuse to replace one of them refuses before writing any. ``kind`` is the input's
+    ``"raster"`` or ``"volume"``; ``source`` tells whether a DICOM SEG will be written.
+    """
+    o = cfg.outputs
+    names = []
+    if o.labels:
+        names.append("labels.tif" if kind == "raster" else "labels.nii.gz")
+    if o.probabilities:
+        names.append("probabilities.zarr" if o.probabilities == "zarr" else "probabilities.tif")
+    if kind == "raster" and o.polygons:
+        names.append("polygons.gpkg")
+    if o.quicklook:
+        names.append("quicklook.png")
+    if kind != "raster" and o.dicom_seg == "auto" and source is not None and _dicom_source(source):
+        names.append("seg.dcm")
+    if o.report:
+        names += ["report.md", "report.json"]
+    names.append("run.json")
+    return [folder / n for n in names]
+
+
 def write_outputs(
     cfg: PipelineConfig,
     image: Image,

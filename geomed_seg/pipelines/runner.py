@@ -211,12 +211,16 @@ def run_pipeline(
         ``image.attrs["block"]`` mapping (scene path, windows) is copied into the report
         and ``run.json``.
     """
-    from geomed_seg.pipelines import inputs, methods, report
-    from geomed_seg.pipelines.outputs import write_outputs
+    from geomed_seg.core.dtypes import check_compute_dtype
+    from geomed_seg.io.transaction import OutputTransaction, check_not_input
+    from geomed_seg.pipelines import inputs
+    from geomed_seg.pipelines.outputs import planned_outputs
 
     start = time.perf_counter()
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides)
     cfg = inputs.effective_config(cfg, Path(input) if input else None)  # what run.json records
+    folder = Path(output) if output else Path(cfg.output_dir)  # relative to the current folder
+    txn = OutputTransaction(folders=[folder], overwrite=overwrite)  # refuses a file as -o now
     sensor, dataset = _cards(cfg)
     if image is not None:
         img, files = image, []
@@ -224,6 +228,24 @@ def run_pipeline(
         img, files = inputs.open_inputs(cfg)
     if (img.kind == "raster") != (cfg.kind == "raster"):
         raise ConfigError(f"{cfg.name}: pipeline kind {cfg.kind!r} but the input is a {img.kind}")
+    img = check_compute_dtype(img, files[0] if files else cfg.name, cfg.input.allow_complex)
+    txn.inputs = [Path(f) for f in files]
+    check_not_input(folder, txn.inputs, folder=True)
+    for path in planned_outputs(cfg, folder, img.kind, img):
+        txn.claim(path)  # every conflict refused before any computing
+    with txn:  # outputs staged, renamed into place together with run.json last
+        result = _run(cfg, img, files, sensor, dataset, folder, overwrite, reference, core)
+    result.seconds = time.perf_counter() - start
+    log.info("%s: finished in %.1f s", cfg.name, result.seconds)
+    return result
+
+
+def _run(cfg, img, files, sensor, dataset, folder, overwrite, reference, core) -> RunResult:
+    """Compute and write one run inside its output transaction (see :func:`run_pipeline`)."""
+    from geomed_seg.pipelines import inputs, methods, report
+    from geomed_seg.pipelines.outputs import write_outputs
+
+    start = time.perf_counter()
     source = img
     img = inputs.preprocess(img, cfg, sensor)
     if core is not None:
@@ -237,8 +259,6 @@ def run_pipeline(
         classes = out.classes
     else:
         classes = _classes(out, dataset)
-    folder = Path(output) if output else Path(cfg.output_dir)  # relative to the current folder
-    folder.mkdir(parents=True, exist_ok=True)
     result = RunResult(cfg, labels=out.labels)
     if cfg.outputs.labels:
         result.outputs["labels"] = _write_labels(out.labels, classes, folder, source, overwrite)
@@ -284,5 +304,4 @@ def run_pipeline(
         provenance["block"] = rep["block"]
     result.outputs["provenance"] = report.write_json(provenance, folder / "run.json", overwrite)
     result.report, result.seconds = rep, seconds
-    log.info("%s: finished in %.1f s", cfg.name, seconds)
     return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -42,6 +42,9 @@ class InputSpec(_Strict):
     folder: str | None = None
     sequences: dict[str, str] | None = None
     synthetic: bool = Field(False, description="the input is synthetic: reports say so")
+    allow_complex: Literal["magnitude"] | None = Field(
+        None, description="complex samples (SAR SLC): use their magnitude; refused otherwise"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> InputSpec:
@@ -112,13 +115,37 @@ class ModelSpec(_Strict):
 class EngineSpec(_Strict):
     """Sliding-window engine settings (``None`` = the model card's value)."""
 
-    roi_size: list[int] | None = None
+    roi_size: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1, max_length=3)
     overlap: float | None = Field(None, ge=0, lt=1)
     mode: Literal["gaussian", "constant"] | None = None
     batch_size: int = Field(4, ge=1)
     device: str = "auto"
     amp: bool = True
     tta: bool = False
+
+
+#: CLI option of each engine setting, for errors about command-line values.
+ENGINE_OPTIONS = {"roi_size": "--roi", "overlap": "--overlap", "mode": "--mode",
+                  "batch_size": "--batch-size", "device": "--device"}  # fmt: skip
+
+
+def engine_spec(**values: Any) -> EngineSpec:
+    """Return the :class:`EngineSpec` of command-line engine values (``None`` = card default).
+
+    The one rule set for engine settings: ``segment --roi 0,0`` and ``run --set
+    engine.roi_size=[0,0]`` fail with the same rule (roi > 0, overlap in [0, 1), batch >= 1).
+    """
+    given = {k: v for k, v in values.items() if v is not None}
+    if isinstance(given.get("roi_size"), tuple):
+        given["roi_size"] = list(given["roi_size"])
+    try:
+        return EngineSpec(**given)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            key = str(e["loc"][0]) if e["loc"] else ""
+            problems.append(f"{ENGINE_OPTIONS.get(key, key)} {given.get(key)!r}: {e['msg']}")
+        raise ConfigError("; ".join(problems)) from exc
 
 
 class PostprocessSpec(_Strict):
@@ -260,7 +287,11 @@ def load_config(
         return validate_config(raw, "config", Path.cwd())
     path = config_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a text YAML file (byte {exc.start} is not UTF-8; binary file?)"
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
     except OSError as exc:
