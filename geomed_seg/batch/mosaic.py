@@ -56,6 +56,9 @@ class TileLayout:
     dtype: str
     nodata: float | None
     places: tuple[TilePlace, ...]
+    #: GCPs ``(row, col, x, y, z)`` in the mosaic's pixels when the tiles are GCP-georeferenced
+    #: (then ``crs`` is the GCPs' CRS and ``transform`` the first tile's affine fit).
+    gcps: tuple[tuple[float, ...], ...] | None = None
 
 
 #: Largest difference (pixels) accepted between tiles' pixel vectors or whole-pixel offsets.
@@ -72,6 +75,7 @@ class _TileMeta:
     dtype: str
     nodata: float | None
     georeference: str
+    gcps: tuple[tuple[float, ...], ...] = ()
 
 
 def _read_meta(path: Path) -> _TileMeta:
@@ -81,8 +85,35 @@ def _read_meta(path: Path) -> _TileMeta:
 
     with rasterio.open(path) as ds:
         grid = read_grid(ds)
-        return _TileMeta(Path(path), ds.crs, ds.transform, ds.width, ds.height, ds.dtypes[0],
-                         ds.nodata, grid.georeference)  # fmt: skip
+        gcps = tuple(tuple(g[:5]) for g in grid.gcps or ())
+        crs = grid.crs if grid.georeference == "gcps" else ds.crs
+        transform = grid.transform if grid.georeference == "gcps" else ds.transform
+        return _TileMeta(Path(path), crs, transform, ds.width, ds.height, ds.dtypes[0],
+                         ds.nodata, grid.georeference, gcps)  # fmt: skip
+
+
+def _gcp_difference(ref: _TileMeta, tile: _TileMeta, pair: str) -> str | None:
+    """Why two GCP tiles are not windows of one GCP grid (same ground points, whole-pixel shift)."""
+    if tile.crs != ref.crs:
+        return f"{pair}: GCP CRS differs ({tile.crs} vs {ref.crs})"
+    a, b = ref.gcps, tile.gcps
+    ground = [g[2:5] for g in a] == [g[2:5] for g in b]
+    if len(a) != len(b) or not ground:
+        return f"{pair}: GCPs differ (not the same ground points): tiles cannot be placed"
+    dc = {round(ga[1] - gb[1], 9) for ga, gb in zip(a, b, strict=True)}
+    dr = {round(ga[0] - gb[0], 9) for ga, gb in zip(a, b, strict=True)}
+    if len(dc) != 1 or len(dr) != 1:
+        return (
+            f"{pair}: GCP pixel positions are not one shift of each other: tiles cannot be placed"
+        )
+    if tile.dtype != ref.dtype:
+        return f"{pair}: data type differs ({tile.dtype} vs {ref.dtype})"
+    col, row = dc.pop(), dr.pop()
+    frac = (col - round(col), row - round(row))
+    if max(abs(f) for f in frac) > GRID_TOLERANCE_PX:
+        shown = tuple(round(f, 6) + 0.0 for f in frac)
+        return f"{pair}: sub-pixel offset {_fmt(shown)} px (not on one pixel grid)"
+    return None
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -108,6 +139,8 @@ def grid_difference(ref: _TileMeta, tile: _TileMeta) -> str | None:
     tolerance, measured in ``ref``'s pixel space (so rotated grids are handled alike).
     """
     pair = f"{tile.path} vs {ref.path}"
+    if ref.georeference == tile.georeference == "gcps":  # windows of one GCP scene
+        return _gcp_difference(ref, tile, pair)
     for m in (ref, tile):
         if m.georeference != "transform":
             how = {"gcps": "GCPs", "rpcs": "RPCs only", "none": "no georeference"}
@@ -136,6 +169,8 @@ def grid_difference(ref: _TileMeta, tile: _TileMeta) -> str | None:
 
 def _offset(ref: _TileMeta, tile: _TileMeta) -> tuple[float, float]:
     """Fractional ``(col, row)`` of ``tile``'s origin in ``ref``'s pixel space."""
+    if ref.gcps and tile.gcps:  # the same ground point sits at (col - c_off, row - r_off)
+        return (ref.gcps[0][1] - tile.gcps[0][1], ref.gcps[0][0] - tile.gcps[0][0])
     return ~ref.transform @ (tile.transform.c, tile.transform.f)
 
 
@@ -174,6 +209,9 @@ def tile_layout(tiles: Sequence[Path]) -> TileLayout:
         TilePlace(m.path, ix - mx, iy - my, m.width, m.height)
         for m, (ix, iy) in zip(metas, offsets, strict=True)
     )
+    gcps = None
+    if ref.georeference == "gcps":  # mosaic pixel = reference pixel - (mx, my)
+        gcps = tuple((g[0] - my, g[1] - mx, *g[2:5]) for g in ref.gcps)
     return TileLayout(
         crs=ref.crs,
         transform=Affine(*tuple(transform)[:6]),
@@ -182,6 +220,7 @@ def tile_layout(tiles: Sequence[Path]) -> TileLayout:
         dtype=ref.dtype,
         nodata=ref.nodata,
         places=places,
+        gcps=gcps,
     )
 
 
@@ -252,11 +291,18 @@ def write_vrt(tiles: Sequence[Path], path: Path) -> str | None:
     t = lay.transform
     base = path.parent.resolve()
     lines = [f'<VRTDataset rasterXSize="{lay.width}" rasterYSize="{lay.height}">']
-    if lay.crs is not None:
-        lines.append(f"  <SRS>{escape(lay.crs.to_wkt())}</SRS>")
-    lines.append(
-        f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"
-    )
+    if lay.gcps is not None:  # GCP tiles: the mosaic keeps their GCPs (shifted), no transform
+        wkt = escape(lay.crs.to_wkt(), {'"': "&quot;"}) if lay.crs is not None else ""
+        lines.append(f'  <GCPList Projection="{wkt}">')
+        lines += [f'    <GCP Id="{i + 1}" Pixel="{c!r}" Line="{r!r}" X="{x!r}" Y="{y!r}" '
+                  f'Z="{z!r}"/>' for i, (r, c, x, y, z) in enumerate(lay.gcps)]  # fmt: skip
+        lines.append("  </GCPList>")
+    else:
+        if lay.crs is not None:
+            lines.append(f"  <SRS>{escape(lay.crs.to_wkt())}</SRS>")
+        lines.append(
+            f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"
+        )
     lines += _vrt_metadata(lay.places[0].path)
     lines.append(f'  <VRTRasterBand dataType="{_GDAL_TYPES[lay.dtype]}" band="1">')
     if lay.nodata is not None:
@@ -313,6 +359,7 @@ def write_cog_mosaic(
     classes = parse_classes(json.loads(tag)) if tag else []
     with rasterio.open(vrt) as src:
         nodata, dtype = src.nodata, np.dtype(src.dtypes[0])
+        has_gcps = bool(src.gcps[0])
     profile = cog_profiles.get("deflate")
     integer = np.issubdtype(dtype, np.integer)
     profile.update(BIGTIFF="IF_SAFER", predictor=2 if integer else 3)
@@ -320,17 +367,22 @@ def write_cog_mosaic(
         try:
             with warnings.catch_warnings():  # "color interpretation was set to Palette"
                 warnings.simplefilter("ignore", UserWarning)
-                cog_translate(
-                    str(vrt),
-                    str(tmp),
-                    profile,
-                    nodata=nodata,
-                    resampling="nearest",
-                    overview_resampling="mode" if integer else "nearest",
-                    colormap=cmap,
-                    additional_cog_metadata={CLASSES_TAG: tag} if tag else None,
-                    quiet=True,
-                )
+                if (
+                    has_gcps
+                ):  # rio-cogeo turns GCPs into an affine fit: GDAL's COG driver keeps them
+                    _gdal_cog(vrt, tmp, integer)
+                else:
+                    cog_translate(
+                        str(vrt),
+                        str(tmp),
+                        profile,
+                        nodata=nodata,
+                        resampling="nearest",
+                        overview_resampling="mode" if integer else "nearest",
+                        colormap=cmap,
+                        additional_cog_metadata={CLASSES_TAG: tag} if tag else None,
+                        quiet=True,
+                    )
         except RasterioError as exc:
             raise WriteError(f"{path}: COG mosaic failed: {gdal_message(exc)}") from exc
         aux = Path(f"{path}.aux.xml")
@@ -340,6 +392,21 @@ def write_cog_mosaic(
         elif aux.exists():  # sidecar of the mosaic being replaced
             aux.unlink()
     return path
+
+
+def _gdal_cog(vrt: Path, tmp: Path, integer: bool) -> None:
+    """Copy ``vrt`` (GCPs, colour table, tags) to a COG at ``tmp`` with GDAL's COG driver."""
+    import rasterio.shutil
+
+    from geomed_seg.io.atomic import _remove
+
+    try:
+        rasterio.shutil.copy(vrt, tmp, driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE",
+                             PREDICTOR="STANDARD" if integer else "FLOATING_POINT",
+                             OVERVIEW_RESAMPLING="MODE" if integer else "NEAREST",
+                             BIGTIFF="IF_SAFER")  # fmt: skip
+    finally:
+        _remove(Path(f"{tmp}.aux.xml"))  # category names: our own sidecar is written after
 
 
 def _tile_report(out: Path, rec: dict[str, Any]) -> dict[str, Any] | None:

@@ -226,6 +226,11 @@ def merge_polygons(
     if len(labels) != len(gpkgs):
         raise InvalidInputError(f"{path}: {len(labels)} label tiles but {len(gpkgs)} GeoPackages")
     layout = tile_layout(labels)
+    if layout.gcps is not None:
+        raise GeometryError(
+            f"{labels[0]}: tiles are georeferenced by GCPs; their polygons (mapped through GDAL's "
+            "GCP transformer) are not merged: use each tile's polygons.gpkg"
+        )
     check_disjoint(layout)
     sides = inner_sides(layout)
     crs = layout.crs.to_wkt() if layout.crs is not None else None
