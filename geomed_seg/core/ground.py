@@ -91,6 +91,9 @@ class GroundUnits:
         Pixel areas at the nodes, in :attr:`area_unit`.
     pixel_size_range : (float, float)
         Smallest and largest pixel edge length over the scene (both axes), in :attr:`length_unit`.
+    pixel_sizes : ((float, float), (float, float))
+        ``((x_min, x_max), (y_min, y_max))``: lengths of the pixels' column (x) and row (y)
+        edges over a 9 x 9 lattice of the scene, in :attr:`length_unit`.
     reason : str
         One line saying why this method was chosen (for logs and reports).
     """
@@ -103,6 +106,7 @@ class GroundUnits:
     node_areas: np.ndarray
     pixel_size_range: tuple[float, float]
     reason: str
+    pixel_sizes: tuple[tuple[float, float], tuple[float, float]] = ((math.nan,) * 2,) * 2
 
     @property
     def length_unit(self) -> str:
@@ -256,6 +260,7 @@ def _crs_units(grid: GeoGrid, why: str) -> GroundUnits:
         node_areas=np.full((1, 1), abs(grid.transform.determinant)),
         pixel_size_range=(min(res), max(res)),
         reason=why,
+        pixel_sizes=((res[0], res[0]), (res[1], res[1])),
     )
 
 
@@ -313,6 +318,7 @@ def _build(grid: GeoGrid) -> GroundUnits:
     dx, dy = geo.edge_lengths(probe_r, probe_c)
     sizes = np.concatenate([dx, dy])
     sizes = sizes[sizes > 0]  # a pixel edge on a pole has no length
+    xy = ((float(dx.min()), float(dx.max())), (float(dy.min()), float(dy.max())))
     geo.segments = int(np.clip(math.ceil(float(np.hypot(dx, dy).max()) / _SEGMENT_M), 1, 32))
     probe = geo.areas(probe_r, probe_c)
     planar_error = math.nan
@@ -329,6 +335,7 @@ def _build(grid: GeoGrid) -> GroundUnits:
                 node_cols=np.zeros(1, np.int64),
                 node_areas=np.full((1, 1), planar),
                 pixel_size_range=(float(sizes.min()), float(sizes.max())),
+                pixel_sizes=xy,
                 reason=f"planar: area scale error {planar_error:.2%} < "
                 f"{PLANAR_TOLERANCE:.1%} over the scene",
             )
@@ -342,6 +349,7 @@ def _build(grid: GeoGrid) -> GroundUnits:
         node_cols=cols,
         node_areas=areas,
         pixel_size_range=(float(sizes.min()), float(sizes.max())),
+        pixel_sizes=xy,
         reason=f"geodesic ({kind}): {len(rows)} x {len(cols)} nodes on {pcrs.ellipsoid.name}",
     )
 
@@ -469,3 +477,25 @@ def metres_to_pixels(grid: GeoGrid, metres: float) -> float:
     if not gu.metric:
         raise GeometryError(f"{grid.describe()}: {gu.reason}; a distance in metres is undefined")
     return float(metres) / gu.pixel_size_range[0]
+
+
+def ground_spacing(grid: GeoGrid, rtol: float = PLANAR_TOLERANCE) -> tuple[float, float] | None:
+    """Return the ground pixel size ``(y, x)`` in metres (array order), or ``None``.
+
+    ``None`` when the grid has no ground, or when a pixel's ground size varies by more than
+    ``rtol`` over the scene (Web Mercator or polar stereographic over large extents,
+    degrees over many latitudes): one spacing cannot then describe the scene, and distance
+    metrics must not pretend it does. Planar-exact grids give CRS size x unit factor; other
+    grids the geodesic edge lengths at the scene centre.
+    """
+    gu = ground_units(grid)
+    if not gu.metric:
+        return None
+    (x0, x1), (y0, y1) = gu.pixel_sizes
+    if gu.method == "planar":
+        f = math.sqrt(gu.node_areas[0, 0] / abs(grid.transform.determinant))
+        return grid.res[1] * f, grid.res[0] * f
+    if min(x0, y0) <= 0 or x1 / x0 - 1 > rtol or y1 / y0 - 1 > rtol:
+        return None
+    dx, dy = pixel_size_at(grid, grid.height / 2, grid.width / 2)
+    return dy, dx

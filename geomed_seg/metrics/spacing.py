@@ -7,11 +7,15 @@ it from the grid and nothing else does:
 
 * :class:`~geomed_seg.core.grid.VoxelGrid`: ``spacing_zyx`` in mm (the lengths of the affine's
   columns, so oblique volumes are measured along their own axes).
-* :class:`~geomed_seg.core.grid.GeoGrid` with a projected CRS in a linear unit: the pixel
-  size ``(y, x)`` times the CRS unit's length in metres (feet and US survey feet included).
-* :class:`~geomed_seg.core.grid.GeoGrid` without a CRS, or with a geographic CRS: the pixel
-  size in CRS units, with ``unit`` saying so (``"CRS units"``) and a logged warning, never
-  labelled metres.
+* :class:`~geomed_seg.core.grid.GeoGrid`: the ground pixel size ``(y, x)`` in metres from
+  :func:`geomed_seg.core.ground.ground_spacing`: the CRS size times the unit's length in
+  metres where planar geometry is exact (feet and US survey feet included), the geodesic
+  pixel size where the CRS's scale differs from 1 but the ground pixel size is uniform to
+  0.1 % over the scene (degrees, Web Mercator over small extents).
+* :class:`~geomed_seg.core.grid.GeoGrid` without a CRS or a local CRS, or whose ground pixel
+  size varies by more than 0.1 % over the scene (Web Mercator or degrees over large
+  extents): the pixel size in CRS units, with ``unit`` saying so (``"CRS units"``) and a
+  logged warning, never labelled metres.
 
 Distances are Euclidean in index space scaled per axis, which is exact only when the grid's
 axes are orthogonal; a sheared grid is refused here rather than measured wrongly.
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geomed_seg.core.grid import GeoGrid, VoxelGrid
+from geomed_seg.core.ground import ground_spacing
 from geomed_seg.errors import GeometryError
 
 logger = logging.getLogger(__name__)
@@ -99,26 +104,14 @@ def distance_spacing(
     t = grid.transform
     _check_orthogonal(np.array([[t.a, t.b], [t.d, t.e]]), what)
     x_size, y_size = grid.res
-    factor = _metres_per_crs_unit(grid)
-    if factor is None:
+    ground = ground_spacing(grid)
+    if ground is None:
         if not quiet:
             logger.warning(
                 "%s: distances are in CRS units, not metres (%s)",
                 what,
-                "no CRS" if grid.crs is None else "geographic or unknown-unit CRS",
-            )
+                grid.ground.reason if not grid.ground.metric else
+                "the ground pixel size varies by more than 0.1 % over the scene",
+            )  # fmt: skip
         return DistanceSpacing((float(y_size), float(x_size)), CRS_UNITS)
-    return DistanceSpacing((float(y_size) * factor, float(x_size) * factor), METRE)
-
-
-def _metres_per_crs_unit(grid: GeoGrid) -> float | None:
-    """Length of one CRS unit in metres for a projected CRS, else None."""
-    crs = grid.crs
-    if crs is None or not crs.is_projected:
-        return None
-    from rasterio.errors import CRSError
-
-    try:
-        return float(crs.linear_units_factor[1])
-    except CRSError:  # units unknown to PROJ
-        return None
+    return DistanceSpacing((float(ground[0]), float(ground[1])), METRE)

@@ -228,9 +228,25 @@ def test_distance_spacing_volumes_and_rasters(caplog):
     assert distance_spacing(utm).unit == "m"
     feet = GeoGrid(CRS.from_epsg(2263), Affine(3, 0, 9e5, 0, -3, 2e5), (4, 4))
     assert distance_spacing(feet).spacing == pytest.approx((3 * 0.3048006096, 3 * 0.3048006096))
+    # degrees or Web Mercator over many latitudes: the ground pixel size varies, no metres
+    # (issue 13: a 4x4 grid of 0.001 deg now gets its ground metres, see below)
     with caplog.at_level(logging.WARNING):
         geo = distance_spacing(
-            GeoGrid(CRS.from_epsg(4326), Affine(1e-3, 0, 0, 0, -1e-3, 0), (4, 4))
+            GeoGrid(CRS.from_epsg(4326), Affine(1e-3, 0, 0, 0, -1e-3, 60), (60000, 4))
         )
     assert geo.unit == "CRS units" and "CRS units" in caplog.text
+    merc = GeoGrid(CRS.from_epsg(3857), Affine(100, 0, 0, 0, -100, 9.7e6), (20000, 4))
+    assert distance_spacing(merc).unit == "CRS units"  # was "m": Mercator m are not ground m
+    # small extents: one ground spacing, metres by pyproj.Geod (independent)
+    from pyproj import Geod
+
+    small = distance_spacing(GeoGrid(CRS.from_epsg(4326), Affine(1e-3, 0, 0, 0, -1e-3, 0), (4, 4)))
+    g = Geod(ellps="WGS84")
+    y_m = g.inv(0.0015, -0.002, 0.0015, -0.003)[2]
+    x_m = g.inv(0.002, -0.0025, 0.003, -0.0025)[2]
+    assert small.unit == "m" and small.spacing == pytest.approx((y_m, x_m), rel=1e-3)
+    merc_small = distance_spacing(
+        GeoGrid(CRS.from_epsg(3857), Affine(67.4, 0, 2e6, 0, -67.4, 9.68e6), (4, 4))
+    )
+    assert merc_small.unit == "m" and merc_small.spacing[1] == pytest.approx(28.27, rel=2e-3)
     assert distance_spacing(GeoGrid(None, Affine(2, 0, 0, 0, -2, 0), (4, 4))).unit == "CRS units"
