@@ -194,8 +194,11 @@ def one_tensor(out: object, what: str = "model") -> torch.Tensor:
 class Predictor:
     """Run a torch module on numpy batches: device, AMP, TTA and activation in one place."""
 
-    def __init__(self, module: Callable, device: torch.device, amp: bool, tta: bool) -> None:
+    def __init__(
+        self, module: Callable, device: torch.device, amp: bool, tta: bool, activate: bool = True
+    ) -> None:
         self.module, self.device, self.tta = module, device, tta
+        self.apply_activation = activate  # False: return logits (blended, activated at flush)
         self.amp_dtype = None
         if amp and device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -221,7 +224,8 @@ class Predictor:
             prob = None
             for axes in flips:
                 xi = torch.flip(x, axes) if axes else x
-                p = self.activate(self._forward(xi))
+                p = self._forward(xi)
+                p = self.activate(p) if self.apply_activation else p
                 p = torch.flip(p, axes) if axes else p
                 prob = p if prob is None else prob + p
             assert prob is not None
@@ -301,6 +305,19 @@ class ChunkAccumulator:
                 acc, wsum, valid = self.open.pop(block)
                 np.divide(acc, wsum, out=acc, where=wsum > 0)
                 yield block, bsl, acc, wsum, valid
+
+
+def activate_numpy(logits: np.ndarray) -> np.ndarray:
+    """Return probabilities of blended logits ``(K, *chunk)``: softmax over K, sigmoid if K == 1.
+
+    For models whose card says ``blend: logits`` (nnU-Net, MONAI bundles): their home tools
+    blend the windows' logits and activate once, which this reproduces.
+    """
+    x = logits.astype(np.float32, copy=False)
+    if x.shape[0] == 1:
+        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    e = np.exp(x - x.max(axis=0, keepdims=True))
+    return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
 
 
 def reduce_chunk(

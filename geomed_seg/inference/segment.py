@@ -24,7 +24,13 @@ from geomed_seg.core.grid import GeoGrid
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import InvalidInputError, ModelError
-from geomed_seg.inference.engine import Predictor, empty_windows, reduce_chunk, run_windows
+from geomed_seg.inference.engine import (
+    Predictor,
+    activate_numpy,
+    empty_windows,
+    reduce_chunk,
+    run_windows,
+)
 from geomed_seg.inference.plan import importance_map, plan_windows, regular_chunks, schedule_chunks
 from geomed_seg.inference.sinks import OutputSpec, Sink, sink_for
 from geomed_seg.models.case_stats import case_normaliser
@@ -72,6 +78,8 @@ def _match_bands(image: Image, card: Any) -> Image:
         )
     if card.spatial_dims != len(image.spatial_shape):
         raise ModelError(f"model {card.name!r} is {card.spatial_dims}D; image is {image.kind}")
+    if hasattr(card, "check_orientation"):
+        card.check_orientation(image)
     return image
 
 
@@ -227,7 +235,8 @@ def segment(
     dev = _resolve_device(device)
     if isinstance(module, torch.nn.Module):
         module = module.eval().to(dev)
-    predictor = Predictor(module, dev, amp, tta)
+    blend_logits = getattr(card, "blend", "probabilities") == "logits"
+    predictor = Predictor(module, dev, amp, tta, activate=not blend_logits)
     plan = plan_windows(image.spatial_shape, roi_size, overlap)
     weight = importance_map(plan.roi_size, mode, sigma_scale)
     if not classes:  # bare module: one probe window tells the number of output channels
@@ -252,6 +261,8 @@ def segment(
     schedule = schedule_chunks(plan, _output_chunks(image, out_sink, plan.roi_size))
 
     def reduce(p: np.ndarray, wsum: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        if blend_logits:
+            p = activate_numpy(p)
         return reduce_chunk(
             p, wsum, valid, output=output, lut=lut, dtype=dtype, nodata=nodata,
             mask_invalid=is_raster,

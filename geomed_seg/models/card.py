@@ -96,6 +96,28 @@ class NonZeroZScore(_Normalisation):
     type: Literal["nonzero_zscore"] = "nonzero_zscore"
 
 
+class ScaleRange(_Normalisation):
+    """Fixed intensity window: ``(x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min``.
+
+    Same as MONAI ``ScaleIntensityRange`` (e.g. a CT window ``a_min=-57, a_max=164`` to
+    ``[0, 1]``); with ``clip`` the result is clipped to ``[b_min, b_max]``. Pointwise, so
+    tiling never changes it.
+    """
+
+    type: Literal["scale_range"] = "scale_range"
+    a_min: float
+    a_max: float
+    b_min: float = 0.0
+    b_max: float = 1.0
+    clip: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> ScaleRange:
+        if self.a_max == self.a_min:
+            raise ValueError(f"a_min and a_max are both {self.a_min}")
+        return self
+
+
 class NoNormalisation(_Normalisation):
     """Samples are fed to the model as float32, unchanged."""
 
@@ -103,7 +125,8 @@ class NoNormalisation(_Normalisation):
 
 
 Normalisation = Annotated[
-    MeanStd | Percentile | NonZeroZScore | NoNormalisation, Field(discriminator="type")
+    MeanStd | Percentile | NonZeroZScore | ScaleRange | NoNormalisation,
+    Field(discriminator="type"),
 ]
 
 
@@ -162,6 +185,10 @@ class ModelCard(_Strict):
     ``spacing`` is the sample size the model was trained at, in array order ((y, x) for
     rasters, (z, y, x) for volumes) and in ``spacing_unit`` (``"m"`` for rasters, ``"mm"``
     for volumes). ``roi_size`` is the default window in array order (pixels/voxels).
+    ``blend``: what overlapping windows average, ``"probabilities"`` (softmax per window) or
+    ``"logits"`` (activated once after blending, as MONAI bundles and nnU-Net do).
+    ``axcodes`` (volumes, nibabel codes of the index axes ``(i, j, k)``, e.g. ``"RAS"``):
+    the orientation the model was trained in; an input in another orientation is refused.
     """
 
     format_version: Literal[1] = 1
@@ -175,12 +202,14 @@ class ModelCard(_Strict):
     normalisation: Normalisation = Field(default_factory=NoNormalisation)
     spacing: list[float] | None = None
     spacing_unit: Literal["m", "mm"] | None = None
+    axcodes: str | None = Field(None, pattern=r"^[RLAPSI]{3}$")
     classes: list[ClassSpec] = Field(min_length=1)
     ignore_index: int | None = None
     nodata_label: int | None = None
     roi_size: list[int]
     overlap: float = Field(0.25, ge=0, lt=1)
     mode: Literal["gaussian", "constant"] = "gaussian"
+    blend: Literal["probabilities", "logits"] = "probabilities"
     training: TrainingInfo = Field(default_factory=TrainingInfo)
     licence: str | None = None
     provenance: Provenance | None = None
@@ -276,6 +305,12 @@ class ModelCard(_Strict):
                 )
             z = (x - mean.reshape(bshape)) / std.reshape(bshape)
             return np.where(x != 0, z, np.float32(0)).astype(np.float32, copy=False)
+        if isinstance(norm, ScaleRange):
+            y = (x - np.float32(norm.a_min)) / np.float32(norm.a_max - norm.a_min)
+            y = y * np.float32(norm.b_max - norm.b_min) + np.float32(norm.b_min)
+            if norm.clip:
+                y = np.clip(y, min(norm.b_min, norm.b_max), max(norm.b_min, norm.b_max))
+            return y.astype(np.float32, copy=False)
         return x
 
     # -- compatibility -----------------------------------------------------------------
@@ -292,6 +327,7 @@ class ModelCard(_Strict):
             raise ModelError(
                 f"{where}model {self.name!r} is {self.spatial_dims}D but the input is a {ndim}D {kind}"
             )
+        self.check_orientation(image, source)
         have = getattr(image, "channel_names", None)
         if self.band_names and have and set(self.band_names) <= set(have):
             return  # the engine selects and orders the card's bands by name
@@ -300,6 +336,24 @@ class ModelCard(_Strict):
             raise ModelError(
                 f"{where}input has {image.n_channels} bands/channels but model {self.name!r} "
                 f"expects {self.in_channels}{names}"
+            )
+
+    def check_orientation(self, image: Any, source: str | os.PathLike | None = None) -> None:
+        """Raise :class:`ModelError` if the card has ``axcodes`` and the volume is oriented otherwise.
+
+        A model trained on arrays reoriented to ``axcodes`` (MONAI ``Orientationd``) sees a
+        flipped or permuted anatomy on an input stored in another orientation, so such an
+        input is refused rather than segmented wrongly.
+        """
+        codes = getattr(getattr(image, "grid", None), "axcodes", None)
+        if self.axcodes is None or codes is None:
+            return
+        have = "".join(codes)
+        if have != self.axcodes:
+            where = f"{source}: " if source is not None else ""
+            raise ModelError(
+                f"{where}input orientation {have} but model {self.name!r} expects volumes in "
+                f"{self.axcodes} orientation; reorient the input to {self.axcodes} first"
             )
 
     # -- serialisation -----------------------------------------------------------------
@@ -393,6 +447,13 @@ def _value_scaling(card: ModelCard) -> list[dict[str, Any]] | None:
                 "(zeros stay 0)",
             }
         ]
+    if isinstance(norm, ScaleRange):
+        return [
+            {"type": "processing", "format": "python",
+             "expression": "geomed_seg.models.card:ModelCard.normalise",
+             "description": f"scale [{norm.a_min}, {norm.a_max}] to [{norm.b_min}, {norm.b_max}]"
+             + (" and clip" if norm.clip else "")}
+        ]  # fmt: skip
     if isinstance(norm, Percentile):
         # data-dependent (per-window percentiles): not a fixed MLM scaling, so a processing ref
         return [
@@ -519,5 +580,6 @@ __all__ = [
     "Normalisation",
     "Percentile",
     "Provenance",
+    "ScaleRange",
     "TrainingInfo",
 ]

@@ -134,6 +134,8 @@ def resolve_kwargs(name: str, in_channels: int, num_classes: int, **kwargs: Any)
 def model_spatial_dims(name: str, kwargs: Mapping[str, Any] | None = None) -> int:
     """Return the spatial dims a built model expects (MONAI nets may override ``spatial_dims``)."""
     spec = get_spec(name)
+    if spec.name == "reversed_axes" and kwargs and "inner" in kwargs:
+        return model_spatial_dims(kwargs["inner"], kwargs.get("inner_kwargs") or {})
     if spec.library == "monai" and kwargs and "spatial_dims" in kwargs:
         return int(kwargs["spatial_dims"])
     return spec.spatial_dims
@@ -244,6 +246,21 @@ register_model(
         "upsampled to the window as the HF post-processing does)",
     ),
     aliases=("SegformerForSemanticSegmentation",),
+)
+
+register_model(
+    ModelSpec(
+        name="reversed_axes",
+        spatial_dims=3,
+        library="geomed_seg",
+        target="geomed_seg.models.wrappers:build_reversed_axes",
+        defaults={"inner_kwargs": {}},
+        in_key="in_channels",
+        out_key="num_classes",
+        divisor=1,
+        description="another registry architecture (inner, inner_kwargs) fed arrays with the "
+        "spatial axes reversed: MONAI-bundle networks trained on (x, y, z) arrays",
+    )
 )
 
 __all__ = [

@@ -55,7 +55,23 @@ def _hf_source(tmp, canary):
     return src, {}
 
 
-SOURCES = {"state-dict": _state_dict_source, "smp": _smp_source, "hf": _hf_source}
+def _bundle_source(tmp, canary):
+    src = tmp / "bundle"
+    _evil(src / "models" / "model.pt", canary)
+    (src / "configs").mkdir()
+    net = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+           "channels": [4, 8], "strides": [2]}  # fmt: skip
+    (src / "configs" / "inference.json").write_text(json.dumps({"network_def": net}))
+    (src / "configs" / "metadata.json").write_text(json.dumps({"version": "0.1"}))
+    return src, {"roi_size": (16, 16, 16)}
+
+
+SOURCES = {
+    "state-dict": _state_dict_source,
+    "smp": _smp_source,
+    "hf": _hf_source,
+    "monai-bundle": _bundle_source,
+}
 
 
 @pytest.mark.parametrize("fmt", sorted(SOURCES))
