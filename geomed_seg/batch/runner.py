@@ -206,20 +206,6 @@ def _layout_hash(chash: str, layout: dict[str, Any] | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _threshold_note(cfg: PipelineConfig) -> str | None:
-    """With ``--threshold-scope tile``: a note when blocks would each compute their own Otsu
-    threshold (on their read window), else None."""
-    from geomed_seg.pipelines.methods import effective_method, scene_threshold
-
-    if scene_threshold(cfg) is None:
-        return None
-    return (
-        f"model.method {effective_method(cfg)} with --threshold-scope tile: the Otsu "
-        "threshold is computed per block, not scene-wide, so blocks may disagree at their "
-        "seams; use --threshold-scope batch (the default) for one scene-wide threshold"
-    )
-
-
 def _config_ref(config: str | os.PathLike) -> str:
     p = Path(config)
     return str(p.resolve()) if p.exists() else str(config)
@@ -287,7 +273,7 @@ def run_batch(
         ``model.threshold`` in the config always wins (no pass 1).
     """
     from geomed_seg.batch.mosaic import write_summary
-    from geomed_seg.batch.thresholds import SCOPES
+    from geomed_seg.batch.thresholds import SCOPES, batch_pass1, summary_section
 
     if threshold_scope not in SCOPES:
         raise InvalidInputError(
@@ -311,10 +297,10 @@ def run_batch(
             get_client = _lazy_client(stack, result, scheduler=scheduler, jobqueue=jobqueue,
                                       workers=workers, threads=threads,
                                       memory_limit=memory_limit, processes=processes)  # fmt: skip
-            pass1, batch_threshold = _pass1(
-                cfg, jobs, journal, get_client, (ref, ovr, chash), retries, threshold_scope,
-                result,
-            )  # fmt: skip
+            pass1, batch_threshold, notes = batch_pass1(
+                cfg, jobs, journal, get_client, (ref, ovr, chash), retries, threshold_scope
+            )
+            result.notes.extend(notes)
             _pass2(jobs, journal, get_client, (ref, ovr, chash), str(root), retries,
                    batch_threshold, pass1, result, on_start, on_tile)  # fmt: skip
     except BaseException:
@@ -327,7 +313,7 @@ def run_batch(
         dask.config.set(scheduler=saved)
     result.seconds = time.perf_counter() - start
     stems = [j.stem for j in jobs]
-    result.thresholds = _thresholds_section(cfg, threshold_scope, pass1, len(jobs))
+    result.thresholds = summary_section(cfg, pass1)
     result.outputs, notes = write_summary(root, journal, stems, result, cog=cog,
                                           thresholds=result.thresholds)  # fmt: skip
     result.notes = [*result.notes, *notes]
@@ -352,32 +338,6 @@ def _lazy_client(stack: contextlib.ExitStack, result: BatchResult, **kw: Any) ->
         return box["client"]
 
     return get_client
-
-
-def _pass1(
-    cfg: PipelineConfig,
-    jobs: Sequence[Job],
-    journal: Journal,
-    get_client: Callable[[], Any],
-    task_args: tuple[str, tuple[str, ...], str],
-    retries: int,
-    scope: str,
-    result: BatchResult,
-) -> tuple[Any, float | None]:
-    """Run pass 1 when the scope and method need it; return ``(Pass1 | None, threshold)``."""
-    from geomed_seg.batch.thresholds import run_pass1
-    from geomed_seg.pipelines.methods import scene_threshold
-
-    if scene_threshold(cfg) is None:
-        return None, None
-    if scope == "tile":
-        if any(j.block is not None for j in jobs) and (note := _threshold_note(cfg)):
-            log.warning("%s", note)
-            result.notes.append(note)
-        return None, None
-    pass1 = run_pass1(cfg, jobs, journal, get_client, task_args, retries)
-    result.notes.extend(pass1.notes)
-    return pass1, pass1.decision.thresholds[0]
 
 
 def _pass2(
@@ -438,22 +398,3 @@ def _pass2(
             result.failed[rec["stem"]] = rec["error"]
         if on_tile:
             on_tile(rec)
-
-
-def _thresholds_section(
-    cfg: PipelineConfig, scope: str, pass1: Any, n_jobs: int
-) -> dict[str, Any] | None:
-    """The summary's ``thresholds``: scope, method and value(s), or None (no threshold)."""
-    from geomed_seg.pipelines.methods import SCENE_THRESHOLDS, effective_method
-
-    method = effective_method(cfg)
-    if pass1 is not None:
-        return pass1.summary(n_jobs)
-    if cfg.model.threshold is not None or cfg.model.batch_threshold is not None:
-        t = cfg.model.threshold if cfg.model.threshold is not None else cfg.model.batch_threshold
-        return {"scope": "fixed", "method": method, "thresholds": [float(t)]}
-    if method in SCENE_THRESHOLDS:
-        return {"scope": "tile", "method": method}
-    if method == "t2f_otsu":
-        return {"scope": "case", "method": method}
-    return None

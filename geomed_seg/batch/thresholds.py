@@ -40,7 +40,6 @@ from geomed_seg.classical.histogram import (
     ThresholdDecision,
     ValueRange,
     decide,
-    merge_all,
 )
 from geomed_seg.core.image import Image
 from geomed_seg.errors import InvalidInputError
@@ -126,11 +125,12 @@ class Pass1:
     failed: dict[str, str] = field(default_factory=dict)  # stem -> error
     attempts: dict[str, int | None] = field(default_factory=dict)  # stem -> tries (failed)
     notes: list[str] = field(default_factory=list)
+    inputs: int = 0  # tiles/blocks whose histograms were merged
 
-    def summary(self, inputs: int) -> dict[str, Any]:
-        """The ``thresholds`` section of ``summary.json``."""
+    def summary(self) -> dict[str, Any]:
+        """The ``thresholds`` section of ``summary.json`` (``inputs``: tiles/blocks merged)."""
         d = self.decision.as_dict() if self.decision else {}
-        return {"scope": "batch", "method": self.method, **d, "inputs": inputs,
+        return {"scope": "batch", "method": self.method, **d, "inputs": self.inputs,
                 "excluded": sorted(self.failed), "pass1_tasks_run": self.run,
                 "pass1_tasks_reused": self.reused}  # fmt: skip
 
@@ -226,19 +226,22 @@ def run_pass1(
         if value_range is not None
         else {}
     )
-    parts = [Histogram.from_json(h) for h in hists.values()]
-    if not parts or sum(h.n for h in parts) == 0:
+    total = None  # merged one by one: a batch may have many thousand tiles
+    for h in hists.values():
+        part = Histogram.from_json(h)
+        total = part if total is None else total.merge(part)
+    if total is None or total.n == 0:
         raise InvalidInputError(
             f"batch of {len(jobs)} inputs ({_names(jobs)}): no valid values to threshold "
             f"with {p1.method}"
             + (f"; pass 1 failed for {_names_of(p1.failed)}" if p1.failed else "")
         )
-    p1.decision = decide(merge_all(parts), src.classes)
+    p1.decision, p1.inputs = decide(total, src.classes), len(hists)
     journal.record_threshold({"method": p1.method, **p1.decision.as_dict(),
-                              "inputs": len(parts), "excluded": sorted(p1.failed)})  # fmt: skip
+                              "inputs": len(hists), "excluded": sorted(p1.failed)})  # fmt: skip
     log.info(
         "batch threshold (%s over %d inputs): %s; pass 1: %d tasks run, %d from the journal "
-        "in %.1f s", p1.method, len(parts), p1.decision.describe(), p1.run, p1.reused,
+        "in %.1f s", p1.method, len(hists), p1.decision.describe(), p1.run, p1.reused,
         time.perf_counter() - start,
     )  # fmt: skip
     if p1.failed:
@@ -246,12 +249,76 @@ def run_pass1(
             f"pass 1 failed for {len(p1.failed)} inputs ({_names_of(p1.failed)}): the batch "
             "threshold covers the others; those inputs are not classified"
         )
-    if not p1.decision.bimodal:
-        from geomed_seg.classical.thresholds import warn_separability
+    from geomed_seg.classical.thresholds import warn_separability
 
-        name = f"batch of {len(parts)} inputs ({_names(jobs)})"
-        p1.notes.append(warn_separability(p1.decision, name) or "")
+    msg = warn_separability(p1.decision, f"batch of {len(hists)} inputs ({_names(jobs)})")
+    if msg:
+        p1.notes.append(msg)
     return p1
+
+
+def batch_pass1(
+    cfg: PipelineConfig,
+    jobs: Sequence[Job],
+    journal: Journal,
+    get_client: Callable[[], Any],
+    task_args: tuple[str, tuple[str, ...], str],
+    retries: int,
+    scope: str,
+) -> tuple[Pass1 | None, float | None, list[str]]:
+    """Run pass 1 when ``scope`` and ``cfg``'s method need it.
+
+    Returns ``(Pass1 or None, the batch threshold or None, notes)``; with scope ``tile``
+    and blocks, the note (and a warning) that each block decides its own threshold.
+    """
+    from geomed_seg.pipelines.methods import scene_threshold
+
+    if scene_threshold(cfg) is None:
+        return None, None, []
+    if scope == "tile":
+        if any(j.block is not None for j in jobs) and (note := per_block_note(cfg)):
+            log.warning("%s", note)
+            return None, None, [note]
+        return None, None, []
+    pass1 = run_pass1(cfg, jobs, journal, get_client, task_args, retries)
+    assert pass1.decision is not None
+    return pass1, pass1.decision.thresholds[0], list(pass1.notes)
+
+
+def per_block_note(cfg: PipelineConfig) -> str | None:
+    """With ``--threshold-scope tile``: a note when blocks would each compute their own Otsu
+    threshold (on their read window), else None."""
+    from geomed_seg.pipelines.methods import effective_method, scene_threshold
+
+    if scene_threshold(cfg) is None:
+        return None
+    return (
+        f"model.method {effective_method(cfg)} with --threshold-scope tile: the Otsu "
+        "threshold is computed per block, not scene-wide, so blocks may disagree at their "
+        "seams; use --threshold-scope batch (the default) for one scene-wide threshold"
+    )
+
+
+def summary_section(cfg: PipelineConfig, pass1: Pass1 | None) -> dict[str, Any] | None:
+    """The summary's ``thresholds``: scope, method and value(s), or None (no threshold).
+
+    Scope ``batch`` (pass 1 ran), ``fixed`` (``model.threshold``), ``tile`` (each task
+    its own; the per-tile values are added from the tile reports by ``write_summary``) or
+    ``case`` (``t2f_otsu``: each volume on its own).
+    """
+    from geomed_seg.pipelines.methods import SCENE_THRESHOLDS, effective_method
+
+    method = effective_method(cfg)
+    if pass1 is not None:
+        return pass1.summary()
+    if cfg.model.threshold is not None or cfg.model.batch_threshold is not None:
+        t = cfg.model.threshold if cfg.model.threshold is not None else cfg.model.batch_threshold
+        return {"scope": "fixed", "method": method, "thresholds": [float(t)]}
+    if method in SCENE_THRESHOLDS:
+        return {"scope": "tile", "method": method}
+    if method == "t2f_otsu":
+        return {"scope": "case", "method": method}
+    return None
 
 
 def _names(jobs: Sequence[Job], most: int = 4) -> str:

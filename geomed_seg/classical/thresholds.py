@@ -131,8 +131,22 @@ def otsu_decision(
     return decision
 
 
+#: Share of values outside a fixed histogram range above which a warning is logged.
+CLIPPED_WARN = 0.01
+
+
 def warn_separability(decision: ThresholdDecision, name: str) -> str | None:
-    """Log a warning and return it when ``decision`` is not bimodal (else ``None``)."""
+    """Log a warning and return it when ``decision`` is not bimodal (else ``None``).
+
+    Also warns (logged only) when more than :data:`CLIPPED_WARN` of the values lay outside
+    a fixed histogram range (e.g. an index from negative reflectances).
+    """
+    if decision.clipped > CLIPPED_WARN * max(decision.n, 1):
+        lo, hi = decision.value_range
+        log.warning(
+            "%s: %d of %d values lie outside [%g, %g] and were counted in the end bins",
+            name, decision.clipped, decision.n, lo, hi,
+        )  # fmt: skip
     if decision.bimodal:
         return None
     msg = (

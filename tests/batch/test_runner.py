@@ -98,6 +98,9 @@ def test_corrupt_tile_fails_alone(tiles, tmp_path, fast):
     out = tmp_path / "out"
     res = run_batch("flood", [*tiles, bad], out, overrides=fast, processes=False, retries=2)
     assert set(res.failed) == {"tile_9_9"} and len(res.done) == 6
+    # its pass 1 (the batch's Otsu histogram) failed first: left out of the threshold
+    assert res.thresholds["excluded"] == ["tile_9_9"] and res.thresholds["inputs"] == 6
+    assert any("pass 1 failed for 1 inputs (tile_9_9)" in n for n in res.notes)
     rec = Journal(out).records["tile_9_9"]
     assert rec["status"] == "failed" and rec["attempts"] == 3 and "tile_9_9.tif" in rec["error"]
     assert not (out / "tiles" / "tile_9_9").exists()

@@ -122,3 +122,14 @@ def test_not_bimodal_warns_naming_the_input(caplog):
                for r in caplog.records)  # fmt: skip
     r = value_range_of(img)
     assert (r.lo, r.hi) == (float(a.min()), float(a.max()))
+
+
+def test_values_outside_a_fixed_range_are_clipped_and_warned(caplog):
+    v = np.r_[np.full(90, 0.5), np.full(10, -3.0)]  # -3: an index of negative reflectances
+    h = histogram_of(v, *INDEX_RANGE, INDEX_BINS)
+    assert h.clipped == 10 and h.counts[0] == 10 and h.n == 100
+    from geomed_seg.classical.thresholds import warn_separability
+
+    with caplog.at_level(logging.WARNING):
+        warn_separability(decide(h), "neg.tif")
+    assert any("neg.tif: 10 of 100 values lie outside" in r.getMessage() for r in caplog.records)
