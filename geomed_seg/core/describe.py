@@ -30,6 +30,23 @@ def _crs_summary(crs: Any) -> dict[str, Any] | None:
     return {"epsg": epsg, "name": name, "wkt": crs.to_wkt(), "linear_units": crs.linear_units}
 
 
+def _ground_summary(grid: GeoGrid) -> dict[str, Any]:
+    """Ground units of a raster: how areas are computed, pixel size and area on the ground."""
+    from geomed_seg.core.ground import pixel_size_at
+    from geomed_seg.errors import GeometryError
+
+    try:
+        gu = grid.ground
+        size = pixel_size_at(grid, grid.height / 2, grid.width / 2)
+    except GeometryError as exc:  # corners outside the CRS's domain: say so, not fail
+        return {"ground_units": f"none: {exc}"}
+    return {
+        "ground_units": gu.reason,
+        f"ground_pixel_size_{'m' if gu.metric else 'crs_units'}": list(size),
+        f"ground_pixel_area_{gu.area_key}": gu.mean_pixel_area,
+    }
+
+
 def describe(image: Image, *, stats: bool = False) -> dict[str, Any]:
     """Return a summary dict of ``image``: dims, shape, dtype, chunks, nodata and geometry.
 
@@ -37,7 +54,9 @@ def describe(image: Image, *, stats: bool = False) -> dict[str, Any]:
     Geometry: rasters give CRS (EPSG or WKT name), the GDAL-order geotransform
     ``(c, a, b, f, d, e)``, resolution and ``georeference`` (``transform``, ``gcps`` with
     the GCPs and the residual of the affine fit that ``transform_gdal`` then shows, ``rpcs``
-    or ``none`` with a note); volumes give the 4×4 RAS affine, spacing (x, y, z)
+    or ``none`` with a note) and ground units (``ground_units``: how areas are computed,
+    ``ground_pixel_size_m`` (x, y) at the scene centre, mean ``ground_pixel_area_m2``; CRS
+    units without a ground, :mod:`geomed_seg.core.ground`); volumes give the 4×4 RAS affine, spacing (x, y, z)
     in mm, origin, orientation codes and whether the grid is oblique.
     """
     out: dict[str, Any] = {
@@ -64,6 +83,7 @@ def describe(image: Image, *, stats: bool = False) -> dict[str, Any]:
             rotated=not grid.is_rectilinear,
         )
         out.update(describe_georeference(grid))
+        out.update(_ground_summary(grid))
     else:
         out.update(
             affine=grid.affine.tolist(),

@@ -119,3 +119,24 @@ def test_pixel_size_and_metres_to_pixels():
     lo = grid.ground.pixel_size_range[0]
     assert metres_to_pixels(grid, 1000.0) == pytest.approx(1000.0 / lo)
     assert np.ceil(metres_to_pixels(grid, 1000.0)) * lo >= 1000.0
+
+
+def test_info_reports_ground_units():
+    from pyproj import Geod
+
+    from geomed_seg.core.describe import describe
+    from geomed_seg.core.image import Image
+
+    t = Affine(0.000257, 0, -34.95, 0, -0.000257, -7.95)
+    img = Image.from_array(
+        np.zeros((1, 40, 60), np.uint8), GeoGrid(CRS.from_epsg(4326), t, (40, 60))
+    )
+    d = describe(img)
+    assert d["ground_units"].startswith("geodesic")
+    lon, lat = t @ (30, 20)
+    x_m = Geod(ellps="WGS84").inv(lon, lat, lon + 0.000257, lat)[2]
+    assert d["ground_pixel_size_m"][0] == pytest.approx(x_m, rel=1e-6)
+    none = describe(
+        Image.from_array(np.zeros((1, 4, 4), np.uint8), GeoGrid(None, Affine.identity(), (4, 4)))
+    )
+    assert "CRS units" in none["ground_units"] and "ground_pixel_area_crs_units2" in none
