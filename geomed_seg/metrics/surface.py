@@ -98,8 +98,9 @@ def surface_distances(
     pred, ref : bool arrays
         Masks of identical shape, any number of spatial axes.
     spacing : sequence of float, optional
-        Sample size per axis in **array order** (e.g. ``VoxelGrid.spacing_zyx`` in mm);
-        ``None`` is unit spacing.
+        Sample size per axis in **array order**, from
+        :func:`geomed_seg.metrics.spacing.distance_spacing` (mm for volumes); ``None`` is
+        unit spacing (distances in samples, only for arrays without a grid).
     crop : bool
         Work on the union bounding box (+1 margin); results are identical, only faster.
 
@@ -207,8 +208,9 @@ def surface_metrics(
 ) -> SurfaceScores:
     """Return HD, HD95, ASSD and NSD at ``tolerance`` between boolean masks ``pred`` and ``ref``.
 
-    ``spacing`` is per axis in array order (mm for volumes, CRS units for rasters); distances
-    and ``tolerance`` are in the same unit.
+    ``spacing`` is per axis in array order, from
+    :func:`geomed_seg.metrics.spacing.distance_spacing` (mm for volumes, m for rasters with a
+    metric CRS); distances and ``tolerance`` are in the same unit.
     """
     d_pr, d_rp = surface_distances(pred, ref, spacing)
     return scores_from_distances(
