@@ -250,3 +250,35 @@ def test_distance_spacing_volumes_and_rasters(caplog):
     )
     assert merc_small.unit == "m" and merc_small.spacing[1] == pytest.approx(28.27, rel=2e-3)
     assert distance_spacing(GeoGrid(None, Affine(2, 0, 0, 0, -2, 0), (4, 4))).unit == "CRS units"
+
+
+def _geod_edges(crs, transform, row, col):
+    """Ground lengths (m) of a pixel's column and row edges with pyproj.Geod (the reference)."""
+    from pyproj import CRS as PCRS
+    from pyproj import Transformer
+
+    pcrs = PCRS.from_user_input(crs.to_wkt())
+    to_ll = Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True)
+    corners = [transform @ (col, row), transform @ (col + 1, row), transform @ (col, row + 1)]
+    (lon0, lat0), (lon1, lat1), (lon2, lat2) = (to_ll.transform(*c) for c in corners)
+    geod = pcrs.get_geod()
+    return geod.inv(lon0, lat0, lon1, lat1)[2], geod.inv(lon0, lat0, lon2, lat2)[2]
+
+
+@pytest.mark.parametrize(
+    ("epsg", "transform"),
+    [
+        (4326, Affine(1e-4, 0, 10.0, 0, -1e-4, 45.5)),  # degrees at 45 N
+        (3857, Affine(3, 0, 1.5e6, 0, -3, 9.7e6)),  # Web Mercator at ~65 N (scale x2.4)
+        (3413, Affine(10, 0, 2e5, 0, -10, -2e6)),  # polar stereographic
+    ],
+)
+def test_raster_spacing_is_ground_metres_of_the_centre_pixel(epsg, transform):
+    """Small scenes in CRSs whose scale is not 1: ground metres equal pyproj.Geod's."""
+    grid = GeoGrid(CRS.from_epsg(epsg), transform, (64, 80))
+    d = distance_spacing(grid, "scene.tif")
+    x_m, y_m = _geod_edges(grid.crs, transform, 32, 40)
+    assert d.unit == "m"
+    assert d.spacing == pytest.approx((y_m, x_m), rel=1e-6)
+    if epsg == 3857:
+        assert d.spacing[1] < 0.5 * 3  # CRS metres would be 2.4x the ground
