@@ -248,6 +248,38 @@ register_model(
     aliases=("SegformerForSemanticSegmentation",),
 )
 
+for _name, _backbone in (("fcn_resnet50", "resnet50"), ("fcn_resnet101", "resnet101")):
+    register_model(
+        ModelSpec(
+            name=f"torchvision.{_name}",
+            spatial_dims=2,
+            library="torchvision",
+            target="geomed_seg.models.torchvision_seg:build_fcn",
+            defaults={"backbone": _backbone, "aux_loss": False},
+            in_key="in_channels",
+            out_key="num_classes",
+            divisor=8,
+            description=f"torchvision FCN {_backbone} (random init or your weights; no downloads)",
+        ),
+        aliases=(f"FCN_{_backbone}",),
+    )
+
+register_model(
+    ModelSpec(
+        name="geomed.SegNet",
+        spatial_dims=2,
+        library="geomed_seg",
+        target="geomed_seg.models.segnet:SegNet",
+        defaults={"features": (64, 128, 256, 512, 512), "convs": (2, 2, 3, 3, 3)},
+        in_key="in_channels",
+        out_key="num_classes",
+        divisor=32,
+        description="SegNet encoder-decoder with max-pooling indices (hand-written: no "
+        "maintained package has it)",
+    ),
+    aliases=("SegNet",),
+)
+
 register_model(
     ModelSpec(
         name="reversed_axes",
