@@ -97,6 +97,17 @@ class EvaluationResult:
             out.append(line)
         return out
 
+    def _tolerances(self) -> dict[str, float]:
+        """NSD tolerances used, in :attr:`distance_unit`."""
+        out = {}
+        if self.surface and self.tolerance is not None:
+            out["surface"] = float(self.tolerance)
+        if self.brats:
+            out["brats_global"] = global_nsd_tolerance(self.spacing)
+            if self.lesion_wise:
+                out["brats_lesionwise"] = lesion_nsd_tolerance(self.spacing)
+        return out
+
     def headline(self) -> list[str]:
         """The key numbers, each naming its class or region."""
         ov = self.overlap
@@ -145,6 +156,7 @@ class EvaluationResult:
             "surface": {str(k): v.to_dict() for k, v in self.surface.items()},
             "brats": [r.row() for r in self.brats],
             "brats_regions": dict(self.regions),
+            "nsd_tolerance": self._tolerances(),
             "spacing": list(self.spacing),
             "distance_unit": self.distance_unit,
         }

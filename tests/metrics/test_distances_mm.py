@@ -282,3 +282,54 @@ def test_raster_spacing_is_ground_metres_of_the_centre_pixel(epsg, transform):
     assert d.spacing == pytest.approx((y_m, x_m), rel=1e-6)
     if epsg == 3857:
         assert d.spacing[1] < 0.5 * 3  # CRS metres would be 2.4x the ground
+
+
+@pytest.mark.parametrize("spacing", SPACINGS[:2])
+def test_each_matched_lesion_hd95_nsd_equal_monai_distances(spacing):
+    """Per lesion pair (26-connected components by scipy), HD95 and NSD from MONAI's directed
+    distances in mm, reduced as brats-evaluation (pooled 95th percentile, mean of the two
+    directed fractions within the smallest spacing)."""
+    pred, ref = brats_case("several", SHAPE, seed=9)
+    cc26 = np.ones((3, 3, 3), bool)
+    for res in brats_metrics(pred, ref, spacing, lesion_wise=True):
+        labels = region_definitions("2023")[res.region]
+        ref_cc, _ = ndimage.label(np.isin(ref, labels), cc26)
+        pred_cc, _ = ndimage.label(np.isin(pred, labels), cc26)
+        assert res.lesions
+        for lp in res.lesions:
+            r, p = ref_cc == lp.ref_label, pred_cc == lp.pred_labels[0]
+            e_p, e_r = get_mask_edges(p, r, crop=True)
+            d_pr = np.asarray(get_surface_distance(e_p, e_r, spacing=list(spacing)))
+            d_rp = np.asarray(get_surface_distance(e_r, e_p, spacing=list(spacing)))
+            hd95 = np.percentile(np.concatenate([d_pr, d_rp]), 95)
+            tol = min(spacing)
+            nsd = (np.mean(d_pr <= tol) + np.mean(d_rp <= tol)) / 2
+            assert lp.hd95 == pytest.approx(hd95, abs=1e-4)
+            assert lp.nsd == pytest.approx(nsd, abs=1e-4)
+
+
+def test_card_option_names_classes(tmp_path, capsys):
+    import json
+
+    from geomed_seg.cli import main
+    from geomed_seg.models.card import ModelCard
+
+    pred, ref = brats_case("several", SHAPE, seed=10)
+    aff = np.diag([1.0, 1.0, 3.0, 1.0])
+    p, r = _nifti(tmp_path / "p.nii.gz", pred, aff), _nifti(tmp_path / "r.nii.gz", ref, aff)
+    args = ["evaluate", str(p), str(r), "--format", "json"]
+    assert main([*args, "--card", "brats2023"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["overlap"]["names"] == ["background", "NETC", "SNFH", "ET"]
+    assert data["classes_source"] == "dataset card brats2023"
+    card = ModelCard(
+        name="tiny", architecture="monai.UNet", spatial_dims=3, in_channels=4,
+        classes=[{"index": i, "name": n} for i, n in enumerate(["bg", "core", "edema", "rim"])],
+        roi_size=[32, 32, 32],
+    )  # fmt: skip
+    (tmp_path / "card.json").write_text(card.to_json())
+    assert main([*args, "--card", str(tmp_path / "card.json"), "--surface"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["overlap"]["names"] == ["bg", "core", "edema", "rim"]
+    assert data["classes_source"].startswith("model card tiny")
+    assert data["nsd_tolerance"] == {"surface": 1.0}
