@@ -69,8 +69,21 @@ def _root(
 #: noise before our one error line; shown with --debug (warnings also with -v).
 THIRD_PARTY_LOGGERS = (
     "rasterio", "pyogrio", "fiona", "pydicom", "highdicom", "nibabel", "PIL", "zarr",
-    "numcodecs", "matplotlib", "py.warnings", "SimpleITK", "pylibjpeg", "gdcm",
+    "numcodecs", "matplotlib", "py.warnings", "SimpleITK", "pylibjpeg", "gdcm", "distributed",
 )  # fmt: skip
+
+
+class _ThirdPartyFilter(logging.Filter):
+    """Drop records of :data:`THIRD_PARTY_LOGGERS` (and their children) below ``level``."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        third = any(name == n or name.startswith(f"{n}.") for n in THIRD_PARTY_LOGGERS)
+        return record.levelno >= self.level or not third
 
 
 def _quiet_third_party(debug: bool, verbose: bool) -> None:
@@ -82,6 +95,10 @@ def _quiet_third_party(debug: bool, verbose: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if verbose else logging.CRITICAL
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    # libraries may reset their loggers' levels on import (distributed does): filter at
+    # the handler too, so their records below ``level`` never reach stderr
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_ThirdPartyFilter(level))
     try:  # ITK prints its warnings straight to stderr unless told not to
         sitk = sys.modules.get("SimpleITK")
         if sitk is not None and not debug:
@@ -147,9 +164,11 @@ def _io_error(exc: OSError) -> WriteError | None:
     """A bare OS error from a writer (disk full, read-only...) as one WriteError, else None."""
     from geomed_seg.io.atomic import WRITE_ERRNOS, write_error
 
-    if getattr(exc, "errno", None) in WRITE_ERRNOS and getattr(exc, "filename", None):
+    if getattr(exc, "errno", None) not in WRITE_ERRNOS:
+        return None
+    if getattr(exc, "filename", None):
         return write_error(exc.filename, exc)
-    return None
+    return WriteError(f"cannot write an output: {WRITE_ERRNOS[exc.errno]}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -332,7 +332,12 @@ def _lazy_client(stack: contextlib.ExitStack, result: BatchResult, **kw: Any) ->
             # distributed sets its loggers to INFO on import; follow the application's level
             dlog = logging.getLogger("distributed")
             dlog.setLevel(max(dlog.level, logging.getLogger().getEffectiveLevel()))
-            quiet_logs = False if log.isEnabledFor(logging.DEBUG) else logging.WARNING
+            # workers' warnings (e.g. tasks cancelled while a SIGTERM stops the batch) are
+            # library noise before our one line unless -v/--debug asked for them
+            quiet_logs = (
+                False if log.isEnabledFor(logging.DEBUG)
+                else logging.WARNING if log.isEnabledFor(logging.INFO) else logging.ERROR
+            )  # fmt: skip
             box["client"] = stack.enter_context(open_client(silence_logs=quiet_logs, **kw))
             result.dashboard = box["client"].dashboard_link
         return box["client"]

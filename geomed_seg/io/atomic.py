@@ -71,6 +71,26 @@ def write_error(final: str | os.PathLike, exc: BaseException) -> WriteError:
     return WriteError(f"{final}: cannot write output: {what}")
 
 
+def disk_problem(path: str | os.PathLike) -> str | None:
+    """Return why nothing can be written under ``path``'s folder (full, read-only), or None.
+
+    Libraries that do not report an errno (pyogrio's "no such table: gpkg_contents" on a full
+    disk, PNG encoders) fail with their own words; this says what the file system says.
+    """
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & getattr(os, "ST_RDONLY", 1):
+        return WRITE_ERRNOS[errno.EROFS]
+    if st.f_bavail * st.f_frsize < 64 * 1024 or (st.f_files and st.f_favail == 0):
+        return f"{WRITE_ERRNOS[errno.ENOSPC]} ({st.f_bavail * st.f_frsize} bytes free)"
+    return None
+
+
 def _file_ancestor(path: Path) -> Path | None:
     """Return the first ancestor of ``path`` that exists as a non-folder, if any."""
     for parent in path.parents:
@@ -175,10 +195,18 @@ def atomic_output(
         try:
             yield tmp
             fault_point("commit", final)
-        except GeomedSegError:
+        except GeomedSegError as exc:
+            problem = disk_problem(tmp) if isinstance(exc, WriteError) else None
+            if problem is not None and problem not in str(exc):  # the root cause, not GDAL's
+                raise WriteError(f"{final}: cannot write output: {problem}") from exc
             raise
         except OSError as exc:
             raise write_error(final, exc) from exc
+        except Exception as exc:  # a library's own error (pyogrio, PNG): is the disk full?
+            problem = disk_problem(tmp)
+            if problem is None:
+                raise
+            raise WriteError(f"{final}: cannot write output: {problem}") from exc
         if not tmp.exists():
             raise WriteError(f"{final}: writer produced no output")
         if staged:

@@ -282,6 +282,9 @@ class GeoTIFFBlockWriter:
         except (*GDAL_ERRORS, ValueError) as exc:
             self._cleanup()
             raise WriteError(f"{self.path}: cannot create GeoTIFF: {gdal_message(exc)}") from exc
+        except BaseException:  # a signal while the file is being created: __exit__ won't run
+            self._cleanup()
+            raise
         return self
 
     def _write_colormap(self) -> None:
@@ -385,6 +388,8 @@ class GeoTIFFBlockWriter:
                         os.replace(f"{self._part}.aux.xml", f"{tmp}.aux.xml")
         except GDAL_ERRORS as exc:
             raise WriteError(f"{self.path}: GDAL failed writing: {_errno_message(exc)}") from exc
+        except OSError as exc:  # the PAM sidecar, written with pathlib
+            raise write_error(self.path, exc) from exc
 
     def _cleanup(self) -> None:
         if self._dst is not None:

@@ -93,6 +93,10 @@ class OutputTransaction:
         Input paths; an output equal to one of them is refused.
     manifest : path-like, optional
         The commit marker, renamed last (default: any output named ``run.json``).
+    obsolete : iterable of path-like
+        Outputs an earlier run of the same command may have left (``probabilities.tif``)
+        that belong to the old set only: with ``overwrite`` those the new set does not
+        write are removed at commit, so the folder never mixes two runs' outputs.
     """
 
     def __init__(
@@ -103,8 +107,10 @@ class OutputTransaction:
         overwrite: bool = False,
         inputs: Iterable[str | os.PathLike | None] = (),
         manifest: str | os.PathLike | None = None,
+        obsolete: Iterable[str | os.PathLike] = (),
     ) -> None:
         self.overwrite = overwrite
+        self.obsolete = [Path(p) for p in obsolete]
         self.inputs = [i for i in inputs if i is not None]
         self.outputs: list[Path] = []
         self.folders: list[Path] = []
@@ -219,13 +225,28 @@ class OutputTransaction:
             for s in order:
                 if self._is_manifest(s.final) and s.final.exists():
                     s.final.unlink()  # the old set is no longer complete from here on
+            new = {_resolved(s.final) for s in order}
             for s in order:
+                if self._is_manifest(s.final):
+                    self._drop_obsolete(new)  # the old set's extra outputs go before the marker
                 try:
                     replace_into_place(s.tmp, s.final, s.companions)
                 except OSError as exc:
                     raise write_error(s.final, exc) from exc
+            if not any(self._is_manifest(s.final) for s in order):
+                self._drop_obsolete(new)
             self._drop_stages()
         return [s.final for s in order]
+
+    def _drop_obsolete(self, new: set[Path]) -> None:
+        if not self.overwrite:
+            return
+        for old in self.obsolete:
+            if _resolved(old) not in new and (old.exists() or old.is_symlink()):
+                log.info("%s: removed (an output of the previous run, not of this one)", old)
+                _remove(old)
+                for side in SIDECARS:
+                    _remove(Path(f"{old}{side}"))
 
     def _drop_stages(self) -> None:
         for stage in self._stages.values():

@@ -43,6 +43,11 @@ def planned_outputs(
     return [folder / n for n in names]
 
 
+#: Every file a run may write (any kind, any options): an older set's extras are replaced.
+RUN_OUTPUTS = ("labels.tif", "labels.nii.gz", "probabilities.zarr", "probabilities.tif",
+               "polygons.gpkg", "quicklook.png", "seg.dcm", "report.md", "report.json")  # fmt: skip
+
+
 def write_outputs(
     cfg: PipelineConfig,
     image: Image,

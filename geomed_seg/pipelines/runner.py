@@ -214,13 +214,15 @@ def run_pipeline(
     from geomed_seg.core.dtypes import check_compute_dtype
     from geomed_seg.io.transaction import OutputTransaction, check_not_input
     from geomed_seg.pipelines import inputs
-    from geomed_seg.pipelines.outputs import planned_outputs
+    from geomed_seg.pipelines.outputs import RUN_OUTPUTS, planned_outputs
 
     start = time.perf_counter()
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides)
     cfg = inputs.effective_config(cfg, Path(input) if input else None)  # what run.json records
     folder = Path(output) if output else Path(cfg.output_dir)  # relative to the current folder
-    txn = OutputTransaction(folders=[folder], overwrite=overwrite)  # refuses a file as -o now
+    txn = OutputTransaction(  # refuses a file as -o now
+        folders=[folder], overwrite=overwrite, obsolete=[folder / n for n in RUN_OUTPUTS]
+    )
     sensor, dataset = _cards(cfg)
     if image is not None:
         img, files = image, []

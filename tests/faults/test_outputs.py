@@ -199,3 +199,17 @@ def test_transaction_commits_all_or_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", real)
     assert order[-1] == "run.json"  # the manifest commits last
     assert sorted(os.listdir(out)) == ["a.txt", "b.txt", "run.json"]
+
+
+def test_overwrite_never_mixes_two_runs(cli, hostile, tmp_path):
+    out = tmp_path / "out"
+    assert cli("run", "flood", "--input", hostile / "scene.tif", "-o", out, "-q").code == 0
+    assert (out / "polygons.gpkg").exists()
+    res = cli("run", "flood", "--input", hostile / "scene.tif", "-o", out, "-q", "--overwrite",
+              "--set", "outputs.polygons=false")  # fmt: skip
+    assert res.code == 0, res.stderr
+    assert not (out / "polygons.gpkg").exists()  # the old set's polygons are not the new set's
+    assert sorted(p.name for p in out.iterdir()) == [
+        "labels.tif", "labels.tif.aux.xml", "quicklook.png", "report.json", "report.md",
+        "run.json",
+    ]  # fmt: skip

@@ -49,7 +49,9 @@ def _check(rc, lines, sig):
     assert signal.Signals(sig).name in lines[0]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)]
+)
 def test_run_killed_while_staging_leaves_previous_set(hostile, tmp_path, sig):
     out = tmp_path / "out"
     assert run_subprocess("run", "flood", "--input", hostile / "scene.tif", "-o", out,
@@ -64,6 +66,7 @@ def test_run_killed_while_staging_leaves_previous_set(hostile, tmp_path, sig):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_run_fresh_folder_killed_leaves_nothing(hostile, tmp_path, sig):
     out = tmp_path / "out"
@@ -75,7 +78,10 @@ def test_run_fresh_folder_killed_leaves_nothing(hostile, tmp_path, sig):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("suffix,wait", [(".tif", ".o.part-*"), (".zarr", ".o.tmp-*")])
+@pytest.mark.parametrize(
+    "suffix,wait",
+    [(".tif", ".o.part-*"), pytest.param(".zarr", ".o.tmp-*", marks=pytest.mark.slow)],
+)
 def test_convert_killed_mid_write(hostile, tmp_path, suffix, wait):
     fault = "window:o.tif:pause=60" if suffix == ".tif" else "commit:o.zarr:pause=60"
     rc, lines = _signal_mid_write(["convert", hostile / "scene.tif", tmp_path / f"o{suffix}"],
@@ -84,6 +90,7 @@ def test_convert_killed_mid_write(hostile, tmp_path, suffix, wait):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_segment_killed_mid_write_keeps_old_output(hostile, tmp_path):
     out = tmp_path / "s.tif"
     args = ["segment", hostile / "scene.tif", "-m", "checkpoints/water_unet", "-o", out, "-q"]

@@ -13,6 +13,7 @@ Three ways to make the fault, from most to least real:
 
 from __future__ import annotations
 
+import functools
 import resource
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from tests.faults.conftest import (
 )
 
 
+@functools.lru_cache(maxsize=1)
 def _can_mount_tmpfs() -> bool:
     if shutil.which("unshare") is None:
         return False
@@ -88,7 +90,9 @@ def _limited(limit: int):
     return pre
 
 
-@pytest.mark.parametrize("suffix", [".tif", ".zarr", ".nii.gz"])
+@pytest.mark.parametrize(
+    "suffix", [".tif", pytest.param(".zarr", marks=pytest.mark.slow), ".nii.gz"]
+)
 def test_file_size_limit_while_converting(hostile, tmp_path, suffix):
     from tests.faults import corpus
 
@@ -107,7 +111,8 @@ def test_file_size_limit_while_converting(hostile, tmp_path, suffix):
 
 @pytest.mark.parametrize("code,words", [("EROFS", "read-only"), ("EACCES", "permission"),
                                         ("ENOTDIR", "not a folder"), ("EEXIST", "appeared"),
-                                        ("ENOSPC", "no space")])  # fmt: skip
+                                        pytest.param("ENOSPC", "no space",
+                                                     marks=pytest.mark.slow)])  # fmt: skip
 def test_errno_hook_in_a_run(cli, hostile, tmp_path, monkeypatch, code, words):
     from geomed_seg.io import faults
 
@@ -144,6 +149,7 @@ def test_enospc_in_each_writer_of_a_run(cli, hostile, tmp_path, monkeypatch, nam
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_window_write_failure_in_segment(hostile, tmp_path):
     res = run_subprocess("segment", hostile / "scene.tif", "-m", "checkpoints/water_unet",
                          "-o", tmp_path / "s.tif", "-q",
