@@ -9,7 +9,6 @@ call it directly. Checks that need no weights run first, so a mismatch fails in 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ import typer
 
 from geomed_seg.cli import app
 from geomed_seg.errors import InvalidInputError
-
-log = logging.getLogger(__name__)
 
 
 def parse_roi(text: str | None) -> tuple[int, ...] | None:
@@ -92,7 +89,7 @@ def segment_file(
             f"{model_card.spatial_dims} values (array order)"
         )
     loaded = load_checkpoint(checkpoint, card=card)
-    from geomed_seg.inference.respaced import model_grid, spacing_differs
+    from geomed_seg.inference.respaced import model_grid
     from geomed_seg.inference.segment import segment  # torch: only once the inputs are valid
 
     kw = dict(
@@ -106,17 +103,7 @@ def segment_file(
         quiet=quiet,
     )
     grid = model_grid(image, model_card, resample_to_model=resample)
-    if grid is None:
-        if (
-            image.kind == "volume"
-            and model_card.spacing
-            and spacing_differs(tuple(image.grid.spacing_zyx), tuple(model_card.spacing))
-        ):
-            log.warning(
-                "%s: spacing %s mm differs from the model's %s mm (z, y, x) and --no-resample "
-                "was given: results may be wrong", input_path,
-                tuple(round(v, 3) for v in image.grid.spacing_zyx), tuple(model_card.spacing),
-            )  # fmt: skip
+    if grid is None:  # same spacing, or --no-resample (segment() warns on a mismatch)
         return segment(image, loaded, sink=Path(output), overwrite=overwrite, **kw)
     from geomed_seg.inference.respaced import segment_resampled
     from geomed_seg.io.registry import write_image

@@ -83,6 +83,28 @@ def _match_bands(image: Image, card: Any) -> Image:
     return image
 
 
+def _warn_spacing(image: Image, card: Any) -> None:
+    """Log a warning naming the input when a volume's spacing is not the card's (> 10 %).
+
+    ``segment`` runs at the input's spacing as asked; the CLI and pipelines resample to the
+    card's spacing first (:mod:`geomed_seg.inference.respaced`) unless told not to.
+    """
+    spacing = getattr(card, "spacing", None)
+    if image.kind != "volume" or not spacing:
+        return
+    from geomed_seg.inference.respaced import spacing_differs
+
+    have = tuple(image.grid.spacing_zyx)
+    if spacing_differs(have, tuple(spacing)):
+        log.warning(
+            "%s: spacing %s mm (z, y, x) differs from model %r's %s mm; running as is "
+            "(geomed_seg.inference.respaced.segment_resampled runs at the model's spacing "
+            "and returns results on the input grid)",
+            image.attrs.get("source") or "input", tuple(round(v, 3) for v in have),
+            card.name, tuple(spacing),
+        )  # fmt: skip
+
+
 def _skip_rule(
     image: Image, skip: str | Callable | None, threshold: float | None
 ) -> Callable[[np.ndarray, np.ndarray], bool] | None:
@@ -221,6 +243,7 @@ def segment(
         overlap = card.overlap if overlap is None else overlap
         mode = mode or card.mode
         normalise = case_normaliser(card, image)  # pass 1 for per-case statistics
+        _warn_spacing(image, card)
         classes = list(card.class_infos())
     else:
         if roi_size is None:

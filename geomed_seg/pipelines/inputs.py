@@ -134,7 +134,9 @@ def open_case_folder(folder: Path, patterns: dict[str, str]) -> tuple[Image, lis
     """
     found = find_sequences(folder, patterns)
     imgs = [_open(p) for p in found.values()]
-    return _stack(imgs, list(found), str(folder)), list(found.values())
+    image = _stack(imgs, list(found), str(folder))
+    image = replace(image, attrs={**image.attrs, "source": str(folder)})
+    return image, list(found.values())
 
 
 def is_case_folder(folder: Path, patterns: dict[str, str]) -> bool:

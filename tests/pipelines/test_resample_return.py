@@ -128,6 +128,26 @@ def test_target_spacing_and_opt_out_keep_the_input_grid(tiny, case, tmp_path):
     assert off.report["engine"]["windows_total"] > run.report["engine"]["windows_total"]
 
 
+def test_segment_cli_resamples_by_default_and_warns_with_no_resample(tiny, case, tmp_path, capsys):
+    from geomed_seg.cli import main
+
+    ref = nib.load(case / "case-t1n.nii.gz")
+    outs = {}
+    for flag in ("--resample", "--no-resample"):
+        out = tmp_path / f"{flag}.nii.gz"
+        capsys.readouterr()
+        assert main(["segment", str(case), "-m", str(tiny), "-o", str(out), "-q",
+                     "--device", "cpu", flag]) == 0  # fmt: skip
+        lab = nib.load(out)
+        assert lab.shape == ref.shape and np.allclose(lab.affine, ref.affine, atol=1e-6)
+        assert int(lab.header["sform_code"]) == 2
+        err = capsys.readouterr().err
+        warned = "differs from model 'tiny3mm'" in err and str(case) in err
+        assert warned == (flag == "--no-resample"), err
+        outs[flag] = np.asarray(lab.dataobj)
+    assert not np.array_equal(outs["--resample"], outs["--no-resample"])
+
+
 def test_classical_method_under_target_spacing_returns_labels_on_input_grid(case, tmp_path):
     cfg = {
         "name": "t2f", "kind": "volume",
