@@ -103,10 +103,17 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """Registry architecture name and constructor keyword arguments."""
+    """Registry architecture name and constructor keyword arguments.
+
+    ``encoder_weights``: a local state dict (timm/torchvision backbone, e.g. a TorchGeo
+    Sentinel-2 ResNet) loaded into the smp encoder (:mod:`geomed_seg.train.transfer`);
+    ``freeze_encoder``: train the decoder only.
+    """
 
     architecture: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    encoder_weights: Path | None = None
+    freeze_encoder: bool = False
 
 
 class LossConfig(_Strict):
@@ -133,6 +140,16 @@ class AugmentConfig(_Strict):
     noise_prob: float = Field(0.15, ge=0, le=1)
     noise_std: float = Field(0.05, ge=0)
     band_dropout_prob: float = Field(0.0, ge=0, le=1)
+    mixup_prob: float = Field(0.0, ge=0, le=1)
+    mixup_alpha: float = Field(0.4, gt=0)
+    cutmix_prob: float = Field(0.0, ge=0, le=1)
+    cutmix_alpha: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _mix(self) -> AugmentConfig:
+        if self.mixup_prob + self.cutmix_prob > 1:
+            raise ValueError("mixup_prob + cutmix_prob must be <= 1 (one of them per batch)")
+        return self
 
 
 class OptimConfig(_Strict):
@@ -250,8 +267,17 @@ def resolve_paths(cfg: TrainConfig, base: Path) -> TrainConfig:
         )
     if d.phantoms is not None:
         upd["phantoms"] = d.phantoms.model_copy(update={"t1": fix(d.phantoms.t1) or d.phantoms.t1})
+    model = cfg.model
+    if model.encoder_weights is not None:
+        model = model.model_copy(
+            update={"encoder_weights": fix(model.encoder_weights) or model.encoder_weights}
+        )
     return cfg.model_copy(
-        update={"data": d.model_copy(update=upd), "output": fix(cfg.output) or cfg.output}
+        update={
+            "data": d.model_copy(update=upd),
+            "model": model,
+            "output": fix(cfg.output) or cfg.output,
+        }
     )
 
 

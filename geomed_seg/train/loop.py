@@ -23,6 +23,7 @@ only when asked (``amp="bf16"``). Reproducibility: seeds, fixed thread count and
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -45,7 +46,9 @@ from geomed_seg.train.augment import build_augment
 from geomed_seg.train.config import TrainConfig
 from geomed_seg.train.data import PatchDataset, Split, load_split, make_loader, mean_std
 from geomed_seg.train.losses import build_loss
+from geomed_seg.train.mixing import mix_batch
 from geomed_seg.train.sampling import PatchSampler
+from geomed_seg.train.transfer import encoder_eval, freeze_encoder, load_encoder_weights
 from geomed_seg.train.validate import validate
 
 logger = logging.getLogger(__name__)
@@ -125,10 +128,24 @@ def make_card(cfg: TrainConfig, split: Split, metrics: dict[str, float] | None =
         roi_size=list(cfg.roi_size),
         overlap=cfg.val_overlap,
         training=TrainingInfo(
-            dataset=c.dataset, notes=c.notes, weak_labels=c.weak_labels, metrics=metrics or {}
+            dataset=c.dataset,
+            notes=_transfer_notes(cfg, c.notes),
+            weak_labels=c.weak_labels,
+            metrics=metrics or {},
+            pretrained=cfg.model.encoder_weights is not None,
         ),
         licence=c.licence,
     )
+
+
+def _transfer_notes(cfg: TrainConfig, notes: str) -> str:
+    m = cfg.model
+    if m.encoder_weights is None:
+        return notes
+    extra = f"encoder initialised from {Path(m.encoder_weights).name}" + (
+        " and frozen" if m.freeze_encoder else ""
+    )
+    return f"{notes}; {extra}" if notes else extra
 
 
 def _normalisers(card: ModelCard, split: Split):
@@ -196,6 +213,14 @@ def train(
     module = build_model(
         cfg.model.architecture, card.in_channels, card.num_classes, **cfg.model.kwargs
     ).to(device)
+    if cfg.model.encoder_weights is not None:
+        report = load_encoder_weights(module, cfg.model.encoder_weights)
+        Path(cfg.output).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.output) / "encoder_weights.json").write_text(
+            json.dumps(report.as_dict(), indent=2) + "\n"
+        )
+    if cfg.model.freeze_encoder:
+        logger.info("froze %d encoder parameters", freeze_encoder(module))
     fg = [c.index for c in card.classes[1:]]
     ignore = cfg.loss.ignore_index
     sampler = PatchSampler(
@@ -220,7 +245,9 @@ def train(
         ignore_index=ignore, include_background=cfg.loss.include_background, **cfg.loss.kwargs,
     ).to(device)  # fmt: skip
     opt = torch.optim.AdamW(
-        module.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+        [p for p in module.parameters() if p.requires_grad],
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
     )
     total = cfg.epochs * cfg.steps_per_epoch
     o = cfg.optim
@@ -249,6 +276,8 @@ def train(
         )
         stale = int(st["stale"])
         logger.info("resumed %s at epoch %d (best %.4f)", resume, first_epoch, best)
+    mixing = cfg.augment.mixup_prob > 0 or cfg.augment.cutmix_prob > 0
+    mix_rng = np.random.default_rng([cfg.seed, first_epoch])  # resumes differ only in mixing
     writer = _tensorboard(out) if cfg.tensorboard else None
     regions = cfg.val_regions
 
@@ -258,11 +287,20 @@ def train(
         for epoch in range(first_epoch, cfg.epochs):
             t0 = time.perf_counter()
             module.train()
+            if cfg.model.freeze_encoder:
+                encoder_eval(module)
             dataset.set_epoch(epoch)
             losses = []
             for batch in loader:
                 x = batch["image"].to(device, non_blocking=True)
                 y = batch["label"].to(device, non_blocking=True)
+                if mixing:
+                    a = cfg.augment
+                    x, y = mix_batch(
+                        x, y, mix_rng, num_classes=card.num_classes, ignore_index=ignore,
+                        mixup_prob=a.mixup_prob, mixup_alpha=a.mixup_alpha,
+                        cutmix_prob=a.cutmix_prob, cutmix_alpha=a.cutmix_alpha,
+                    )  # fmt: skip
                 opt.zero_grad(set_to_none=True)
                 with _autocast(device, cfg.amp):
                     logits = module(x)

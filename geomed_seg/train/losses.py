@@ -80,10 +80,13 @@ class SegLoss(nn.Module):
         self.tversky = TverskyLoss(include_background=include_background, **_only(kwargs, "ab"))
         gamma = float(kwargs.get("gamma", 2.0))
         self.focal = FocalLoss(gamma=gamma, use_softmax=True, reduction="none", to_onehot_y=True)
+        self.focal_soft = FocalLoss(gamma=gamma, use_softmax=True, reduction="none")
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Return the scalar loss of ``logits`` ``(N, K, *spatial)`` vs ``target`` ``(N, *spatial)``."""
         logits = logits.float()
+        if target.is_floating_point() and target.ndim == logits.ndim:
+            return self._soft(logits, target)
         target = target.long()
         if self.ignore_index is None and self.name in ("dice_ce", "dice_focal", "dice"):
             return self._monai(logits, target)
@@ -123,9 +126,56 @@ class SegLoss(nn.Module):
             loss = loss + (fl.mean(1) * valid).sum() / n_valid
         return loss
 
+    def _soft(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss against probability targets ``(N, K, *spatial)`` (MixUp); all-zero = ignored.
+
+        Without an ignore index, Dice-based losses go to MONAI as they are (MONAI accepts
+        probability targets; with class weights its cross-entropy then averages over samples
+        rather than over the samples' weights). Otherwise, with one-hot targets every term
+        equals the integer-target loss: region terms take
+        the (masked) target probabilities instead of one-hot vectors, cross-entropy is
+        ``-sum_k t_k log p_k`` (class-weighted by ``sum_k w_k t_k``), focal likewise.
+        """
+        if target.shape[1] != logits.shape[1]:
+            raise ConfigError(
+                f"soft targets have {target.shape[1]} channels for {logits.shape[1]} classes"
+            )
+        t = target.float()
+        if self.ignore_index is None and self.name in ("dice_ce", "dice_focal", "dice"):
+            return self._monai(logits, t)  # MONAI's losses take probability targets as they are
+        valid = t.sum(1) > 0
+        vm = valid[:, None].to(logits.dtype)
+        n_valid = valid.sum().clamp_min(1)
+        if self.name == "bce_dice":
+            margin = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 0]
+            fg = t[:, 1] if t.shape[1] == 2 else t[:, 0]
+            bce = F.binary_cross_entropy_with_logits(margin, fg, reduction="none")
+            bce = (bce * valid).sum() / n_valid
+            return bce + DiceLoss()(torch.sigmoid(margin)[:, None] * vm, fg[:, None] * vm)
+        probs = torch.softmax(logits, 1) * vm
+        t = t * vm
+        w = self.weight.view(1, -1, *[1] * (t.ndim - 2)) if self.weight is not None else None
+        loss = logits.new_zeros(())
+        if self.name in ("dice_ce", "dice", "dice_focal"):
+            loss = loss + self.dice(probs, t)
+        if self.name == "tversky":
+            loss = loss + self.tversky(probs, t)
+        if self.name in ("dice_ce", "ce"):
+            wt = t * w if w is not None else t
+            ce = -(wt * torch.log_softmax(logits, 1)).sum(1)
+            denom = wt.sum() if w is not None else n_valid
+            loss = loss + ce.sum() / denom.clamp_min(1e-8)
+        if self.name in ("focal", "dice_focal"):
+            fl = self.focal_soft(logits, t)
+            if w is not None:
+                fl = fl * w
+            loss = loss + (fl.sum(1) * valid).sum() / n_valid / logits.shape[1]
+        return loss
+
     def _monai(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        t = target[:, None]
-        common = {"include_background": self.include_background, "to_onehot_y": True,
+        soft = target.is_floating_point() and target.ndim == logits.ndim
+        t = target if soft else target[:, None]
+        common = {"include_background": self.include_background, "to_onehot_y": not soft,
                   "softmax": True}  # fmt: skip
         if self.name == "dice":
             return DiceLoss(**common, **_only(self.kwargs, "smooth"))(logits, t)

@@ -58,7 +58,7 @@ def test_segnet_unpools_with_the_encoder_indices():
     net.unpool.register_forward_hook(lambda m, i, o: unpooled.append((i[0], o)))
     with torch.no_grad():
         net(torch.randn(1, 1, 16, 16))
-    for (size, values, idx), (inp, out) in zip(pooled[::-1], unpooled, strict=True):
+    for (size, _values, idx), (inp, out) in zip(pooled[::-1], unpooled, strict=True):
         expected = torch.zeros(size).flatten(2)
         expected.scatter_(2, idx.flatten(2), inp.flatten(2))
         torch.testing.assert_close(out, expected.view(size), rtol=0, atol=0)
