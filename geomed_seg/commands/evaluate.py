@@ -63,7 +63,8 @@ def evaluate(
     (.csv also writes <name>_summary.csv: mean, std, median per class; .json holds the
     summary); exit code 1 if any pair is missing.
     """
-    from geomed_seg.io.atomic import atomic_output, check_output
+    from geomed_seg.io.atomic import atomic_output
+    from geomed_seg.io.transaction import OutputTransaction
     from geomed_seg.metrics.evaluate import evaluate as run_evaluate
     from geomed_seg.metrics.evaluate import evaluate_folder
     from geomed_seg.metrics.report import format_for, render, to_csv
@@ -72,14 +73,16 @@ def evaluate(
     file_fmt = format_for(output, fmt) if output is not None else None  # before any work
     folders = pred.is_dir() and ref.is_dir()
     summary = None
-    if output is not None:
-        check_output(output, overwrite)
-        if folders and file_fmt == "csv":
-            summary = check_output(output.with_name(f"{output.name[:-4]}_summary.csv"), overwrite)
-    if plot is not None:
-        if folders:
-            raise InvalidInputError("--plot needs a single prediction/reference pair")
-        check_output(plot, overwrite)
+    if output is not None and folders and file_fmt == "csv":
+        summary = output.with_name(f"{output.name[:-4]}_summary.csv")
+    if plot is not None and folders:
+        raise InvalidInputError("--plot needs a single prediction/reference pair")
+    # every output checked before scoring (exists, blocked folder, = an input), and the
+    # report, its summary and the plot appear together or not at all
+    txn = OutputTransaction(
+        [p for p in (output, summary, plot) if p is not None], overwrite=overwrite,
+        inputs=[pred, ref],
+    )  # fmt: skip
     kwargs = dict(
         classes=classes, ignore_index=ignore, tversky=_pair(tversky), surface=surface,
         tolerance=tolerance, brats=brats, lesion_wise=lesion_wise, resample_to=resample_to,
@@ -90,15 +93,16 @@ def evaluate(
     else:
         result = run_evaluate(pred, ref, **kwargs)
     text = render(result, fmt or "table")
-    if output is not None:
-        with atomic_output(output, overwrite) as tmp:
-            tmp.write_text(text if file_fmt == (fmt or "table") else render(result, file_fmt))
-        if summary is not None:  # folders as CSV: the per-case file plus a summary beside it
-            with atomic_output(summary, overwrite) as tmp:
-                tmp.write_text(to_csv(result.summary()))
+    with txn:
+        if output is not None:
+            with atomic_output(output, overwrite) as tmp:
+                tmp.write_text(text if file_fmt == (fmt or "table") else render(result, file_fmt))
+            if summary is not None:  # folders as CSV: the per-case file plus a summary beside it
+                with atomic_output(summary, overwrite) as tmp:
+                    tmp.write_text(to_csv(result.summary()))
+        if plot is not None:
+            with atomic_output(plot, overwrite) as tmp:
+                save_plot(result, tmp)
     typer.echo(text)
-    if plot is not None:
-        with atomic_output(plot, overwrite) as tmp:
-            save_plot(result, tmp)
     if not getattr(result, "complete", True):
         raise typer.Exit(code=1)

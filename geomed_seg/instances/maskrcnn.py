@@ -27,7 +27,7 @@ import torch
 
 from geomed_seg.classical.indices import band_index
 from geomed_seg.core.image import Image
-from geomed_seg.errors import InvalidInputError, ModelError, OutputExistsError
+from geomed_seg.errors import InvalidInputError, ModelError
 
 
 def build_maskrcnn(
@@ -237,9 +237,13 @@ def maskrcnn_file(
         )
     if weights is not None and not Path(weights).is_file():
         raise ModelError(f"{weights}: Mask R-CNN weights file not found")
-    for p in (output, table):
-        if p is not None and Path(p).exists() and not overwrite:
-            raise OutputExistsError(f"{p}: exists; pass --overwrite to replace it")
+    from geomed_seg.io.transaction import OutputTransaction
+
+    # both outputs checked now (exists, blocked folder, = input), committed together at the end
+    txn = OutputTransaction(
+        [p for p in (output, table) if p is not None], overwrite=overwrite,
+        inputs=[input_path, weights],
+    )  # fmt: skip
     image = open_image(input_path)
     if image.grid.ndim != 2:
         raise InvalidInputError(f"{input_path}: Mask R-CNN runs on rasters (band, y, x)")
@@ -256,7 +260,8 @@ def maskrcnn_file(
     inst, _, tab = detections_to_instances(image, det)
     if class_names and len(tab):
         tab["class_name"] = [class_names.get(int(c), str(c)) for c in tab["class"]]
-    write_image(inst, output, overwrite=overwrite)
-    if table is not None:
-        write_table(tab, table, overwrite=overwrite)
+    with txn:
+        write_image(inst, output, overwrite=overwrite)
+        if table is not None:
+            write_table(tab, table, overwrite=overwrite)
     return tab

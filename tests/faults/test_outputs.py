@@ -213,3 +213,21 @@ def test_overwrite_never_mixes_two_runs(cli, hostile, tmp_path):
         "labels.tif", "labels.tif.aux.xml", "quicklook.png", "report.json", "report.md",
         "run.json",
     ]  # fmt: skip
+
+
+def test_evaluate_refuses_a_taken_plot_before_writing_the_report(cli, tmp_path):
+    from tests.faults import corpus
+
+    lab = (corpus.scene(32, 32)[:1] > 90).astype(np.uint8)
+    pred = corpus.write_tif(tmp_path / "pred.tif", lab)
+    ref = corpus.write_tif(tmp_path / "ref.tif", lab[:, ::-1].copy())
+    (tmp_path / "cm.png").write_bytes(b"mine")
+    before = snapshot(tmp_path)
+    res = cli("evaluate", pred, ref, "-o", tmp_path / "scores.csv", "--plot", tmp_path / "cm.png")
+    assert_one_line_error(res, match="cm.png")
+    assert snapshot(tmp_path) == before  # no scores.csv either
+    (tmp_path / "link.png").symlink_to(ref)  # a plot that would overwrite the reference
+    before = snapshot(tmp_path)
+    res = cli("evaluate", pred, ref, "--plot", tmp_path / "link.png", "--overwrite")
+    assert_one_line_error(res, match="is the input")
+    assert snapshot(tmp_path) == before
