@@ -138,6 +138,20 @@ def test_bundle_equals_its_own_workflow(tmp_path):
     assert len(np.unique(reference)) > 1  # a test that cannot pass on a constant answer
 
 
+def test_bundle_on_another_spacing_resamples_like_spacingd(tmp_path):
+    """Input at 1 x 1 x 3 mm, model at 1.5 x 1.25 x 2 mm: Spacingd/Invertd vs our resampling."""
+    from geomed_seg.commands.segment import segment_file
+
+    root = _make_bundle(tmp_path / "bundle", shape=(60, 50, 20),
+                        axcodes_affine=np.diag([1.0, 1.0, 3.0, 1.0]))  # fmt: skip
+    import_model(root, tmp_path / "ckpt")
+    reference = _bundle_reference(root)
+    segment_file(root / "input.nii.gz", tmp_path / "ckpt", tmp_path / "ours.nii.gz")
+    ours = np.asarray(nib.load(tmp_path / "ours.nii.gz").dataobj)
+    assert (ours == reference).mean() >= 0.999
+    assert len(np.unique(reference)) == 3
+
+
 def test_bundle_zip_and_orientation_refused(tmp_path):
     import shutil
 
