@@ -107,13 +107,16 @@ class ModelConfig(_Strict):
 
     ``encoder_weights``: a local state dict (timm/torchvision backbone, e.g. a TorchGeo
     Sentinel-2 ResNet) loaded into the smp encoder (:mod:`geomed_seg.train.transfer`);
-    ``freeze_encoder``: train the decoder only.
+    ``freeze_encoder``: train the decoder only. ``init_checkpoint``: start from the weights
+    of one of our checkpoints (e.g. made by ``geomed-seg import-model``) to fine-tune it; its
+    card must name the same architecture, keyword arguments, channels and class count.
     """
 
     architecture: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     encoder_weights: Path | None = None
     freeze_encoder: bool = False
+    init_checkpoint: Path | None = None
 
 
 class LossConfig(_Strict):
@@ -268,10 +271,10 @@ def resolve_paths(cfg: TrainConfig, base: Path) -> TrainConfig:
     if d.phantoms is not None:
         upd["phantoms"] = d.phantoms.model_copy(update={"t1": fix(d.phantoms.t1) or d.phantoms.t1})
     model = cfg.model
-    if model.encoder_weights is not None:
-        model = model.model_copy(
-            update={"encoder_weights": fix(model.encoder_weights) or model.encoder_weights}
-        )
+    for key in ("encoder_weights", "init_checkpoint"):
+        value = getattr(model, key)
+        if value is not None:
+            model = model.model_copy(update={key: fix(value) or value})
     return cfg.model_copy(
         update={
             "data": d.model_copy(update=upd),

@@ -48,7 +48,12 @@ from geomed_seg.train.data import PatchDataset, Split, load_split, make_loader, 
 from geomed_seg.train.losses import build_loss
 from geomed_seg.train.mixing import mix_batch
 from geomed_seg.train.sampling import PatchSampler
-from geomed_seg.train.transfer import encoder_eval, freeze_encoder, load_encoder_weights
+from geomed_seg.train.transfer import (
+    encoder_eval,
+    freeze_encoder,
+    load_encoder_weights,
+    load_init_checkpoint,
+)
 from geomed_seg.train.validate import validate
 
 logger = logging.getLogger(__name__)
@@ -213,6 +218,8 @@ def train(
     module = build_model(
         cfg.model.architecture, card.in_channels, card.num_classes, **cfg.model.kwargs
     ).to(device)
+    if cfg.model.init_checkpoint is not None:
+        load_init_checkpoint(module, cfg.model.init_checkpoint, card)
     if cfg.model.encoder_weights is not None:
         report = load_encoder_weights(module, cfg.model.encoder_weights)
         Path(cfg.output).mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,38 @@ def load_encoder_weights(module: Any, path: str | Path) -> EncoderReport:
     return report
 
 
+def load_init_checkpoint(module: Any, path: str | Path, card: Any) -> None:
+    """Copy the weights of our checkpoint at ``path`` into ``module`` (fine-tuning start).
+
+    Raises
+    ------
+    ConfigError
+        The checkpoint's card names another architecture, kwargs, channels or class count
+        than the run's model (named), so its weights cannot be the run's starting point.
+    """
+    from geomed_seg.models.checkpoint import load_checkpoint
+    from geomed_seg.models.registry import get_spec
+
+    loaded = load_checkpoint(path)
+    theirs = loaded.card
+    problems = []
+    if get_spec(theirs.architecture).name != get_spec(card.architecture).name:
+        problems.append(f"architecture {theirs.architecture} vs {card.architecture}")
+    if theirs.architecture_kwargs != card.architecture_kwargs:
+        problems.append(f"kwargs {theirs.architecture_kwargs} vs {card.architecture_kwargs}")
+    if (theirs.in_channels, theirs.num_classes) != (card.in_channels, card.num_classes):
+        problems.append(
+            f"{theirs.in_channels} channels/{theirs.num_classes} classes vs "
+            f"{card.in_channels}/{card.num_classes}"
+        )
+    if problems:
+        raise ConfigError(
+            f"model.init_checkpoint {path}: does not fit the run ({'; '.join(problems)})"
+        )
+    module.load_state_dict(loaded.module.state_dict(), strict=True)
+    logger.info("%s: fine-tuning from this checkpoint's weights", path)
+
+
 def freeze_encoder(module: Any) -> int:
     """Stop gradients to ``module.encoder`` and return how many parameters were frozen.
 
@@ -121,4 +153,10 @@ def encoder_eval(module: Any) -> None:
     module.encoder.eval()
 
 
-__all__ = ["EncoderReport", "encoder_eval", "freeze_encoder", "load_encoder_weights"]
+__all__ = [
+    "EncoderReport",
+    "encoder_eval",
+    "freeze_encoder",
+    "load_encoder_weights",
+    "load_init_checkpoint",
+]

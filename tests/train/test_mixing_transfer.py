@@ -161,3 +161,33 @@ def test_train_with_frozen_pretrained_encoder(tiny_cases, tmp_path):
     assert not torch.equal(trained.decoder.state_dict()[next(iter(fresh.decoder.state_dict()))],
                            fresh.decoder.state_dict()[next(iter(fresh.decoder.state_dict()))])  # fmt: skip
     assert freeze_encoder(_smp_unet(2)) > 0
+
+
+def test_fine_tune_an_imported_checkpoint(tiny_cases, tmp_path):
+    """A state dict imported with import-model is the starting point of a training run."""
+    from monai.networks.nets import UNet
+
+    from geomed_seg.models.checkpoint import load_checkpoint
+    from geomed_seg.models.importers import import_model
+    from geomed_seg.train.loop import train
+
+    kwargs = {"spatial_dims": 2, "channels": [8, 16], "strides": [2], "num_res_units": 0}
+    torch.manual_seed(5)
+    net = UNet(in_channels=2, out_channels=2, **kwargs)
+    torch.save(net.state_dict(), tmp_path / "theirs.pt")
+    import_model(tmp_path / "theirs.pt", tmp_path / "imported", arch="monai.UNet",
+                 arch_args=kwargs, in_channels=2, classes=[{"index": 0, "name": "land"},
+                 {"index": 1, "name": "water"}])  # fmt: skip
+    cfg = tiny_config(tiny_cases, tmp_path / "run", epochs=1, steps_per_epoch=1)
+    cfg["optim"]["lr"] = 1e-12  # one step that barely moves: the start must be their weights
+    cfg["model"]["init_checkpoint"] = str(tmp_path / "imported")
+    train(config_from_dict(cfg))
+    last = load_checkpoint(tmp_path / "run" / "last").module.state_dict()
+    for k, v in net.state_dict().items():
+        if v.is_floating_point() and "running" not in k:
+            torch.testing.assert_close(last[k], v, rtol=0, atol=1e-6)
+    bad = tiny_config(tiny_cases, tmp_path / "run2", epochs=1, steps_per_epoch=1)
+    bad["model"]["kwargs"]["channels"] = [4, 8]
+    bad["model"]["init_checkpoint"] = str(tmp_path / "imported")
+    with pytest.raises(ConfigError, match="init_checkpoint .* does not fit the run .*kwargs"):
+        train(config_from_dict(bad))
