@@ -101,6 +101,12 @@ def resample_image(
         Output chunk edge in voxels.
     nodata : float, optional
         ``nodata`` of the output image (the input's is kept by default).
+
+    Notes
+    -----
+    ``image.mask`` is not resampled (the output has none); ``nodata`` samples are
+    interpolated like any value. NIfTI header metadata (``attrs["nifti"]``) is dropped: it
+    describes the input grid.
     """
     if image.kind != "volume":
         raise InvalidInputError("resample_image resamples volumes; use reproject for rasters")

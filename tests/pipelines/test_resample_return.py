@@ -66,7 +66,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    """Four 1 mm sequences (z, y, x) = (34, 40, 37) with qform code 1 and sform code 2."""
+    """Four ~1 mm sequences (z, y, x) = (34, 40, 37) with qform code 1 and sform code 2."""
     folder = tmp_path_factory.mktemp("case") / "case"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -198,7 +198,6 @@ def test_probabilities_back_equal_simpleitk_linear(tiny, case):
     assert back.shape[1:] == img.spatial_shape
 
 
-@pytest.mark.slow  # a 1 mm phantom (~1.5 M voxels) and the bundled model: ~15 s idle
 def test_1mm_input_3mm_model_dice_not_worse_than_nearest_labels():
     from geomed_seg.demo import CHECKPOINTS, MNI_T1, SAMPLES
     from geomed_seg.io.registry import open_image
