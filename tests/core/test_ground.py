@@ -140,3 +140,10 @@ def test_info_reports_ground_units():
         Image.from_array(np.zeros((1, 4, 4), np.uint8), GeoGrid(None, Affine.identity(), (4, 4)))
     )
     assert "CRS units" in none["ground_units"] and "ground_pixel_area_crs_units2" in none
+
+
+def test_pixels_outside_the_crs_are_refused():
+    """A degree grid reaching past the pole has no ground area: a clear error, not a number."""
+    grid = GeoGrid(CRS.from_epsg(4326), Affine(0.1, 0, 0, 0, -0.1, 95.0), (100, 10))
+    with pytest.raises(GeometryError, match="outside the CRS"):
+        _ = grid.ground

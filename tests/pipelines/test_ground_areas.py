@@ -35,6 +35,10 @@ REGEO = {
     "us-feet-2263": (2263, Affine(93.5, 0, 1.0e6, 0, -93.5, 2.0e5)),
     "polar-stereo-3413": (3413, Affine(28.5, 0, -2.0e5, 0, -28.5, -2.6e6)),
     "polar-stereo-3031": (3031, Affine(28.5, 0, 5.0e5, 0, -28.5, 1.5e6)),
+    "EPSG:4326-rotated": (
+        4326,
+        Affine.translation(-34.95, -7.95) @ Affine.rotation(25) @ Affine.scale(0.000257, -0.000257),
+    ),
 }
 
 
