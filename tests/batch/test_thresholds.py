@@ -295,3 +295,21 @@ def test_vrt_scene_in_blocks_equals_whole_scene(tmp_path, landsat_path, fast, wh
     assert len(res.done) == 9 and res.thresholds["thresholds"] == [t_whole]
     lab = _mosaic(tmp_path / "out")
     assert (lab == ref).mean() >= 0.995 and abs(_water(lab) - _water(ref)) < 0.005
+
+
+def test_single_run_reports_separability_and_warns(tmp_path, fast, caplog):
+    (tile,) = _noise_tiles(tmp_path / "tiles", 1)
+    sets = [*fast, "input.band_names=[green,nir]", "sensor=null", "dataset=null",
+            "postprocess.min_object_size=null", "model.method=ndwi_otsu"]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="geomed_seg"):
+        run = run_pipeline("flood", input=tile, output=tmp_path / "out", overrides=sets)
+    th = run.report["thresholding"]
+    assert (
+        th["scope"] == "scene"
+        and th["bimodal"] is False
+        and th["thresholds"] == [run.report["threshold"]]
+    )
+    assert any(str(tile) in n and "not bimodal" in n for n in run.report["notes"])
+    assert any(str(tile) in r.getMessage() for r in caplog.records)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["thresholding"]["eta"] == pytest.approx(th["eta"])
