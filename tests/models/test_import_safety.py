@@ -139,3 +139,15 @@ def test_cli_import_and_refusal(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert not canary.exists() and not (tmp_path / "x").exists()
+
+
+def test_nnunet_folder_is_recognised_and_refused_with_a_reason(tmp_path, capsys):
+    src = tmp_path / "Dataset001_Test" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    (src / "fold_0").mkdir(parents=True)
+    (src / "plans.json").write_text("{}")
+    (src / "dataset.json").write_text("{}")
+    with pytest.raises(ModelError, match="nnU-Net v2 results folder.*not supported yet"):
+        import_model(src, tmp_path / "out")
+    assert main(["import-model", str(src), "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
