@@ -60,12 +60,12 @@ _OUT_KEYS = ("out_channels", "classes", "num_classes", "num_labels")
 def run(src: Path, options: ImportOptions) -> ImportedModel:
     """Import ``src`` (``.pt/.pth/.bin/.ckpt/.safetensors``) as ``options.arch``."""
     from geomed_seg.models.card import ModelCard
-    from geomed_seg.models.registry import get_spec, model_spatial_dims
+    from geomed_seg.models.registry import available_models, get_spec, model_spatial_dims
 
     if not options.arch:
         raise ModelError(
             f"{src}: a bare state dict does not say its architecture; pass --arch NAME "
-            "(see geomed-seg info --models) and --arch-args JSON"
+            f"(one of {', '.join(available_models())}) and --arch-args JSON"
         )
     spec = get_spec(options.arch)
     kwargs = dict(options.arch_args)
