@@ -52,7 +52,7 @@ def read_grid(src: Any) -> GeoGrid:
     """Return the :class:`GeoGrid` of an open rasterio dataset, GCPs and RPCs included.
 
     A dataset with a geotransform keeps it (and its RPCs, if any). One without a
-    geotransform but with GCPs gets ``gcps`` + the GCPs' CRS and, as ``transform``, GDAL's
+    geotransform (GDAL reports the identity) but with GCPs gets ``gcps`` + the GCPs' CRS and, as ``transform``, GDAL's
     least-squares affine fit; one with only RPCs gets ``rpcs`` with no CRS and the identity
     transform (its pixel sizes are in pixels: RPCs give no defensible affine; polygons go
     through the RPC transformer to WGS 84, :func:`map_crs`). Otherwise the grid is not
@@ -64,7 +64,11 @@ def read_grid(src: Any) -> GeoGrid:
     rpcs = src.rpcs.to_gdal() if src.rpcs is not None else None
     rpc_items = None if rpcs is None else tuple(rpcs.items())
     gcps, gcp_crs = src.gcps
-    has_transform = src.transform != Affine.identity() or src.crs is not None
+    # GDAL's own rule (GDALCreateGenImgProjTransformer2, i.e. gdalwarp/QGIS): an identity
+    # geotransform is no geotransform, and GCPs then place the pixels, even when the
+    # dataset also carries a CRS (a VRT with <SRS> and <GCPList>, e.g. a COMPD_CS one).
+    # The dataset CRS next to an identity transform says nothing about where pixels are.
+    has_transform = src.transform != Affine.identity()
     if gcps and not has_transform:
         ours = tuple(
             GCP(g.row, g.col, g.x, g.y, 0.0 if g.z is None else g.z, g.id or "", g.info or "")

@@ -236,3 +236,48 @@ def test_grid_xy_rowcol_bounds_follow_gdal_transformer(gcp_tif):
     left, bottom, right, top = grid.bounds
     assert (left, bottom) == pytest.approx((min(xs), min(ys)), abs=0.5)
     assert (right, top) == pytest.approx((max(xs), max(ys)), abs=0.5)
+
+
+def _gcp_vrt_with_srs(gcp_tif, path, srs: str = "EPSG:3857"):
+    """A VRT of ``gcp_tif`` with an ``<SRS>``, an identity ``<GeoTransform>`` and the GCPs.
+
+    The shape of rasterio's ``RGB.byte.gcp.vrt`` and GDAL's ``compdcs.vrt``: rasterio reads a
+    CRS and the identity transform next to the GCPs; GDAL places the pixels by the GCPs.
+    """
+    from xml.sax.saxutils import quoteattr
+
+    with rasterio.open(gcp_tif) as ds:
+        gcps, gcp_crs = ds.gcps
+        h, w, n, dtype = ds.height, ds.width, ds.count, ds.dtypes[0]
+    gdal_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}[dtype]
+    pts = "".join(f'<GCP Id="{i}" Pixel="{g.col}" Line="{g.row}" X="{g.x!r}" Y="{g.y!r}" Z="0"/>'
+                  for i, g in enumerate(gcps))  # fmt: skip
+    bands = "".join(
+        f'<VRTRasterBand dataType="{gdal_type}" band="{b}"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{gcp_tif}</SourceFilename><SourceBand>{b}</SourceBand>'
+        f"</SimpleSource></VRTRasterBand>"
+        for b in range(1, n + 1)
+    )
+    path.write_text(
+        f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}"><SRS>{CRS.from_user_input(srs).to_wkt()}</SRS>'
+        "<GeoTransform>0, 1, 0, 0, 0, 1</GeoTransform>"
+        f"<GCPList Projection={quoteattr(gcp_crs.to_wkt())}>{pts}</GCPList>{bands}</VRTDataset>"
+    )
+    return path
+
+
+def test_gcps_next_to_a_crs_and_identity_transform_place_the_pixels(gcp_tif, tmp_path):
+    vrt = _gcp_vrt_with_srs(gcp_tif, tmp_path / "srs_gcp.vrt")
+    with rasterio.open(vrt) as ds:  # the case: a CRS, no geotransform, GCPs
+        assert ds.crs == CRS.from_epsg(3857) and ds.transform == Affine.identity()
+        ref_gcps, ref_crs = ds.gcps
+        fit = rasterio.transform.from_gcps(ref_gcps)
+    img = gs.open_image(vrt)
+    assert img.grid.georeference == "gcps" and img.grid.crs == ref_crs
+    assert img.grid.transform.almost_equals(fit)
+    from geomed_seg.core.describe import describe
+
+    summary = describe(img)
+    assert summary["georeference"] == "gcps" and summary["crs"]["epsg"] == ref_crs.to_epsg()
+    convert_image(vrt, tmp_path / "conv.tif")
+    _assert_same_gcps(tmp_path / "conv.tif", gcp_tif)
