@@ -5,7 +5,7 @@ reads only its bytes (for ``.nii.gz`` a chunk decompresses the stream up to its 
 default chunks are whole ``z`` slabs, the slowest NIfTI axis, which keeps that cheap).
 nibabel's ``arr[i, j, k(, t)]`` becomes our ``(channel, z, y, x)`` = ``arr.transpose(3, 2, 1, 0)``;
 the :class:`~geomed_seg.core.grid.VoxelGrid` affine is nibabel's best affine (sform if its
-code > 0, else qform). Everything a writer needs to reproduce the header geometry exactly
+code > 0, else qform), converted to mm when ``xyzt_units`` says metres or microns. Everything a writer needs to reproduce the header geometry exactly
 (raw quaternion/srow fields, codes, pixdim, units) travels in ``attrs["nifti"]``.
 """
 
@@ -45,6 +45,31 @@ GEOMETRY_FIELDS = (
     "srow_x", "srow_y", "srow_z", "qform_code", "sform_code", "xyzt_units", "dim_info",
 )  # fmt: skip
 _READ_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError)
+#: Millimetres per header spatial unit (``xyzt_units``); "unknown" is read as mm, as ITK does.
+_MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
+
+
+def affine_mm(img: Any) -> np.ndarray:
+    """Return nibabel's best affine of ``img`` converted to millimetres.
+
+    nibabel returns the affine in the header's spatial unit (``xyzt_units``: metre, mm
+    or micron) without converting; ITK/SimpleITK scale it to mm. Our grids are always in
+    mm, so a file in metres or microns is scaled here (linear part and offset alike).
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image or nibabel.Nifti2Image
+
+    Returns
+    -------
+    numpy.ndarray
+        (4, 4) voxel ``(i, j, k)`` -> RAS+ mm affine.
+    """
+    unit = img.header.get_xyzt_units()[0]
+    factor = _MM_PER_UNIT.get(unit, 1.0)
+    affine = np.asarray(img.affine, dtype=float).copy()
+    affine[:3, :] *= factor
+    return affine
 
 
 def _jsonable(value: Any) -> Any:
@@ -66,7 +91,7 @@ def _header_meta(img: Any) -> dict[str, Any]:
     sform, scode = hdr.get_sform(coded=True)
     meta.update(
         version=2 if isinstance(img, nib.Nifti2Image) else 1,
-        affine=np.asarray(img.affine, dtype=float).tolist(),
+        affine=affine_mm(img).tolist(),
         qform=None if qform is None else qform.tolist(),
         sform=None if sform is None else sform.tolist(),
         data_dtype=hdr.get_data_dtype().newbyteorder("=").str,
@@ -213,7 +238,8 @@ def open_nifti(path: str | os.PathLike, chunks: Any = None) -> Image:
         3D files have one channel; 4D ``(i, j, k, t)`` gives ``t`` channels; 5D
         ``(i, j, k, 1, c)`` (vector intent) gives ``c`` channels. Scaling (scl_slope/inter)
         is applied as nibabel does; unscaled data keep the header's data dtype. Affine is
-        nibabel's best affine in RAS+ mm. ``attrs["nifti"]`` holds the header geometry.
+        nibabel's best affine in RAS+ mm (a header in metres or microns, ``xyzt_units``,
+        is converted to mm as ITK does). ``attrs["nifti"]`` holds the header geometry.
 
     Raises
     ------
@@ -263,7 +289,7 @@ def open_nifti(path: str | os.PathLike, chunks: Any = None) -> Image:
         meta=np.empty((0,) * 4, dtype),
     )
     try:
-        grid = VoxelGrid(np.asarray(img.affine, dtype=float), (shape[2], shape[1], shape[0]))
+        grid = VoxelGrid(affine_mm(img), (shape[2], shape[1], shape[0]))
     except GeometryError as exc:
         raise GeometryError(f"{path}: {exc}") from exc
     attrs = {"nifti": _header_meta(img), "source": str(path)}

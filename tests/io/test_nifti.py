@@ -234,3 +234,39 @@ def test_open_is_lazy_and_reads_only_needed_chunks(monkeypatch: pytest.MonkeyPat
     assert len(reads) == 1
     ref = np.asarray(nib.load(NIB_DATA / "anatomical.nii").dataobj)[:, :, 5:10]
     np.testing.assert_array_equal(window[0], ref.transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize(("unit", "mm_per_unit"), [("meter", 1000.0), ("micron", 1e-3)])
+def test_spatial_units_are_converted_to_mm_as_simpleitk(
+    unit: str, mm_per_unit: float, tmp_path: Path
+) -> None:
+    """A header in metres or microns gives a grid in mm, equal to SimpleITK's (LPS -> RAS)."""
+    sitk = pytest.importorskip("SimpleITK")
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.9, 1.1, 3.0]) / mm_per_unit
+    affine[:3, 3] = np.array([-40.0, 12.5, 7.0]) / mm_per_unit
+    data = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units(unit, "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=2)
+    src = tmp_path / f"{unit}.nii.gz"
+    nib.save(img, src)
+
+    ref = sitk.ReadImage(str(src))
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    direction = np.asarray(ref.GetDirection()).reshape(3, 3)
+    expected = np.eye(4)
+    expected[:3, :3] = lps_to_ras @ direction @ np.diag(ref.GetSpacing())
+    expected[:3, 3] = lps_to_ras @ np.asarray(ref.GetOrigin())
+
+    ours = open_nifti(src)
+    np.testing.assert_allclose(ours.grid.affine, expected, atol=1e-4)
+    np.testing.assert_array_equal(ours.darray.compute(), _as_ours(data))
+
+    out = write_nifti(ours, tmp_path / "out.nii.gz")
+    back = nib.load(out)
+    assert back.header.get_xyzt_units()[0] == unit
+    _same_geometry(img, back)
+    np.testing.assert_allclose(open_nifti(out).grid.affine, expected, atol=1e-4)
