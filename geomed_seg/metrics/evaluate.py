@@ -170,21 +170,20 @@ def _open(x: ImageLike) -> Image:
     return open_image(x)
 
 
-def _sample_size(grid) -> tuple[float, str, tuple[float, ...], str]:
-    """Return (area or volume of one sample, its unit, spacing in array order, distance unit).
+def _sample_size(grid) -> tuple[float, str]:
+    """Return (area or volume of one sample, its unit).
 
     Rasters: the sample area is the true ground area (:mod:`geomed_seg.core.ground`): one
     constant in m² where planar areas are exact, the mean pixel area where they vary (the
     class areas are then summed per pixel by :func:`_ground_areas`), CRS units² without a
-    ground. (Distances come from :mod:`geomed_seg.metrics.spacing`; the spacing returned
-    here is in CRS units.)
+    ground. Volumes: the voxel volume in mm³. (Distances and their spacing come from
+    :mod:`geomed_seg.metrics.spacing`.)
     """
     if isinstance(grid, GeoGrid):
         gu = grid.ground
-        x_res, y_res = grid.res
         area = gu.constant_area if gu.constant_area is not None else gu.mean_pixel_area
-        return area, ("m2" if gu.metric else "crs_units2"), (y_res, x_res), "crs"
-    return grid.voxel_volume, "mm3", tuple(grid.spacing_zyx), "mm"
+        return area, ("m2" if gu.metric else "crs_units2")
+    return grid.voxel_volume, "mm3"
 
 
 def _ground_areas(ov: OverlapResult, grid: GeoGrid, pred: Any, ref: Any, valid: Any, ignore):
@@ -287,7 +286,7 @@ def evaluate(
     table = resolve_classes(classes, card=card, brats=brats, reference=ref_img,
                             prediction=pred_img)  # fmt: skip
     infos = table.classes
-    sample, area_unit, _, _ = _sample_size(ref_img.grid)
+    sample, area_unit = _sample_size(ref_img.grid)
     needed = bool(surface or brats)
     try:
         dist = distance_spacing(ref_img.grid, ref_name, quiet=not needed)
