@@ -11,12 +11,12 @@ No torch import here: detection and option parsing stay cheap.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geomed_seg.batch.journal import file_sha256  # one file hash for journals and cards
 from geomed_seg.errors import ModelError
 
 
@@ -106,15 +106,6 @@ class Importer:
     target: str
     detect: Callable[[Path], bool]
     description: str = ""
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Return the SHA-256 (hex) of the bytes of ``path``."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_json(path: Path) -> dict[str, Any]:
