@@ -155,11 +155,6 @@ class GeoGrid:
             return "rpcs" if self.rpcs else "none"
         return "transform"
 
-    @property
-    def is_georeferenced(self) -> bool:
-        """False for a grid without CRS, GCPs, RPCs or a geotransform (pixel coordinates only)."""
-        return self.georeference != "none"
-
     ndim = 2
     dims = ("y", "x")
 

@@ -169,11 +169,6 @@ class OverlapResult:
     nodata_pred: int = 0
     excluded_ref: dict[Any, int] = field(default_factory=dict)
 
-    @property
-    def column_names(self) -> list[str]:
-        """Names of the confusion matrix's columns: the classes, then :data:`OUTSIDE_COLUMN`."""
-        return [*self.names, OUTSIDE_COLUMN]
-
     def confusion_dict(self) -> dict[str, Any]:
         """The confusion matrix with what every row and column is (JSON-friendly)."""
         return {

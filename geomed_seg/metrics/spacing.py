@@ -57,11 +57,6 @@ class DistanceSpacing:
     spacing: tuple[float, ...]
     unit: str
 
-    @property
-    def min_spacing(self) -> float:
-        """The smallest sample size, in :attr:`unit`."""
-        return float(min(self.spacing))
-
     def describe(self) -> str:
         """One line, e.g. ``"3 x 1 x 1 mm (z, y, x)"``."""
         axes = "z, y, x" if len(self.spacing) == 3 else "y, x"
