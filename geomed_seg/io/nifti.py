@@ -149,30 +149,34 @@ def _gunzipped_size(path: Path) -> int:
     return total
 
 
-def _check_size(path: Path, img: Any) -> None:
+def _check_size(path: Path, img: Any) -> bool:
     """Raise :class:`ReadError` when the file holds fewer bytes than the header promises.
 
     ``.nii``: file size vs ``vox_offset + data bytes``. ``.nii.gz``: the gzip trailer's
     uncompressed size (ISIZE, mod 2**32) is compared first (cheap); only on mismatch — a
     truncated stream, or a legitimate multi-member gzip — is the stream decompressed once.
     A corrupt stream with an intact trailer is found by :func:`verify_nifti`.
+
+    Returns True when the whole gzip stream was read here (CRC-32 and length of every
+    member checked), so :func:`verify_nifti` need not read it again.
     """
     need = _data_end(img)
     size = path.stat().st_size
     if not _is_gzip(path):
         if size < need:
             raise ReadError(f"{path}: truncated NIfTI ({size} bytes, header needs {need})")
-        return
+        return False
     with open(path, "rb") as f:
         f.seek(-4, os.SEEK_END)
         isize = int.from_bytes(f.read(4), "little")
     if isize == need % 2**32:
-        return
+        return False
     total = _gunzipped_size(path)
     if total < need:
         raise ReadError(
             f"{path}: truncated NIfTI ({total} bytes uncompressed, header needs {need})"
         )
+    return True
 
 
 def verify_nifti(path: str | os.PathLike, image: Image | None = None) -> None:
@@ -181,10 +185,14 @@ def verify_nifti(path: str | os.PathLike, image: Image | None = None) -> None:
     ``.nii.gz``: the whole gzip stream is read once, streamed (CRC-32 and length of every
     member, see :func:`_gunzipped_size`), and must hold the header's ``vox_offset`` plus
     data bytes. ``.nii``: the file size (already checked by :func:`open_nifti`).
-    ``image`` (the opened image) is accepted for the registry's ``verify`` hook and unused.
+    ``image`` (the opened image, for the registry's ``verify`` hook): when its
+    ``attrs["nifti"]["gzip_verified"]`` says :func:`open_nifti` already read the whole stream
+    (a multi-member gzip), it is not read a second time.
     """
     path = Path(path)
     if not _is_gzip(path):
+        return
+    if image is not None and image.attrs.get("nifti", {}).get("gzip_verified"):
         return
     try:
         need = _data_end(nib.load(path))
@@ -259,7 +267,7 @@ def open_nifti(path: str | os.PathLike, chunks: Any = None) -> Image:
         raise ReadError(f"{path}: cannot read NIfTI header ({exc})") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise UnsupportedFormatError(f"{path}: {type(img).__name__} is not NIfTI")
-    _check_size(path, img)
+    stream_read = _check_size(path, img)
     shape = tuple(int(s) for s in img.shape)
     proxy = img.dataobj
     if len(shape) == 5 and shape[3] == 1:
@@ -293,6 +301,8 @@ def open_nifti(path: str | os.PathLike, chunks: Any = None) -> Image:
     except GeometryError as exc:
         raise GeometryError(f"{path}: {exc}") from exc
     attrs = {"nifti": _header_meta(img), "source": str(path)}
+    if stream_read:  # the size check read every gzip member: verify_nifti skips it
+        attrs["nifti"]["gzip_verified"] = True
     return Image.from_array(arr.transpose(3, 2, 1, 0), grid, attrs=attrs)
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from geomed_seg.cli import main
 from geomed_seg.errors import ReadError
+from geomed_seg.io import nifti as nifti_module
 from geomed_seg.io.nifti import open_nifti, verify_nifti
 from geomed_seg.io.registry import open_image
 from tests.io.dicom_data import make_series
@@ -58,7 +59,7 @@ def test_flipped_byte_is_refused(tmp_path: Path) -> None:
     open_image(bad, verify=False)  # header-only opening (info) stays lazy
 
 
-def test_truncated_and_multimember_gzip(tmp_path: Path) -> None:
+def test_truncated_and_multimember_gzip(tmp_path: Path, monkeypatch) -> None:
     good = _nifti_gz(tmp_path / "good.nii.gz")
     raw = good.read_bytes()
     cut = tmp_path / "cut.nii.gz"
@@ -71,6 +72,19 @@ def test_truncated_and_multimember_gzip(tmp_path: Path) -> None:
     multi.write_bytes(gzip.compress(plain[:200_000]) + gzip.compress(plain[200_000:]))
     img = open_image(multi)
     np.testing.assert_array_equal(img.compute()[0], _volume().transpose(2, 1, 0))
+    # ... and its stream is decompressed once by open + verify, not twice
+    reads: list[str] = []
+    real = nifti_module._gunzipped_size
+    monkeypatch.setattr(nifti_module, "_gunzipped_size", lambda p: reads.append(p) or real(p))
+    open_image(multi)
+    assert len(reads) == 1
+    # a corrupt member of a multi-member file is still refused when opened
+    bad = bytearray(multi.read_bytes())
+    bad[len(gzip.compress(plain[:200_000])) - 6] ^= 0xFF  # first member's CRC-32
+    badmulti = tmp_path / "badmulti.nii.gz"
+    badmulti.write_bytes(bytes(bad))
+    with pytest.raises(ReadError, match="badmulti.nii.gz"):
+        open_image(badmulti)
     # trailing garbage after the last member is refused
     junk = tmp_path / "junk.nii.gz"
     junk.write_bytes(raw + b"garbage!")
