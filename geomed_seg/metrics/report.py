@@ -131,13 +131,25 @@ def _deep_clean(x: Any) -> Any:
     return _clean(x)
 
 
+def _folder_metric_lines(result: FolderResult) -> list[str]:
+    """Metric-set lines of a folder run: once when all cases share them, else per case.
+
+    Cases at different spacings have different BraTS NSD tolerances (half the smallest
+    spacing), so the first case's line would misstate the others'.
+    """
+    sets = {case: res.metric_set() for case, res in result.cases.items()}
+    common = [m for m in next(iter(sets.values()), []) if all(m in v for v in sets.values())]
+    lines = [f"metrics: {m}" for m in common]
+    for case, metric_set in sets.items():
+        lines += [f"metrics ({case}): {m}" for m in metric_set if m not in common]
+    return lines
+
+
 def _extra_lines(result: EvaluationResult | FolderResult) -> list[str]:
     lines = []
     if isinstance(result, FolderResult):
         lines.append(f"cases evaluated: {len(result.cases)}")
-        first = next(iter(result.cases.values()), None)
-        if first is not None:
-            lines += [f"metrics: {m}" for m in first.metric_set()]
+        lines += _folder_metric_lines(result)
         if result.missing_pred:
             lines.append(f"MISSING prediction for: {', '.join(result.missing_pred)}")
         if result.missing_ref:

@@ -213,3 +213,27 @@ def test_evaluate_command_does_not_import_torch():
         "assert 'torch' not in sys.modules and 'monai' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_folder_report_states_each_cases_brats_nsd_tolerance(tmp_path):
+    """Cases at different spacings: the report gives each its own tolerance (half its smallest
+    spacing, brats-evaluation's 0.5 voxel), not the first case's for all."""
+    pred, ref = brats_case("false_positive")
+    pdir, rdir = tmp_path / "pred", tmp_path / "ref"
+    pdir.mkdir()
+    rdir.mkdir()
+    spacings = {"a_3mm": (3.0, 3.0, 3.0), "b_aniso": (1.5, 2.0, 3.0)}  # (x, y, z) mm
+    for case, sp in spacings.items():
+        affine = np.diag([*sp, 1.0])
+        for folder, vol in ((pdir, pred), (rdir, ref)):
+            nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0), affine), folder / f"{case}.nii.gz")
+    out = evaluate_folder(pdir, rdir, brats="2023")
+    for fmt in ("table", "md"):
+        text = render(out, fmt)
+        for case, sp in spacings.items():
+            tol = 0.5 * min(sp)
+            assert any(
+                line.startswith(f"metrics ({case}): BraTS") and f"NSD at {tol:g} mm" in line
+                for line in text.splitlines()
+            ), (case, text)
+        assert "metrics: overlap per class" in text  # lines shared by all cases appear once
