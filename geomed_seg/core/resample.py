@@ -54,10 +54,15 @@ def _inside(
 
 def _resample_block(
     src: np.ndarray, matrix: np.ndarray, offset: np.ndarray, shape: tuple[int, ...],
-    order: int, dtype: np.dtype, outside: np.ndarray | None = None, cval: float = 0.0,
+    order: int, dtype: np.dtype, fov: tuple[np.ndarray, tuple[int, ...]] | None = None,
+    cval: float = 0.0,
 ) -> np.ndarray:  # fmt: skip
-    """Return ``(C, *shape)`` samples of ``src (C, z, y, x)`` at ``matrix @ index + offset``;
-    ``cval`` where ``outside`` is True."""
+    """Return ``(C, *shape)`` samples of ``src (C, z, y, x)`` at ``matrix @ index + offset``.
+
+    ``fov``: ``(offset into the whole input, input shape)``; samples that map outside the
+    input's field of view get ``cval`` (tested here, in the task, so the graph carries no
+    per-chunk masks). ``None``: every sample keeps its interpolated value.
+    """
     src = np.asarray(src)
     work = np.float32 if order > 0 else src.dtype
     out = np.empty((src.shape[0], *shape), dtype=dtype)
@@ -66,8 +71,9 @@ def _resample_block(
             src[c].astype(work, copy=False), matrix, offset, output_shape=shape,
             order=order, mode="nearest", prefilter=False,
         )  # fmt: skip
-    if outside is not None:
-        out[:, outside] = cval
+    inside = None if fov is None else _inside(matrix, fov[0], shape, fov[1])
+    if inside is not None:
+        out[:, ~inside] = cval
     return out
 
 
@@ -130,12 +136,9 @@ def resample_image(
                 shifted = offset + matrix @ start
                 local = shifted - np.array([w.start for w in win], np.float64)
                 shape = (z1 - z0, y1 - y0, x1 - x0)
-                outside = None
-                if edge == "constant":
-                    inside = _inside(matrix, shifted, shape, image.spatial_shape)
-                    outside = None if inside is None else ~inside
+                fov = (shifted, image.spatial_shape) if edge == "constant" else None
                 task = dask.delayed(_resample_block, pure=True)(
-                    src[(slice(None), *win)], matrix, local, shape, order, dtype, outside, cval
+                    src[(slice(None), *win)], matrix, local, shape, order, dtype, fov, cval
                 )
                 row.append(da.from_delayed(task, shape=(n_ch, *shape), dtype=dtype))
             plane.append(row)
