@@ -6,7 +6,8 @@ subset keeps them, a derived array (labels, an index, a rescaled band) must not 
 them. That is exactly xarray's model, so they live on the ``DataArray``:
 
 * per-band items are **non-index coordinates along the band dim** (``scale``, ``offset``,
-  ``units``, ``description``): ``isel``/``sel`` on bands and windows carry them in step
+  ``units``, ``description``, ``colorinterp``: GDAL's colour interpretation, which says
+  which band is red/green/blue/alpha, e.g. a BGRA file): ``isel``/``sel`` on bands and windows carry them in step
   with the bands;
 * the colour table (band 1's palette) is a ``DataArray`` attr (``colormap``).
 
@@ -26,7 +27,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: Band-dim coordinates that carry per-band value metadata.
-BAND_COORDS = ("scale", "offset", "units", "description")
+BAND_COORDS = ("scale", "offset", "units", "description", "colorinterp")
+#: GDAL colour interpretations that say nothing (its defaults for a new band).
+DEFAULT_COLORINTERP = frozenset({"gray", "undefined"})
 #: ``DataArray`` attr holding band 1's colour table ``{index: (r, g, b, a)}``.
 COLORMAP_ATTR = "colormap"
 
@@ -38,11 +41,13 @@ def band_coords(
     offsets: Any = None,
     units: Any = None,
     descriptions: Any = None,
+    colorinterp: Any = None,
 ) -> dict[str, list]:
     """Return the per-band coordinates to attach (only those that carry information).
 
     Scale/offset are kept when any band differs from GDAL's defaults (1, 0); units and
-    descriptions when any band has one (missing ones become ``""``).
+    descriptions when any band has one (missing ones become ``""``); colour interpretations
+    (GDAL ``ColorInterp`` names) when any band has one other than ``gray``/``undefined``.
     """
     out: dict[str, list] = {}
     if scales is not None and offsets is not None:
@@ -53,11 +58,15 @@ def band_coords(
     for key, values in (("units", units), ("description", descriptions)):
         if values is not None and any(values):
             out[key] = [v or "" for v in values]
+    if colorinterp is not None:
+        names = [str(getattr(c, "name", c) or "undefined") for c in colorinterp]
+        if any(n not in DEFAULT_COLORINTERP for n in names):
+            out["colorinterp"] = names
     return {k: v for k, v in out.items() if len(v) == n_bands}
 
 
 def band_metadata(data: Any) -> dict[str, Any]:
-    """Return ``{scale, offset, units, description: list per band, colormap: dict}`` of ``data``.
+    """Return ``{scale, offset, units, description, colorinterp: list per band, colormap: dict}``.
 
     ``data`` is an :class:`xarray.DataArray` (channel-first); only the items it carries are
     returned.

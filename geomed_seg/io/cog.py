@@ -29,7 +29,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio._err import CPLE_BaseError
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -185,6 +185,9 @@ class GeoTIFFBlockWriter:
     colormap : dict, optional
         Band-1 colour table ``{value: (r, g, b[, a])}`` (uint8/uint16 only); class colours
         override its entries.
+    colorinterp : sequence of str, optional
+        Per-band GDAL colour interpretation names (``"red"``, ``"alpha"``, ...), so a BGR(A)
+        or alpha band keeps its meaning.
 
     Notes
     -----
@@ -214,6 +217,7 @@ class GeoTIFFBlockWriter:
         offsets: Sequence[float] | None = None,
         units: Sequence[str] | None = None,
         colormap: dict[int, Sequence[int]] | None = None,
+        colorinterp: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(grid, GeoGrid):
             raise InvalidInputError(f"{path}: GeoTIFF needs a GeoGrid, got {type(grid).__name__}")
@@ -238,8 +242,9 @@ class GeoTIFFBlockWriter:
         self.scales = None if scales is None else [float(v) for v in scales]
         self.offsets = None if offsets is None else [float(v) for v in offsets]
         self.units = None if units is None else [str(u or "") for u in units]
+        self.colorinterp = None if colorinterp is None else [str(c) for c in colorinterp]
         for name, values in (("scales", self.scales), ("offsets", self.offsets),
-                             ("units", self.units)):  # fmt: skip
+                             ("units", self.units), ("colorinterp", self.colorinterp)):  # fmt: skip
             if values is not None and len(values) != self.count:
                 raise InvalidInputError(f"{path}: {len(values)} band {name} for {self.count} bands")
         self.colormap = {int(k): tuple(v) for k, v in (colormap or {}).items()}
@@ -337,6 +342,8 @@ class GeoTIFFBlockWriter:
             dst.scales, dst.offsets = self.scales, self.offsets
         if self.units is not None:
             dst.units = self.units
+        if self.colorinterp is not None and not (self.colormap or self.classes):  # palette stays
+            dst.colorinterp = [ColorInterp[c] for c in self.colorinterp]
         tags = {k: str(v) for k, v in self.tags.items()}
         if self.classes:
             tags[CLASSES_TAG] = _class_tag(self.classes)
@@ -427,7 +434,7 @@ def write_geotiff(
     ``classes`` (default ``image.attrs["classes"]``) adds colour table, category names and
     mode overviews; ``image.mask`` becomes an internal mask. The values' metadata carried
     by ``image.data`` (:func:`geomed_seg.core.bands.band_metadata`: per-band scale/offset,
-    units, descriptions, palette) is written back. ``dtype`` casts on write.
+    units, descriptions, colour interpretation, palette) is written back. ``dtype`` casts on write.
     """
     if not isinstance(image.grid, GeoGrid):
         raise InvalidInputError(f"{path}: GeoTIFF needs a raster Image (GeoGrid), got {image.kind}")
@@ -458,6 +465,7 @@ def write_geotiff(
         offsets=meta.get("offset"),
         units=meta.get("units"),
         colormap=meta.get("colormap"),
+        colorinterp=meta.get("colorinterp"),
     ) as writer:
         starts = [np.cumsum((0, *c[:-1])) for c in arr.chunks[1:]]
         for i, j in np.ndindex(*arr.numblocks[1:]):

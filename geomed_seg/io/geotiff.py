@@ -316,7 +316,7 @@ def open_geotiff(path: str | os.PathLike, chunks: Any = None) -> Image:
             attrs = _attrs(path=path, src=src)
             coords = band_coords(
                 src.count, scales=src.scales, offsets=src.offsets, units=src.units,
-                descriptions=src.descriptions,
+                descriptions=src.descriptions, colorinterp=src.colorinterp,
             )  # fmt: skip
             natural = block_chunks(shape, src.block_shapes[0], dtype.itemsize)
     nodata = None if nodatas[0] is None else float(nodatas[0])

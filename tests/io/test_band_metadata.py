@@ -169,3 +169,40 @@ def test_card_apply_scale_offset_feeds_physical_values(scaled_tif, tmp_path):
     raw_run = segment(gs.open_image(scaled_tif), load_checkpoint(_model(tmp_path, False)),
                       output="probabilities", device="cpu")  # fmt: skip
     assert np.abs(raw_run.image.compute() - ref.image.compute()).max() > 1e-2  # default: raw values
+
+
+@pytest.fixture
+def bgra_tif(tmp_path) -> Path:
+    """A uint16 BGRA raster (band order blue, green, red, alpha), like rasterio's RGBA.uint16."""
+    from rasterio.enums import ColorInterp as CI
+
+    data = (np.indices((4, 40, 50)).sum(0) * 997 % 60000).astype(np.uint16)
+    data[3] = 0
+    data[3, 5:30, 10:45] = 65535  # alpha: opaque inside, transparent around
+    path = tmp_path / "bgra.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=50, height=40, count=4, dtype="uint16",
+                       crs=UTM33, transform=NORTH_UP, photometric="MINISBLACK",
+                       alpha="UNSPECIFIED") as ds:  # fmt: skip
+        ds.write(data)
+        ds.colorinterp = [CI.blue, CI.green, CI.red, CI.alpha]
+    return path
+
+
+@pytest.mark.parametrize("via_zarr", [False, True])
+def test_colour_interpretation_and_alpha_survive_convert(bgra_tif, tmp_path, via_zarr):
+    out = tmp_path / "out.tif"
+    if via_zarr:
+        convert_image(bgra_tif, tmp_path / "mid.zarr")
+        convert_image(tmp_path / "mid.zarr", out)
+    else:
+        convert_image(bgra_tif, out)
+    with rasterio.open(bgra_tif) as src, rasterio.open(out) as dst:
+        assert [c.name for c in src.colorinterp] == ["blue", "green", "red", "alpha"]
+        assert dst.colorinterp == src.colorinterp  # which band is red, which is alpha
+        np.testing.assert_array_equal(dst.read(), src.read())
+        np.testing.assert_array_equal(dst.dataset_mask() > 0, src.dataset_mask() > 0)
+    img = gs.open_image(bgra_tif)
+    sub = type(img)(img.data.isel(band=[2, 0]), img.grid, img.nodata, img.mask, img.attrs)
+    gs.write_image(sub, tmp_path / "sub.tif")
+    with rasterio.open(tmp_path / "sub.tif") as ds:  # band subsets keep theirs, in step
+        assert [c.name for c in ds.colorinterp] == ["red", "blue"]
