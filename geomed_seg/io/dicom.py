@@ -44,6 +44,7 @@ from geomed_seg.io.dicom_geometry import SliceGeometry, check_slices, resample_s
 from geomed_seg.io.dicom_pixels import (
     check_decodable,
     check_grey,
+    check_not_mosaic,
     check_payload,
     decode_values,
     is_encapsulated,
@@ -272,6 +273,7 @@ def _check_instances(files: list[_File]) -> None:
         if f.problem is not None:
             raise f.problem
         check_grey(f.ds, f.path)
+        check_not_mosaic(f.ds, f.path)
         check_payload(f.ds, f.path)
         check_decodable(f.ds, f.path)
 

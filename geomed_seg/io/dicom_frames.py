@@ -36,6 +36,7 @@ from geomed_seg.io.dicom_geometry import SliceGeometry, check_slices, resample_s
 from geomed_seg.io.dicom_pixels import (
     check_decodable,
     check_grey,
+    check_not_mosaic,
     check_payload,
     decode_values,
     group_item,
@@ -246,6 +247,7 @@ def open_file_volume(
         Malformed or inconsistent geometry attributes.
     """
     check_grey(ds, path)
+    check_not_mosaic(ds, path)
     check_payload(ds, path)
     check_decodable(ds, path)
     if "PerFrameFunctionalGroupsSequence" in ds:

@@ -159,6 +159,26 @@ def check_grey(ds: pydicom.Dataset, path: Path) -> None:
         )
 
 
+def check_not_mosaic(ds: pydicom.Dataset, path: Path) -> None:
+    """Raise :class:`UnsupportedFormatError` for a Siemens mosaic (many slices tiled in one image).
+
+    A mosaic's Rows x Columns hold a grid of slices (``ImageType`` contains ``MOSAIC``;
+    private ``(0019,100A)`` NumberOfImagesInMosaic), and its ImagePositionPatient is that
+    of the whole tile, so reading it as one slice gives a wrong volume and geometry with
+    no error (SimpleITK/GDCM do the same). Unpacking needs the Siemens CSA header (slice
+    normal, slice order): dcm2niix or ``nibabel.nicom`` do it.
+    """
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "MOSAIC" not in image_type:
+        return
+    n = ds.get((0x0019, 0x100A))
+    count = f"{int(n.value)} slices" if n is not None and str(n.value).strip() else "slices"
+    raise UnsupportedFormatError(
+        f"{path}: Siemens mosaic ({count} tiled in one {ds.get('Rows')}x{ds.get('Columns')} "
+        "image); unpack it to one slice per image first (e.g. dcm2niix or nibabel.nicom)"
+    )
+
+
 def check_payload(ds: pydicom.Dataset, path: Path) -> None:
     """Raise :class:`ReadError` when the Pixel Data of a native syntax is short or long.
 
@@ -297,6 +317,7 @@ def decode_values(path: Path, dtype: np.dtype | None = None) -> np.ndarray:
         except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
             raise ReadError(f"{path}: cannot read DICOM file ({exc})") from exc
         check_grey(ds, path)
+        check_not_mosaic(ds, path)
         check_payload(ds, path)
         check_decodable(ds, path)
         try:
@@ -388,6 +409,7 @@ def verify_files(paths: Sequence[str | os.PathLike]) -> None:
 __all__ = [
     "check_decodable",
     "check_grey",
+    "check_not_mosaic",
     "check_payload",
     "decode_values",
     "frame_rescales",

@@ -329,3 +329,21 @@ def test_truncated_header_refused_only_in_the_chosen_series(tmp_path: Path) -> N
     other[1].write_bytes(raw[:series_uid_at])  # cannot tell its series: the folder is refused
     with pytest.raises(ReadError, match=f"{other[1].name}: truncated DICOM file"):
         open_dicom(tmp_path / "f", series="A")
+
+
+def test_siemens_mosaic_is_refused_not_read_as_one_slice(tmp_path: Path) -> None:
+    """A Siemens mosaic tiles many slices in one image (nibabel.nicom unpacks it; SimpleITK reads
+    it as one slice with the tile's position): refused by name, in a series or as one file."""
+    from geomed_seg.io.dicom_frames import open_file_volume
+
+    files, _ = make_series(tmp_path / "s", modality="MR")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+        ds.add_new((0x0019, 0x0010), "LO", "SIEMENS MR HEADER")
+        ds.add_new((0x0019, 0x100A), "US", 4)
+        ds.save_as(f)
+    with pytest.raises(UnsupportedFormatError, match=r"\.dcm: Siemens mosaic \(4 slices"):
+        open_dicom(tmp_path / "s")
+    with pytest.raises(UnsupportedFormatError, match="Siemens mosaic"):
+        open_file_volume(files[0], pydicom.dcmread(files[0]))
