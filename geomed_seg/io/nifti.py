@@ -265,6 +265,11 @@ def open_nifti(path: str | os.PathLike, chunks: Any = None) -> Image:
         raise UnsupportedFormatError(f"{path}: not a NIfTI file ({exc})") from exc
     except _READ_ERRORS as exc:
         raise ReadError(f"{path}: cannot read NIfTI header ({exc})") from exc
+    if isinstance(img, nib.Nifti1Pair | nib.Nifti2Pair):  # a pair's header is "ni1"/"ni2"
+        raise UnsupportedFormatError(
+            f"{path}: NIfTI pair (.hdr + .img) not supported; save it as one .nii/.nii.gz "
+            "file (e.g. nibabel.save(nibabel.load(path), 'volume.nii.gz'))"
+        )
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise UnsupportedFormatError(f"{path}: {type(img).__name__} is not NIfTI")
     stream_read = _check_size(path, img)

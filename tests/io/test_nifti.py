@@ -270,3 +270,15 @@ def test_spatial_units_are_converted_to_mm_as_simpleitk(
     assert back.header.get_xyzt_units()[0] == unit
     _same_geometry(img, back)
     np.testing.assert_allclose(open_nifti(out).grid.affine, expected, atol=1e-4)
+
+
+def test_nifti_pair_refused_with_the_reason(tmp_path: Path) -> None:
+    """A .hdr/.img pair is NIfTI: the message says a pair is unsupported, not 'not NIfTI'."""
+    from geomed_seg.io.registry import open_image
+
+    pair = nib.Nifti1Pair(np.zeros((4, 3, 2), np.int16), np.diag([2.0, 2.0, 3.0, 1.0]))
+    nib.save(pair, tmp_path / "vol.img")
+    with pytest.raises(UnsupportedFormatError, match=r"vol\.hdr: NIfTI pair \(\.hdr \+ \.img\)"):
+        open_nifti(tmp_path / "vol.hdr")
+    with pytest.raises(UnsupportedFormatError, match="NIfTI pair"):
+        open_image(tmp_path / "vol.hdr")
