@@ -265,7 +265,8 @@ def open_nifti(path: str | os.PathLike, chunks: Any = None) -> Image:
         raise UnsupportedFormatError(f"{path}: not a NIfTI file ({exc})") from exc
     except _READ_ERRORS as exc:
         raise ReadError(f"{path}: cannot read NIfTI header ({exc})") from exc
-    if isinstance(img, nib.Nifti1Pair | nib.Nifti2Pair):  # a pair's header is "ni1"/"ni2"
+    single = isinstance(img, nib.Nifti1Image | nib.Nifti2Image)  # Nifti1Image is a Nifti1Pair
+    if not single and isinstance(img, nib.Nifti1Pair | nib.Nifti2Pair):
         raise UnsupportedFormatError(
             f"{path}: NIfTI pair (.hdr + .img) not supported; save it as one .nii/.nii.gz "
             "file (e.g. nibabel.save(nibabel.load(path), 'volume.nii.gz'))"
