@@ -8,6 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 from pyproj import CRS, Transformer
+from pyproj.crs import GeographicCRS
+
+
+def _to_degrees(pcrs: CRS) -> Transformer:
+    """Transformer to longitude/latitude in degrees on ``pcrs``'s own datum.
+
+    Not to ``pcrs.geodetic_crs``: that keeps the CRS's angular unit (grads for NTF Paris,
+    EPSG:4807, and every NTF Lambert zone), and ``Geod`` wants degrees.
+    """
+    return Transformer.from_crs(pcrs, GeographicCRS(datum=pcrs.geodetic_crs.datum), always_xy=True)
 
 
 def geodesic_pixel_areas(crs, transform, rows, cols, densify: int = 1) -> np.ndarray:
@@ -18,7 +28,7 @@ def geodesic_pixel_areas(crs, transform, rows, cols, densify: int = 1) -> np.nda
     """
     pcrs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
     geod = pcrs.get_geod()
-    to_ll = Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True)
+    to_ll = _to_degrees(pcrs)
     rows = np.asarray(rows, float)
     cols = np.asarray(cols, float)
     t = np.arange(densify) / densify
@@ -51,6 +61,6 @@ def geodesic_polygon_area(crs, geom, max_segment: float | None = None) -> float:
     if max_segment is not None:
         geom = shapely.segmentize(geom, max_segment)
     pcrs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-    to_ll = Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True)
+    to_ll = _to_degrees(pcrs)
     ll = shapely.transform(geom, lambda xy: np.column_stack(to_ll.transform(xy[:, 0], xy[:, 1])))
     return abs(pcrs.get_geod().geometry_area_perimeter(ll)[0])

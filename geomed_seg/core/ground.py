@@ -14,7 +14,8 @@ How each CRS kind is handled (:func:`ground_units`):
 * **Truth** for every other CRS: the geodesic area of the pixel polygon on the CRS's own
   ellipsoid. The pixel's corners (edges densified to <= 1 km segments, so straight edges in
   the CRS and parallels in degrees are followed) are transformed to the CRS's own
-  geographic CRS (pyproj ``Transformer``) and measured with ``pyproj.Geod`` (Karney's
+  geographic CRS (pyproj ``Transformer``; its angular unit, e.g. grads, converted to degrees)
+  and measured with ``pyproj.Geod`` (Karney's
   algorithm, ~1e-9 relative on a 30 m pixel). Rotated/sheared grids are just other
   polygons.
 * **Planar** (``|det| * unit_factor²``, one constant) only where it is exact enough: a
@@ -199,6 +200,12 @@ class _Geodesic:
         self.grid = grid
         self.geod = pcrs.get_geod()
         self.to_lonlat = pyproj.Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True)
+        # the geodetic CRS keeps the CRS's angular unit (grads for NTF Paris, EPSG:4807;
+        # radians exist too); Geod wants degrees. The prime meridian only shifts longitudes,
+        # which geodesic lengths and areas do not depend on.
+        axes = pcrs.geodetic_crs.axis_info
+        rad = axes[0].unit_conversion_factor if axes else math.pi / 180
+        self.deg_per_unit = rad * 180 / math.pi
         self.segments = 1
 
     def lonlat(self, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +213,8 @@ class _Geodesic:
         x = t.a * cols + t.b * rows + t.c
         y = t.d * cols + t.e * rows + t.f
         lon, lat = self.to_lonlat.transform(x, y)
-        lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+        lon = np.asarray(lon, float) * self.deg_per_unit
+        lat = np.asarray(lat, float) * self.deg_per_unit
         if not (np.isfinite(lon).all() and np.isfinite(lat).all()) or np.abs(lat).max() > 90:
             raise GeometryError(
                 f"{self.grid.describe()}: pixel corners fall outside the CRS's valid area "

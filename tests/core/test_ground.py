@@ -36,6 +36,9 @@ CASES = {
     "equal-area": (6933, Affine(28.5, 0, 5.0e5, 0, -28.5, 4.5e6), "planar"),
     "laea-rotated": (3035, Affine(20, 5, 4.3e6, 5, -20, 3.2e6), "planar"),
     "coarse-degrees": (4326, Affine(0.5, 0, -20, 0, -0.5, 85), "geodesic"),
+    # NTF (Paris): grads and the Paris meridian, geographic and projected (Lambert II etendu)
+    "grads-paris": (4807, Affine(0.000285, 0, 0.5, 0, -0.000285, 53.0), "geodesic"),
+    "ntf-lambert-grads-datum": (27572, Affine(28.5, 0, 6.0e5, 0, -28.5, 2.43e6), "geodesic"),
 }
 
 
