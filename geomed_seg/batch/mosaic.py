@@ -494,6 +494,20 @@ def _drop(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def _overlap_note(labels: list[Path]) -> str | None:
+    """Note for tiles of one grid that overlap: the class totals count the overlap per tile."""
+    from geomed_seg.batch.vectors import check_disjoint  # imports this module
+
+    try:
+        check_disjoint(tile_layout(labels))
+    except (GeometryError, InvalidInputError) as exc:
+        if "overlap" not in str(exc):
+            return None
+        return (f"{exc}: the class areas are sums of the tile reports and count each "
+                "overlapping pixel once per tile that holds it")  # fmt: skip
+    return None
+
+
 def _mosaics(out: Path, t: _Tally, polygons: bool, cog: bool) -> tuple[dict[str, Path], list[str]]:
     """Build ``mosaic.vrt``, ``polygons.gpkg`` and ``mosaic.tif`` where possible."""
     from geomed_seg.batch.vectors import merge_polygons  # imports this module
@@ -509,6 +523,9 @@ def _mosaics(out: Path, t: _Tally, polygons: bool, cog: bool) -> tuple[dict[str,
         _drop(out / "mosaic.vrt")
     else:
         outputs["mosaic"] = out / "mosaic.vrt"
+        overlap = _overlap_note(t.labels)
+        if overlap:
+            notes.append(overlap)
     with_gpkg = [(lab, g) for lab, g in zip(t.labels, t.gpkgs, strict=True) if g is not None]
     if polygons and with_gpkg:
         if len(with_gpkg) < len(t.labels):

@@ -222,3 +222,27 @@ def test_summary_notes_and_stale_outputs(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "summary.json", "summary.md", "tiles"]  # fmt: skip
     assert json.loads((out / "summary.json").read_text())["notes"] == notes
+
+
+def test_overlapping_tiles_say_their_class_areas_count_the_overlap_twice(tmp_path):
+    """Tiles of one grid that overlap (rasterio's rgb1..rgb4 share a row and a column): the
+    mosaic is built, but the summed class areas count the overlap once per tile: a note says so."""
+    out = tmp_path / "out"
+    arr = np.ones((4, 4), np.uint8)
+    records = []
+    for i, col in enumerate((0, 3)):  # 4-pixel tiles 3 pixels apart: one shared column
+        folder = out / "tiles" / f"t{i}"
+        folder.mkdir(parents=True)
+        _write(folder / "labels.tif", arr, Affine(10, 0, 500000 + 10 * col, 0, -10, 6e6))
+        report = {"classes": [{"index": 1, "name": "water", "samples": 16, "area_m2": 1600.0,
+                               "area_km2": 0.0016}]}  # fmt: skip
+        (folder / "report.json").write_text(json.dumps(report))
+        records.append({"stem": f"t{i}", "status": "done", "seconds": 1.0, "outputs": {
+            "labels.tif": {"path": f"tiles/t{i}/labels.tif"},
+            "report.json": {"path": f"tiles/t{i}/report.json"}}})  # fmt: skip
+    result = BatchResult(out, done=["t0", "t1"], seconds=2.0)
+    outputs, notes = write_summary(out, _journal(out, records), ["t0", "t1"], result)
+    assert "mosaic" in outputs
+    with rasterio.open(out / "mosaic.vrt") as m:
+        assert m.width == 7  # 4 + 4 - 1 shared column
+    assert any("overlaps" in n and "once per tile" in n for n in notes), notes
