@@ -37,7 +37,11 @@ def evaluate(
     tversky: str = typer.Option("0.5,0.5", "--tversky", help="alpha (FP),beta (FN) weights."),
     surface: bool = typer.Option(False, "--surface", help="Also HD, HD95, ASSD, NSD."),
     tolerance: float = typer.Option(
-        1.0, "--tolerance", help="--surface NSD tolerance in mm (volumes) or m (rasters)."
+        1.0,
+        "--tolerance",
+        help="--surface NSD tolerance in mm (volumes) or ground metres (rasters); in CRS "
+        "units, with a warning, where a raster has no ground metres (no CRS, local CRS, or "
+        "pixel size varying > 0.1 %).",
     ),
     brats: str | None = typer.Option(None, "--brats", help="BraTS regions: legacy, 2023, 2024."),
     lesion_wise: bool = typer.Option(False, "--lesion-wise", help="BraTS lesion-wise metrics."),
