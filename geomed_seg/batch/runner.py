@@ -19,7 +19,6 @@ is part of the journal's config hash.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -36,8 +35,10 @@ from typing import Any
 import dask
 
 from geomed_seg.batch.blocks import Block, aligned_block_size, plan_blocks
-from geomed_seg.batch.journal import Journal, config_hash, file_sha256, input_identity
+from geomed_seg.batch.journal import Journal, config_hash, file_sha256
 from geomed_seg.batch.manifest import Job, build_jobs, default_halo
+from geomed_seg.batch.tasks import run_attempts
+from geomed_seg.batch.tasks import worker_config as _worker_config
 from geomed_seg.errors import ConfigError, InvalidInputError
 from geomed_seg.io.atomic import atomic_output
 from geomed_seg.io.transaction import sweep_stages
@@ -60,15 +61,6 @@ class BatchResult:
     notes: list[str] = field(default_factory=list)
     #: the summary's ``thresholds`` section (scope, method, value(s), separability) or None
     thresholds: dict[str, Any] | None = None
-
-
-@functools.lru_cache(maxsize=8)
-def _worker_config(config_ref: str, overrides: tuple[str, ...], chash: str) -> PipelineConfig:
-    """Load the config once per worker process (keyed by the config hash)."""
-    cfg = load_config(config_ref, overrides)
-    if config_hash(cfg) != chash:  # the file changed under a running batch
-        raise RuntimeError(f"{config_ref}: config changed since the batch started")
-    return cfg
 
 
 #: A block's read window up to this size (bytes, all bands) is read into memory once.
@@ -131,34 +123,27 @@ def run_tile(
                            "batch_threshold": batch_threshold}  # fmt: skip
     if block is not None:
         rec["block"] = {"index": list(block.index), **block.offsets()}
-    start = time.perf_counter()
-    for attempt in range(1, retries + 2):
-        rec["attempts"] = attempt
-        try:
-            rec.update(input_identity(src))
-            cfg = _worker_config(config_ref, overrides, chash)
-            if batch_threshold is not None:
-                model = cfg.model.model_copy(update={"batch_threshold": batch_threshold})
-                cfg = cfg.model_copy(update={"model": model})
-            with atomic_output(final, overwrite=True) as tmp:
-                if block is None:
-                    run_pipeline(cfg, input=src, output=tmp)
-                else:
-                    _run_block(cfg, src, block, tmp)
-            files = sorted(p for p in final.rglob("*") if p.is_file())
-            rec["outputs"] = {
-                p.relative_to(final).as_posix(): {
-                    "path": p.relative_to(root).as_posix(),
-                    "sha256": file_sha256(p),
-                }
-                for p in files
+
+    def attempt() -> None:
+        cfg = _worker_config(config_ref, overrides, chash)
+        if batch_threshold is not None:
+            model = cfg.model.model_copy(update={"batch_threshold": batch_threshold})
+            cfg = cfg.model_copy(update={"model": model})
+        with atomic_output(final, overwrite=True) as tmp:
+            if block is None:
+                run_pipeline(cfg, input=src, output=tmp)
+            else:
+                _run_block(cfg, src, block, tmp)
+        files = sorted(p for p in final.rglob("*") if p.is_file())
+        rec["outputs"] = {
+            p.relative_to(final).as_posix(): {
+                "path": p.relative_to(root).as_posix(),
+                "sha256": file_sha256(p),
             }
-            rec["status"], rec["error"] = "done", None
-            break
-        except Exception as exc:  # noqa: BLE001 - a tile's failure is data, not a crash
-            rec["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-            log.warning("%s: attempt %d failed: %s", src, attempt, rec["error"])
-    rec["seconds"] = time.perf_counter() - start
+            for p in files
+        }
+
+    run_attempts(rec, src, retries, attempt)
     rec["worker_peak_rss_mb"], rec["worker_rss_mb"] = _rss_mb()
     return rec
 

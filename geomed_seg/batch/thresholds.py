@@ -33,8 +33,9 @@ from typing import Any
 import dask
 
 from geomed_seg.batch.blocks import Block
-from geomed_seg.batch.journal import Journal, input_identity
+from geomed_seg.batch.journal import Journal
 from geomed_seg.batch.manifest import Job
+from geomed_seg.batch.tasks import run_attempts, worker_config
 from geomed_seg.classical.histogram import (
     Histogram,
     ThresholdDecision,
@@ -86,31 +87,22 @@ def stats_task(
     Returns ``{"status": "done", "result": ..., **input identity}`` or a failed record
     with the error; never raises for the input's own problem.
     """
-    from geomed_seg.batch.runner import _worker_config
     from geomed_seg.classical.thresholds import image_histogram, value_range_of
 
     dask.config.set(scheduler="synchronous")  # a task is one unit of parallelism
     src = Path(path)
     rec: dict[str, Any] = {"status": "failed", "error": None}
-    start = time.perf_counter()
-    for attempt in range(1, retries + 2):
-        rec["attempts"] = attempt
-        try:
-            rec.update(input_identity(src))
-            cfg = _worker_config(config_ref, overrides, chash)
-            values = task_values(cfg, src, block)
-            if step == "range":
-                r = value_range_of(values)
-                rec["result"] = {"lo": r.lo, "hi": r.hi}
-            else:
-                assert value_range is not None
-                rec["result"] = image_histogram(values, bins, value_range).to_json()
-            rec["status"], rec["error"] = "done", None
-            break
-        except Exception as exc:  # noqa: BLE001 - an input's failure is data, not a crash
-            rec["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-            log.warning("%s: pass 1 attempt %d failed: %s", src, attempt, rec["error"])
-    rec["seconds"] = time.perf_counter() - start
+
+    def attempt() -> None:
+        values = task_values(worker_config(config_ref, overrides, chash), src, block)
+        if step == "range":
+            r = value_range_of(values)
+            rec["result"] = {"lo": r.lo, "hi": r.hi}
+        else:
+            assert value_range is not None
+            rec["result"] = image_histogram(values, bins, value_range).to_json()
+
+    run_attempts(rec, src, retries, attempt, what="pass 1 attempt")
     return rec
 
 
