@@ -192,7 +192,7 @@ class NiftiSink(MemorySink):
 
         image = super().finish()
         assert self.path is not None
-        write_nifti(image, self.path, overwrite=self.overwrite)
+        write_nifti(image, self.path, overwrite=self.overwrite, classes=self.spec.classes)
         return open_nifti(self.path)
 
 

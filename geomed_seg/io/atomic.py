@@ -153,16 +153,39 @@ def scratch_path(final: str | os.PathLike, tag: str = "part") -> Path:
     return final.with_name(tmp_name(final, tag))
 
 
+def data_stem(name: str) -> str:
+    """Return ``name`` without its format suffix (``.nii.gz`` counts as one suffix)."""
+    if name.lower().endswith(".nii.gz"):
+        return name[: -len(".nii.gz")]
+    suffix = os.path.splitext(name)[1]
+    return name[: -len(suffix)] if suffix else name
+
+
+def companion_path(path: str | os.PathLike, companion: str) -> Path:
+    """Return the sidecar ``companion`` of ``path``.
+
+    ``companion`` is a suffix appended to the whole name (GDAL PAM: ``".aux.xml"`` →
+    ``labels.tif.aux.xml``) or a template with ``{stem}``, the name without its format
+    suffix (``"{stem}.qml"`` → ``labels.qml``, as QGIS looks for a layer's style;
+    ``labels.nii.gz`` has the stem ``labels``).
+    """
+    p = Path(path)
+    if "{" not in companion:
+        return Path(f"{p}{companion}")
+    return p.with_name(companion.format(stem=data_stem(p.name), name=p.name))
+
+
 def replace_into_place(tmp: Path, final: Path, companions: Sequence[str] = ()) -> None:
     """Rename ``tmp`` (file or folder) onto ``final``, with its ``companions`` sidecars.
 
-    ``companions`` are suffixes appended to the name (``".aux.xml"``): ``<tmp><suffix>``
-    replaces ``<final><suffix>``, and a stale ``<final><suffix>`` is removed when the new
-    output has none. A folder replaces a folder through a backup name (``os.replace`` cannot
-    replace a non-empty folder). Call under :func:`deferred_signals`.
+    ``companions`` are sidecar suffixes or templates (:func:`companion_path`: ``".aux.xml"``,
+    ``"{stem}.qml"``): the sidecar of ``tmp`` replaces the one of ``final``, and a stale
+    sidecar of ``final`` is removed when the new output has none. A folder replaces a folder
+    through a backup name (``os.replace`` cannot replace a non-empty folder). Call under
+    :func:`deferred_signals`.
     """
     for suffix in companions:
-        side_tmp, side_final = Path(f"{tmp}{suffix}"), Path(f"{final}{suffix}")
+        side_tmp, side_final = companion_path(tmp, suffix), companion_path(final, suffix)
         if side_tmp.exists():
             os.replace(side_tmp, side_final)
         elif side_final.exists():
@@ -184,8 +207,8 @@ def atomic_output(
 
     The temporary name keeps the final suffix(es) so format drivers that look at the suffix
     (GDAL, nibabel) behave as for the real name. Works for files and folders (Zarr stores).
-    ``companions`` are sidecar suffixes (``".aux.xml"``) committed together with the output.
-    In an active transaction the output is staged and renamed by the transaction's commit.
+    ``companions`` are sidecars (:func:`companion_path`: ``".aux.xml"``, ``"{stem}.qml"``)
+    committed together with the output. In an active transaction the output is staged and renamed by the transaction's commit.
     """
     final = check_output(path, overwrite)
     txn = ACTIVE_TRANSACTION.get()
@@ -222,7 +245,7 @@ def atomic_output(
     except BaseException:
         _remove(tmp)
         for suffix in companions:
-            _remove(Path(f"{tmp}{suffix}"))
+            _remove(companion_path(tmp, suffix))
         raise
     finally:
         if not staged:

@@ -6,10 +6,14 @@ COG driver streams it into the final layout (512 tiles, DEFLATE/ZSTD + predictor
 overviews, nodata, colour table, internal mask) under a temporary name that is renamed onto
 the target (:mod:`geomed_seg.io.atomic`). Nothing is left behind on failure.
 
-Class tables travel three ways: a colour table (GDAL palette), GDAL category names + a
+Class tables travel four ways: a colour table (GDAL palette), GDAL category names + a
 raster attribute table in the PAM sidecar ``<name>.aux.xml`` (what QGIS and ``gdalinfo``
-show; GeoTIFF has no internal tag for them), and a JSON copy in the dataset tag
-``GEOMED_CLASSES`` inside the TIFF so the file alone reads back with its classes.
+show; GDAL's GTiff driver keeps category names and RATs only in PAM: with
+``GDAL_PAM_ENABLED=NO`` they are dropped), a QGIS layer style ``<stem>.qml`` (palette with
+class names, :mod:`geomed_seg.io.sidecars`), and inside the TIFF itself, so a ``.tif``
+copied alone keeps its names: band-1 metadata items ``CLASS_<value>=<name>`` (GDAL's
+``GDAL_METADATA`` tag, shown by ``gdalinfo`` and QGIS's layer metadata, read by rasterio's
+``tags(1)``) and a JSON copy in the dataset tag ``GEOMED_CLASSES``.
 Re-exported by :mod:`geomed_seg.io.geotiff`.
 """
 
@@ -42,6 +46,7 @@ from geomed_seg.io.atomic import _remove, atomic_output, check_output, scratch_p
 from geomed_seg.io.faults import fault_point
 from geomed_seg.io.georef import write_profile
 from geomed_seg.io.native import native_stderr_to_log
+from geomed_seg.io.sidecars import RASTER_SIDECARS, sidecar_texts, write_sidecars
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ log = logging.getLogger(__name__)
 GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 
 CLASSES_TAG = "GEOMED_CLASSES"
+#: Band-1 metadata item prefix of the class names stored inside the TIFF (``CLASS_1=water``).
+CLASS_ITEM = "CLASS_"
 #: GDAL block cache (MB) while writing, unless the user set ``GDAL_CACHEMAX`` themselves.
 WRITE_CACHE_MB = 256
 
@@ -347,6 +354,7 @@ class GeoTIFFBlockWriter:
         tags = {k: str(v) for k, v in self.tags.items()}
         if self.classes:
             tags[CLASSES_TAG] = _class_tag(self.classes)
+            dst.update_tags(1, **{f"{CLASS_ITEM}{c.index}": c.name for c in self.classes})
         if tags:
             dst.update_tags(**tags)
         dst.close()
@@ -385,14 +393,17 @@ class GeoTIFFBlockWriter:
     def _commit_quietly(self) -> None:
         try:
             self._finish_part()
-            # the PAM sidecar (class names, RAT) commits with the COG, stale ones go
-            with atomic_output(self.path, self.overwrite, companions=(".aux.xml",)) as tmp:
+            # the PAM sidecar (class names, RAT) and the QGIS style commit with the COG,
+            # stale ones go
+            sides = (".aux.xml", *RASTER_SIDECARS)
+            with atomic_output(self.path, self.overwrite, companions=sides) as tmp:
                 if self.cog:
                     rasterio.shutil.copy(self._part, tmp, driver="COG", **self._cog_options())
                 else:
                     os.replace(self._part, tmp)
                     if self.classes:
                         os.replace(f"{self._part}.aux.xml", f"{tmp}.aux.xml")
+                write_sidecars(tmp, sidecar_texts(self.path, self.classes, "raster"))
         except GDAL_ERRORS as exc:
             raise WriteError(f"{self.path}: GDAL failed writing: {_errno_message(exc)}") from exc
         except OSError as exc:  # the PAM sidecar, written with pathlib

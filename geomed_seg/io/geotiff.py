@@ -11,7 +11,8 @@ Writing (:class:`GeoTIFFBlockWriter`, :func:`write_geotiff`) lives in
 that GDAL's COG driver streams into a Cloud-Optimised GeoTIFF, renamed when complete.
 
 Label classes read back from the ``GEOMED_CLASSES`` tag our writer stores, else from GDAL
-category names in the PAM ``.aux.xml`` sidecar plus the colour table.
+category names in the PAM ``.aux.xml`` sidecar, else from band 1's ``CLASS_<value>``
+metadata items (both with the colour table).
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ from rasterio.windows import Window
 from geomed_seg.core.bands import COLORMAP_ATTR, band_coords
 from geomed_seg.core.image import DEFAULT_CHUNK_BYTES, RASTER_DIMS, Image
 from geomed_seg.errors import ReadError, UnsupportedFormatError
-from geomed_seg.io.cog import CLASSES_TAG, GeoTIFFBlockWriter, gdal_message, write_geotiff
+from geomed_seg.io.cog import (
+    CLASS_ITEM,
+    CLASSES_TAG,
+    GeoTIFFBlockWriter,
+    gdal_message,
+    write_geotiff,
+)
 from geomed_seg.io.georef import read_grid
 
 log = logging.getLogger(__name__)
@@ -203,7 +210,7 @@ def _read_classes(src: Any) -> list[dict] | None:
             return [dict(c) for c in json.loads(tag)]
         except (ValueError, TypeError):
             log.warning("%s: ignoring unreadable %s tag", src.name, CLASSES_TAG)
-    names = _pam_category_names(src)
+    names = _pam_category_names(src) or _band_class_items(src)
     if not names:
         return None
     cmap = _colormap(src)
@@ -219,6 +226,15 @@ def _colormap(src: Any) -> dict[int, tuple[int, ...]] | None:
         return src.colormap(1)
     except ValueError:  # rasterio raises ValueError when band 1 has no colour table
         return None
+
+
+def _band_class_items(src: Any) -> list[str]:
+    """Category names from band 1's ``CLASS_<value>`` metadata items (inside the TIFF)."""
+    items = {}
+    for key, name in src.tags(1).items():
+        if key.startswith(CLASS_ITEM) and key[len(CLASS_ITEM) :].isdigit():
+            items[int(key[len(CLASS_ITEM) :])] = name
+    return [items.get(i, "") for i in range(max(items) + 1)] if items else []
 
 
 def _pam_category_names(src: Any) -> list[str]:

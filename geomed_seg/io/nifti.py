@@ -28,6 +28,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from geomed_seg.core.grid import VoxelGrid
 from geomed_seg.core.image import DEFAULT_CHUNK_BYTES, Image
+from geomed_seg.core.labels import parse_classes
 from geomed_seg.errors import (
     GeometryError,
     InvalidInputError,
@@ -36,6 +37,7 @@ from geomed_seg.errors import (
     WriteError,
 )
 from geomed_seg.io.atomic import atomic_output, check_output
+from geomed_seg.io.sidecars import VOLUME_SIDECARS, sidecar_texts, write_sidecars
 
 logger = logging.getLogger(__name__)
 
@@ -384,6 +386,7 @@ def write_nifti(
     overwrite: bool = False,
     dtype: Any = None,
     reference: Any = None,
+    classes: Any = None,
 ) -> Path:
     """Write a volume :class:`Image` to ``.nii``/``.nii.gz`` atomically; return the path.
 
@@ -408,6 +411,10 @@ def write_nifti(
         Header metadata to reproduce; default ``image.attrs["nifti"]``. When its affine
         equals the image grid's (1e-6), qform/sform with codes, pixdim, xyzt_units and
         dim_info are copied bit-exactly; otherwise both forms are set from the grid.
+    classes : list of ClassInfo / dicts / "i:name,..." spec, optional
+        Label classes (default ``image.attrs["classes"]``): a one-channel integer volume gets
+        an ITK-SNAP label description ``<stem>.label.txt`` and a 3D Slicer colour table
+        ``<stem>.ctbl`` beside it (:mod:`geomed_seg.io.sidecars`), committed with the file.
 
     Notes
     -----
@@ -439,7 +446,11 @@ def write_nifti(
     hdr = _build_header(image, meta, out_dtype, shape)
     if lo is not None:
         hdr["cal_min"], hdr["cal_max"] = lo, hi
-    with atomic_output(path, overwrite) as tmp:
+    classes = parse_classes(classes if classes is not None else image.attrs.get("classes"))
+    labels = out_dtype.kind in "iu" and nc == 1
+    sides = sidecar_texts(path, classes, "volume") if labels else {}
+    with atomic_output(path, overwrite, companions=VOLUME_SIDECARS) as tmp:
+        write_sidecars(tmp, sides)
         try:
             with Opener(str(tmp), "wb") as f:
                 hdr.write_to(f)

@@ -35,6 +35,7 @@ from geomed_seg.io.atomic import (
     ACTIVE_TRANSACTION,
     _file_ancestor,
     _remove,
+    companion_path,
     deferred_signals,
     replace_into_place,
     write_error,
@@ -43,8 +44,9 @@ from geomed_seg.io.atomic import (
 log = logging.getLogger(__name__)
 
 STAGE_PREFIX = ".geomed-stage-"
-#: Sidecars that belong to an output and are committed with it (GDAL PAM: class names, RAT).
-SIDECARS = (".aux.xml",)
+#: Sidecars that belong to an output and are committed with it (GDAL PAM: class names, RAT;
+#: QGIS style, ITK-SNAP labels, Slicer colour table: :mod:`geomed_seg.io.sidecars`).
+SIDECARS = (".aux.xml", "{stem}.qml", "{stem}.label.txt", "{stem}.ctbl")
 
 
 def _resolved(path: str | os.PathLike) -> Path:
@@ -241,12 +243,16 @@ class OutputTransaction:
     def _drop_obsolete(self, new: set[Path]) -> None:
         if not self.overwrite:
             return
+        # labels.nii.gz's old labels.qml slot may hold the new labels.tif's style: keep those
+        keep = new | {_resolved(companion_path(s.final, c)) for s in self._staged
+                      for c in s.companions}  # fmt: skip
         for old in self.obsolete:
             if _resolved(old) not in new and (old.exists() or old.is_symlink()):
                 log.info("%s: removed (an output of the previous run, not of this one)", old)
                 _remove(old)
                 for side in SIDECARS:
-                    _remove(Path(f"{old}{side}"))
+                    if _resolved(companion_path(old, side)) not in keep:
+                        _remove(companion_path(old, side))
 
     def _drop_stages(self) -> None:
         for stage in self._stages.values():

@@ -156,7 +156,9 @@ def _write_labels(labels: Image, classes, folder: Path, source: Image, overwrite
 
     if labels.kind == "raster":
         return write_image(labels, folder / "labels.tif", overwrite=overwrite, classes=classes)
-    return write_image(labels, folder / "labels.nii.gz", overwrite=overwrite, reference=source)
+    return write_image(
+        labels, folder / "labels.nii.gz", overwrite=overwrite, reference=source, classes=classes
+    )
 
 
 def _check_same_grid(img: Image, source: Image, cfg: PipelineConfig, step: str) -> None:

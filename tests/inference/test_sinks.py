@@ -52,8 +52,8 @@ def test_geotiff_labels_keep_geometry_nodata_and_classes(tmp_path):
         assert src.colormap(1)[1][:3] == (0, 0, 255)
     assert (mem[0, :20, :30] == 255).all()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".aux.xml")) == [
-        "labels.tif"
-    ]
+        "labels.qml", "labels.tif"
+    ]  # fmt: skip
 
 
 def test_zarr_probabilities_roundtrip(tmp_path):

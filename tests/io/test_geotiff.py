@@ -335,7 +335,7 @@ def test_plain_tiled_geotiff_with_classes(tmp_path):
     out = write_geotiff(
         Image.from_array(labels, grid), tmp_path / "plain.tif", cog=False, classes="0:a,1:b,2:c"
     )
-    assert _files(tmp_path) == {"plain.tif", "plain.tif.aux.xml"}
+    assert _files(tmp_path) == {"plain.tif", "plain.tif.aux.xml", "plain.qml"}  # + QGIS style
     with rasterio.open(out) as ds:
         assert ds.profile["tiled"] and ds.profile["blockxsize"] == 512
         assert ds.overviews(1) == [] and ds.compression.name == "deflate"
