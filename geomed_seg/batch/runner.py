@@ -257,7 +257,7 @@ def run_batch(
         (:mod:`geomed_seg.batch.thresholds`); ``"tile"``: each task decides its own. A
         ``model.threshold`` in the config always wins (no pass 1).
     """
-    from geomed_seg.batch.mosaic import write_summary
+    from geomed_seg.batch.summary import write_summary
     from geomed_seg.batch.thresholds import SCOPES, batch_pass1, summary_section
 
     if threshold_scope not in SCOPES:

@@ -2,7 +2,7 @@
 
 Each done tile has ``polygons.gpkg`` written by :func:`geomed_seg.io.vector.write_polygons`:
 polygons of ``rasterio.features.shapes``, whose vertices lie on pixel corners. The tiles sit
-on one pixel grid (:func:`geomed_seg.batch.mosaic.tile_layout`), so a region cut by a tile
+on one pixel grid (:func:`geomed_seg.batch.layout.tile_layout`), so a region cut by a tile
 edge is made of pieces that share their edges exactly once mapped to the mosaic's pixel
 coordinates (inverse affine, rounded to integers). A polygon touching an *inner* tile edge
 (one shared with a neighbour tile, not the mosaic's outer edge) is such a border piece: the
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geomed_seg.batch.mosaic import TileLayout, TilePlace, tile_layout
+from geomed_seg.batch.layout import TileLayout, TilePlace, tile_layout
 from geomed_seg.errors import GeometryError, InvalidInputError
 from geomed_seg.io.atomic import atomic_output
 from geomed_seg.io.vector import LAYER, VectorSummary, piece_areas

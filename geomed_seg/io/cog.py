@@ -98,7 +98,7 @@ def _errno_message(exc: BaseException) -> str:
     return text
 
 
-def _pam_xml(classes: Sequence[ClassInfo]) -> str:
+def pam_xml(classes: Sequence[ClassInfo]) -> str:
     """PAM sidecar XML with band-1 category names and a thematic raster attribute table.
 
     Hand-written because rasterio has no API for GDAL category names or RATs; GDAL reads
@@ -360,7 +360,7 @@ class GeoTIFFBlockWriter:
         dst.close()
         self._dst = None
         if self.classes:
-            Path(f"{self._part}.aux.xml").write_text(_pam_xml(self.classes), encoding="utf-8")
+            Path(f"{self._part}.aux.xml").write_text(pam_xml(self.classes), encoding="utf-8")
 
     def _cog_options(self) -> dict[str, Any]:
         pred = {1: "NO", 2: "STANDARD", 3: "FLOATING_POINT"}.get(self.predictor, "YES")

@@ -15,8 +15,9 @@ from rasterio.windows import from_bounds
 from rio_cogeo.cogeo import cog_validate
 
 from geomed_seg.batch.journal import Journal
-from geomed_seg.batch.mosaic import write_cog_mosaic, write_summary, write_vrt
+from geomed_seg.batch.mosaic import write_cog_mosaic, write_vrt
 from geomed_seg.batch.runner import BatchResult, run_batch
+from geomed_seg.batch.summary import write_summary
 
 
 def test_vrt_pixels_equal_tiles(tiles, tmp_path, fast, landsat_path):

@@ -15,7 +15,7 @@ from rasterio.features import shapes
 from shapely.geometry import shape
 
 from geomed_seg.batch.journal import Journal
-from geomed_seg.batch.mosaic import tile_layout
+from geomed_seg.batch.layout import tile_layout
 from geomed_seg.batch.runner import run_batch
 from geomed_seg.batch.vectors import inner_sides, merge_polygons
 from geomed_seg.core.labels import ClassInfo
