@@ -79,12 +79,34 @@ def iter_batches(
     skip: SkipRule | None,
     stop: threading.Event,
     known_empty: frozenset[int] = frozenset(),
-) -> Iterator[list[WindowItem]]:
-    """Yield lists of windows holding up to ``batch_size`` runnable ones (skipped ones ride along).
+) -> Iterator[tuple[list[WindowItem], np.ndarray | None]]:
+    """Yield ``(items, batch)``: up to ``batch_size`` runnable windows (skipped ones ride along).
 
-    Windows in ``known_empty`` (no valid pixel, known from the mask alone) are skipped unread.
+    ``batch`` is the normalised float32 ``(N, C, *roi)`` array of the runnable items (None
+    when all were skipped); ``item.data`` is a view of its row. Raw windows are gathered into
+    one buffer and normalised once per batch. Where the plan pads (image smaller than the
+    roi), each window is normalised on its own and padded with 0 afterwards, as MONAI pads
+    the normalised image. Windows in ``known_empty`` (no valid pixel, known from the mask
+    alone) are skipped unread.
     """
+    padded = any(b or a for b, a in plan.pad)
     items: list[WindowItem] = []
+    rows: list[np.ndarray] = []  # padded plans: normalised windows
+    raw: np.ndarray | None = None  # otherwise: raw windows, (batch_size, C, *roi)
+
+    def finish() -> tuple[list[WindowItem], np.ndarray | None]:
+        n = len(rows) if padded else sum(it.data is not None for it in items)
+        if n == 0:
+            return items, None
+        batch = np.stack(rows) if padded else normalise(raw[:n])  # type: ignore[index]
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        k = 0
+        for it in items:
+            if it.data is not None:
+                it.data = batch[k]
+                k += 1
+        return items, batch
+
     n_run = 0
     for index in order:
         if stop.is_set():
@@ -96,15 +118,20 @@ def iter_batches(
         data, valid = reader.read(index)
         if skip is not None and skip(data, valid):
             items.append(WindowItem(index, None, valid))
+            continue
+        if padded:
+            rows.append(pad_window(normalise(data[None])[0], plan, index))
         else:
-            norm = normalise(data[None])[0]
-            items.append(WindowItem(index, pad_window(norm, plan, index), valid))
-            n_run += 1
+            if raw is None:
+                raw = np.empty((batch_size, *data.shape), data.dtype)
+            raw[n_run] = data
+        items.append(WindowItem(index, data, valid))  # data: placeholder until finish()
+        n_run += 1
         if n_run == batch_size:
-            yield items
-            items, n_run = [], 0
+            yield finish()
+            items, rows, raw, n_run = [], [], None, 0
     if items:
-        yield items
+        yield finish()
 
 
 def empty_windows(image: Image, plan: WindowPlan) -> frozenset[int]:
@@ -381,9 +408,9 @@ def run_windows(
     )
     stream = prefetch(batches)
     try:
-        for items in stream:
-            runnable = [it for it in items if it.data is not None]
-            probs = iter(predictor(np.stack([it.data for it in runnable])) if runnable else [])
+        for items, batch in stream:
+            n_run = 0 if batch is None else len(batch)
+            probs = iter(predictor(batch) if batch is not None else [])
             for it in items:
                 prob = next(probs) if it.data is not None else None
                 if prob is not None and prob.shape[0] != n_classes:
@@ -392,12 +419,13 @@ def run_windows(
                     )
                 for _, bsl, p, wsum, valid in acc.add(it, prob):
                     sink.write(reduce(p, wsum, valid), bsl)
-            stats.windows_run += len(runnable)
-            stats.windows_skipped += len(items) - len(runnable)
+            stats.windows_run += n_run
+            stats.windows_skipped += len(items) - n_run
             if on_progress is not None:
                 on_progress(len(items))
     finally:
         stop.set()
         stream.close()
+        reader.close()
     log.debug("peak open output chunks: %d", acc.peak_open)
     return stats

@@ -58,6 +58,8 @@ CLASSES_TAG = "GEOMED_CLASSES"
 CLASS_ITEM = "CLASS_"
 #: GDAL block cache (MB) while writing, unless the user set ``GDAL_CACHEMAX`` themselves.
 WRITE_CACHE_MB = 256
+#: Threads GDAL compresses tiles with (``NUM_THREADS`` creation option of GTiff and COG).
+ENCODE_THREADS = "ALL_CPUS"
 
 
 def gdal_message(exc: BaseException) -> str:
@@ -279,6 +281,7 @@ class GeoTIFFBlockWriter:
             prof.update(compress=self.compress, predictor=self.predictor)
         else:  # fast intermediate, re-encoded by the COG driver
             prof.update(compress="ZSTD", zstd_level=1)
+        prof.update(num_threads=ENCODE_THREADS)  # tiles are compressed in parallel
         return prof
 
     def __enter__(self) -> GeoTIFFBlockWriter:
@@ -370,6 +373,7 @@ class GeoTIFFBlockWriter:
             PREDICTOR=pred,
             OVERVIEW_RESAMPLING=self.resampling.upper(),
             BIGTIFF="IF_SAFER",
+            NUM_THREADS=ENCODE_THREADS,
         )
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

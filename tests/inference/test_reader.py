@@ -64,3 +64,47 @@ def test_reader_validity_from_data_and_from_mask():
     reader = WindowReader(masked, plan, range(len(plan)))
     for i in range(len(plan)):
         np.testing.assert_array_equal(reader.read(i)[1], mask[plan.clip(i)[0]])
+
+
+@pytest.mark.parametrize("threads,readahead", [(2, 1), (3, 4)])
+def test_pool_reads_ahead_equal_slicing_once_each(threads, readahead):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 1000, (2, 260, 190)).astype(np.uint16)
+    darr, calls = _counting_array(arr, (2, 64, 50))
+    plan = plan_windows((260, 190), (48, 48), 0.25)
+    order = schedule_chunks(plan, ((64,) * 4 + (4,), (64, 64, 62))).order
+    windows = [plan.clip(i)[0] for i in order]
+    with ThreadPoolExecutor(threads) as pool:
+        cache = BlockCache(darr, 1, windows, pool, readahead)
+        for w in windows:
+            np.testing.assert_array_equal(cache.read(w), arr[(slice(None), *w)])
+    assert len(calls) == int(np.prod([len(c) for c in darr.chunks]))
+    assert cache.cache == {} and cache.remaining == {}
+    # read-ahead adds at most `readahead` blocks to the rows in flight
+    assert cache.peak_blocks <= 2 * len(darr.chunks[2]) + 2 + readahead
+
+
+def test_window_inside_one_block_is_a_read_only_view():
+    arr = np.arange(2 * 64 * 64, dtype=np.float32).reshape(2, 64, 64)
+    darr = da.from_array(arr, chunks=(2, 32, 32))
+    windows = [(slice(0, 16), slice(0, 16)), (slice(8, 40), slice(8, 40))]
+    cache = BlockCache(darr, 1, windows)
+    inside = cache.read(windows[0])
+    assert not inside.flags.writeable and not inside.flags.owndata
+    across = cache.read(windows[1])
+    assert across.flags.owndata
+    np.testing.assert_array_equal(across, arr[:, 8:40, 8:40])
+
+
+def test_reader_pool_is_stopped_by_close():
+    img = Image.from_array(
+        np.zeros((1, 64, 64), np.float32), GeoGrid(None, Affine.identity(), (64, 64)),
+        chunks=(1, 32, 32),
+    )  # fmt: skip
+    plan = plan_windows((64, 64), (32, 32), 0.0)
+    with WindowReader(img, plan, range(len(plan)), threads=2) as reader:
+        reader.read(0)
+        pool = reader.pool
+    assert reader.pool is None and pool is not None and pool._shutdown
