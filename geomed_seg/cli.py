@@ -13,11 +13,40 @@ import sys
 import threading
 import warnings
 from importlib import import_module
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from geomed_seg import __version__
 from geomed_seg.errors import GeomedSegError, Interrupted, WriteError
+
+#: Help panel of the flags every command takes (before or after the command name).
+GLOBAL_PANEL = "Global options"
+VERBOSE_HELP = "Log decisions (INFO level)."
+QUIET_HELP = "No status line, progress bar or summary (errors and asked-for data still print)."
+DEBUG_HELP = "Show tracebacks and debug logs."
+
+
+class _Group(TyperGroup):
+    """The root command group: one convention for every command.
+
+    Every command also takes the global flags ``-v/--verbose``, ``-q/--quiet`` and
+    ``--debug`` (so they work before or after the command name), and plain flags show no
+    ``<bool>`` type in ``--help``. typer has no hook for options shared by all commands,
+    hence this small subclass.
+    """
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and not getattr(cmd, "_geomed_conformed", False):
+            _conform(cmd, ctx)
+        return cmd
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _plain_flags(self, ctx)
+        super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
     name="geomed-seg",
@@ -25,9 +54,65 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=_Group,
 )
 
-_STATE: dict = {"debug": False}
+_STATE: dict = {"debug": False, "verbose": False, "quiet": False}
+
+
+def is_quiet() -> bool:
+    """True when ``-q/--quiet`` was given anywhere on the command line."""
+    return bool(_STATE.get("quiet"))
+
+
+def _flag_seen(ctx: Any, param: Any, value: bool) -> bool:
+    """Click callback of a global flag given after the command name: switch it on."""
+    if value and not ctx.resilient_parsing:
+        _STATE[param.name] = True
+        _configure_logging()
+    return value
+
+
+def _global_params() -> list:
+    """Return fresh click options ``--verbose/-v``, ``--quiet/-q``, ``--debug`` (unexposed)."""
+    holder = typer.Typer(add_completion=False)
+
+    @holder.command()
+    def _flags(
+        verbose: bool = typer.Option(
+            False, "--verbose", "-v", help=VERBOSE_HELP, rich_help_panel=GLOBAL_PANEL
+        ),
+        quiet: bool = typer.Option(
+            False, "--quiet", "-q", help=QUIET_HELP, rich_help_panel=GLOBAL_PANEL
+        ),
+        debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP, rich_help_panel=GLOBAL_PANEL),
+    ) -> None:  # pragma: no cover - never run, only its parameters are used
+        pass
+
+    params = list(typer.main.get_command(holder).params)
+    for p in params:
+        p.expose_value = False
+        p.callback = _flag_seen
+    return params
+
+
+def _conform(cmd: Any, ctx: Any) -> None:
+    """Add the global flags a command lacks; hide ``<bool>`` on its plain flags."""
+    taken = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+    for param in _global_params():
+        if not taken & {*param.opts}:
+            cmd.params.append(param)
+    _plain_flags(cmd, ctx)
+    cmd._geomed_conformed = True
+
+
+def _plain_flags(cmd: Any, ctx: Any) -> None:
+    """Give boolean flags (and ``--help``) an empty metavar: typer would print ``<bool>``."""
+    helper = cmd.get_help_option(ctx)
+    for param in [*cmd.params, *([helper] if helper is not None else [])]:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
 
 #: Command modules; each registers its commands on :data:`app` when imported.
 COMMAND_MODULES = (
@@ -52,14 +137,24 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log decisions (INFO level)."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """geomed-seg: one engine for GeoTIFF scenes and NIfTI/DICOM volumes."""
-    _STATE["debug"] = debug
+    """geomed-seg: one engine for GeoTIFF scenes and NIfTI/DICOM volumes.
+
+    ``-v``, ``-q`` and ``--debug`` are accepted before or after the command name.
+    """
+    _STATE.update(debug=debug, verbose=verbose, quiet=quiet)
+    _configure_logging()
+
+
+def _configure_logging() -> None:
+    """Set the log level from the global flags (``--debug`` > ``-v`` > warnings only)."""
+    debug, verbose = bool(_STATE.get("debug")), bool(_STATE.get("verbose"))
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     _quiet_third_party(debug, verbose)
@@ -88,7 +183,8 @@ class _ThirdPartyFilter(logging.Filter):
 
 def _quiet_third_party(debug: bool, verbose: bool) -> None:
     """Send library warnings (``warnings`` and library loggers) to the debug log only."""
-    _STATE["levels"] = {n: logging.getLogger(n).level for n in THIRD_PARTY_LOGGERS}
+    if "levels" not in _STATE:  # the levels before our first change, restored by main()
+        _STATE["levels"] = {n: logging.getLogger(n).level for n in THIRD_PARTY_LOGGERS}
     logging.captureWarnings(True)
     if debug:
         warnings.simplefilter("default")

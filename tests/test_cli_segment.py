@@ -75,7 +75,13 @@ def test_segment_landsat_keeps_geometry(tmp_path, landsat_path, checkpoints, cap
         assert dst.transform == src.transform
         assert (dst.height, dst.width) == (src.height, src.width)
         labels = dst.read(1)
+        pixel_km2 = abs(dst.transform.a * dst.transform.e) / 1e6
     assert set(np.unique(labels)) <= {0, 1, 255}
+    # the headline names the class and its ground area (UTM: within 1 % of pixel count x size)
+    head = captured.out.splitlines()[0]
+    assert head.startswith("water: ") and head.endswith(" km²"), head
+    water_km2 = float(head.split()[1])
+    assert water_km2 == pytest.approx((labels == 1).sum() * pixel_km2, rel=0.01, abs=1e-3)
     # existing output is refused without --overwrite
     rc = main(["segment", str(landsat_path), "-m", str(checkpoints[6]), "-o", str(out), "--quiet"])
     assert rc == 2 and "exists" in _one_error_line(capsys)

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from geomed_seg.cli import app
+from geomed_seg.cli import app, is_quiet
 
 
 class BatchProgress:
@@ -47,9 +47,13 @@ class BatchProgress:
 
 @app.command()
 def batch(
-    config: str = typer.Argument(..., help="Pipeline YAML, or a bundled name (flood...)."),
+    config: str = typer.Argument(
+        ..., metavar="CONFIG", help="Pipeline YAML, or a bundled name (flood...)."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Batch output folder."),
-    inputs: str | None = typer.Option(None, "--inputs", help="Glob of input tiles (quote it)."),
+    inputs: str | None = typer.Option(
+        None, "--inputs", "-i", help="Glob of input tiles (quote it)."
+    ),
     list_file: Path | None = typer.Option(None, "--list", help="Text file: one input per line."),
     vrt: Path | None = typer.Option(
         None, "--vrt", help="A VRT: its source files are the tiles (with --block-size: one scene)."
@@ -75,7 +79,6 @@ def batch(
     set_: list[str] = typer.Option(
         [], "--set", help="Override a config value: key.sub=value (repeatable)."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     block_size: int | None = typer.Option(
         None, "--block-size", help="Split rasters larger than N px into N x N px blocks."
     ),
@@ -93,12 +96,17 @@ def batch(
     ),
 ) -> None:
     """Run a pipeline on every tile; skip tiles already done; exit 1 if some tiles failed."""
+    from geomed_seg.commands.console import status
+
+    quiet = is_quiet()
+    status("starting the batch")
     from geomed_seg.batch.manifest import build_manifest
     from geomed_seg.batch.runner import run_batch
 
     paths = build_manifest(
         inputs=inputs, list_file=list_file, vrt=vrt, stac=stac, vrt_as_scene=block_size is not None
     )
+    status(f"opening {len(paths)} input(s) and starting dask workers")
     show = not quiet and sys.stdout.isatty()
     with BatchProgress(enabled=show, quiet=quiet) as prog:
         result = run_batch(config, paths, output, overrides=set_, workers=workers,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geomed_seg.cli import app
+from geomed_seg.cli import app, is_quiet
 from geomed_seg.errors import InvalidInputError
 
 
@@ -40,9 +40,12 @@ def _mapping(text: str | None) -> dict[str, str] | None:
 def classical(
     method: str = typer.Argument(
         ...,
+        metavar="METHOD",
         help="ndwi, mndwi, ndvi, ndbi, otsu, multiotsu, sar-threshold, canny, watershed, kmeans, slic, region-grow, grabcut, chan-vese, geodesic, instances.",
     ),
-    input_path: Path = typer.Argument(..., help="Input image (GeoTIFF, NIfTI, DICOM, Zarr)."),
+    input_path: Path = typer.Argument(
+        ..., metavar="INPUT", help="Input image (GeoTIFF, NIfTI, DICOM, Zarr)."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Output image (.tif, .nii.gz, .zarr)."),
     band: str = typer.Option(
         "1", "--band", "-b", help="Band (1-based or name) for one-band methods."
@@ -75,6 +78,9 @@ def classical(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Run a classical segmentation method and write a label/index image on the input grid."""
+    from geomed_seg.commands.console import status
+
+    status(f"{method}: opening {input_path}")
     from geomed_seg.classical.api import classical_file
 
     result = classical_file(
@@ -101,5 +107,7 @@ def classical(
         n_segments=n_segments,
         db_input=db_input,
     )
+    if is_quiet():
+        return
     facts = ", ".join(f"{k}={v}" for k, v in result.facts.items())
     typer.echo(f"{output}" + (f" ({facts})" if facts else ""))

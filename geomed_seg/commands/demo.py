@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from geomed_seg.cli import app
+from geomed_seg.cli import app, is_quiet
 
 
 @app.command()
@@ -17,13 +17,15 @@ def demo(
         Path("demo-output"), "--output", "-o", help="Folder for the outputs."
     ),
     brats: bool = typer.Option(True, "--brats/--no-brats", help="Also run the BraTS phantom."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Run the flood pipeline on the bundled Landsat scene and BraTS on a SYNTHETIC phantom."""
+    from geomed_seg.commands.console import status
+
+    status(f"loading the bundled data and models; outputs in {output}")
     from geomed_seg.demo import run_demo
 
     result = run_demo(output, brats=brats)
-    if quiet:
+    if is_quiet():
         return
     console = Console()
     table = Table(title=f"geomed-seg demo — {result.seconds:.1f} s", title_justify="left")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geomed_seg.cli import app
+from geomed_seg.cli import app, is_quiet
 from geomed_seg.errors import InvalidInputError
 
 
@@ -22,8 +22,12 @@ def _pair(text: str) -> tuple[float, float]:
 
 @app.command()
 def evaluate(
-    pred: Path = typer.Argument(..., help="Prediction label image, or a folder of them."),
-    ref: Path = typer.Argument(..., help="Reference label image, or a folder (paired by name)."),
+    pred: Path = typer.Argument(
+        ..., metavar="PRED", help="Prediction label image, or a folder of them."
+    ),
+    ref: Path = typer.Argument(
+        ..., metavar="REF", help="Reference label image, or a folder (paired by name)."
+    ),
     classes: str | None = typer.Option(
         None, "--classes", help="'0:background,1:water' (default: --card, --brats card, file)."
     ),
@@ -107,6 +111,7 @@ def evaluate(
         if plot is not None:
             with atomic_output(plot, overwrite) as tmp:
                 save_plot(result, tmp)
-    typer.echo(text)
+    if not is_quiet():
+        typer.echo(text)
     if not getattr(result, "complete", True):
         raise typer.Exit(code=1)

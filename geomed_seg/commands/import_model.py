@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from geomed_seg.cli import app
+from geomed_seg.cli import app, is_quiet
 from geomed_seg.errors import InvalidInputError
 
 
@@ -27,7 +27,7 @@ def _json_option(flag: str, text: str | None) -> dict[str, Any]:
 @app.command("import-model")
 def import_model_command(
     src: Path = typer.Argument(
-        ..., help="nnU-Net results folder, MONAI bundle, HF/smp folder or .pt"
+        ..., metavar="SOURCE", help="nnU-Net results folder, MONAI bundle, HF/smp folder or .pt"
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint folder to write."),
     format: str = typer.Option(
@@ -72,6 +72,8 @@ def import_model_command(
         folds=tuple(fold) if fold else None, checkpoint_name=checkpoint_name,
         card_overrides=_json_option("--card-json", card_json),
     )  # fmt: skip
+    if is_quiet():
+        return
     prov = card.provenance
     typer.echo(
         f"{output}: {card.architecture}, {card.in_channels} channels, {card.num_classes} classes "

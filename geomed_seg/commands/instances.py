@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from geomed_seg.cli import app
+from geomed_seg.cli import app, is_quiet
 from geomed_seg.commands.classical import _floats
 from geomed_seg.errors import InvalidInputError
 
@@ -39,7 +39,7 @@ def _bands(text: str) -> list[str | int]:
 
 @app.command()
 def maskrcnn(
-    input_path: Path = typer.Argument(..., help="Input raster (GeoTIFF, Zarr)."),
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Input raster (GeoTIFF, Zarr)."),
     output: Path = typer.Option(..., "--output", "-o", help="Instance raster (uint32, .tif)."),
     weights: Path | None = typer.Option(
         None, "--weights", help="Trained weights (.safetensors or state dict; never unpickled)."
@@ -57,7 +57,6 @@ def maskrcnn(
     score: float = typer.Option(0.5, "--score", help="Minimum detection score."),
     table: Path | None = typer.Option(None, "--table", help="Instance table (.csv/.json)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Detect objects with Mask R-CNN tile by tile; write an instance raster on the input grid."""
     from geomed_seg.instances.maskrcnn import maskrcnn_file
@@ -80,16 +79,19 @@ def maskrcnn(
     )
     if weights is None:  # loud even with --quiet; after the run so errors stay one line
         typer.echo(RANDOM_WARNING, err=True)
-    if not quiet:
+    if not is_quiet():
         typer.echo(f"{output} ({len(tab)} instances)")
 
 
 @app.command()
 def sam(
-    input_path: Path = typer.Argument(..., help="Input image (GeoTIFF, NIfTI, DICOM, Zarr)."),
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", help="Local SAM folder (save_pretrained); nothing is downloaded."
+    input_path: Path = typer.Argument(
+        ..., metavar="INPUT", help="Input image (GeoTIFF, NIfTI, DICOM, Zarr)."
     ),
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="Local SAM folder (save_pretrained); nothing is downloaded."
+    ),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", hidden=True),  # old name
     output: Path = typer.Option(..., "--output", "-o", help="Mask image (.tif, .nii.gz)."),
     point: list[str] = typer.Option(
         [], "--point", help="World point X,Y (CRS units) or R,A,S (mm); repeatable."
@@ -99,17 +101,24 @@ def sam(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
     """Segment the object at world-coordinate prompts with SAM; write the mask on the input grid."""
+    from geomed_seg.commands.console import status
+
+    model = model or checkpoint
+    if model is None:
+        raise InvalidInputError(f"{input_path}: sam needs --model SAM_FOLDER")
+    status(f"loading SAM from {model}")
     from geomed_seg.instances.sam import sam_file
 
     if not point and box is None:
         raise InvalidInputError(f"{input_path}: sam needs --point X,Y or --box XMIN,YMIN,XMAX,YMAX")
     n = sam_file(
         input_path,
-        checkpoint,
+        model,
         output,
         points=[_floats(p, (2, 3), "--point") for p in point] or None,
         box=_floats(box, (4,), "--box"),
         window=window,
         overwrite=overwrite,
     )
-    typer.echo(f"{output} ({n} pixels)")
+    if not is_quiet():
+        typer.echo(f"{output} ({n} pixels)")

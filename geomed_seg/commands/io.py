@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from geomed_seg.cli import app
+from geomed_seg.cli import app, is_quiet
 
 
 def _fmt(value: Any) -> str:
@@ -45,7 +45,7 @@ def _render(summary: dict[str, Any], path: str) -> Table:
 @app.command()
 def info(
     path: Path = typer.Argument(
-        ..., help="GeoTIFF/COG/VRT, NIfTI, DICOM folder or file, or Zarr store."
+        ..., metavar="INPUT", help="GeoTIFF/COG/VRT, NIfTI, DICOM folder or file, or Zarr store."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     stats: bool = typer.Option(
@@ -74,20 +74,21 @@ def info(
 
 @app.command()
 def convert(
-    src: Path = typer.Argument(..., help="Input image."),
-    dst: Path = typer.Argument(..., help="Output: .tif (COG), .nii/.nii.gz or .zarr."),
+    src: Path = typer.Argument(..., metavar="INPUT", help="Input image."),
+    dst: Path = typer.Argument(
+        ..., metavar="OUTPUT", help="Output: .tif (COG), .nii/.nii.gz or .zarr."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     series: str | None = typer.Option(
-        None, "--series", help="DICOM series UID, index or description."
+        None, "--series", help="DICOM series: index in `info`'s list, UID or description."
     ),
     resample: bool = typer.Option(
         False, "--resample", help="DICOM: resample uneven/tilted series onto a regular grid."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Convert between formats keeping geometry (DICOM → NIfTI, GeoTIFF → COG/Zarr, NIfTI ↔ Zarr)."""
     from geomed_seg.io.convert import convert_image
 
     out = convert_image(src, dst, overwrite=overwrite, series=series, resample=resample)
-    if not quiet:
+    if not is_quiet():
         Console(stderr=True).print(f"wrote {out}")

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import typer
 
-from geomed_seg.cli import app
+from geomed_seg.cli import app, is_quiet
 
 
 @app.command()
 def run(
-    config: str = typer.Argument(..., help="Pipeline YAML, or a bundled name (flood, brats...)."),
+    config: str = typer.Argument(
+        ..., metavar="CONFIG", help="Pipeline YAML, or a bundled name (flood, brats...)."
+    ),
     input: Path | None = typer.Option(  # noqa: A002 - the option's name
         None, "--input", "-i", help="Input file or folder (replaces input.path / input.folder)."
     ),
@@ -20,13 +22,16 @@ def run(
         [], "--set", help="Override a config value: key.sub=value (repeatable)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Run a pipeline: segment, post-process, write labels, polygons, quicklook and report."""
+    from geomed_seg.commands.console import class_sizes, headline, status
+
+    status(f"loading pipeline {config}")
     from geomed_seg.pipelines.runner import run_pipeline
 
     result = run_pipeline(config, input=input, output=output, overrides=set_, overwrite=overwrite)
-    if not quiet:
+    if not is_quiet():
+        headline(class_sizes(result.report["classes"]))
         _print_run(result)
 
 
@@ -64,7 +69,9 @@ def _print_run(result) -> None:
 
 @app.command()
 def catalog(
-    name: str | None = typer.Argument(None, help="Card to show; omit to list all cards."),
+    name: str | None = typer.Argument(
+        None, metavar="NAME", help="Card to show; omit to list all cards."
+    ),
 ) -> None:
     """List the data catalog (sensor and dataset cards) or show one card."""
     from rich.console import Console

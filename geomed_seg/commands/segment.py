@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from geomed_seg.cli import app
+from geomed_seg.cli import app, is_quiet
 from geomed_seg.errors import InvalidInputError
 
 
@@ -151,8 +151,9 @@ def segment_command(
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (flips)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Write class probabilities."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-    series: str | None = typer.Option(None, "--series", help="DICOM series UID or index."),
+    series: str | None = typer.Option(
+        None, "--series", help="DICOM series: index in `info`'s list, UID or description."
+    ),
     card: Path | None = typer.Option(None, "--card", help="Card JSON for a bare .pt state dict."),
     resample: bool = typer.Option(
         True,
@@ -164,16 +165,34 @@ def segment_command(
     ),
 ) -> None:
     """Segment a scene or volume with a checkpoint, writing labels on the input's grid."""
+    from geomed_seg.commands.console import status
+
+    status(f"loading model {model} and opening {input_path}")
     if mode is not None and mode not in ("gaussian", "constant"):
         raise InvalidInputError(f"--mode {mode!r}: choose 'gaussian' or 'constant'")
     result = segment_file(
         input_path, model, output, roi_size=parse_roi(roi), overlap=overlap, mode=mode,
         batch_size=batch_size, device=device, tta=tta, probabilities=probabilities,
-        overwrite=overwrite, series=series, card=card, quiet=quiet, resample=resample,
+        overwrite=overwrite, series=series, card=card, quiet=is_quiet(), resample=resample,
         allow_complex=allow_complex,
     )  # fmt: skip
-    if not quiet:
+    if not is_quiet():
+        if not probabilities:
+            _headline(Path(getattr(result, "path", None) or output), card or model)
         _summary(result, output)
+
+
+def _headline(labels_path: Path, card_source: Path) -> None:
+    """Print the area (km²) or volume (ml) of each class of the written labels."""
+    from geomed_seg.commands.console import class_sizes, headline
+    from geomed_seg.io.registry import open_image
+    from geomed_seg.models.card import ModelCard
+    from geomed_seg.models.checkpoint import read_card
+    from geomed_seg.pipelines.report import class_measures
+
+    is_card = card_source.suffix == ".json" and card_source.is_file()
+    card = ModelCard.load(card_source) if is_card else read_card(card_source)
+    headline(class_sizes(class_measures(open_image(labels_path), card.class_infos())))
 
 
 def _summary(result: Any, output: Path) -> None:
@@ -196,7 +215,9 @@ def _summary(result: Any, output: Path) -> None:
 
 @app.command("model-card")
 def model_card_command(
-    checkpoint: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint or card.json."),
+    checkpoint: Path = typer.Argument(
+        ..., metavar="MODEL", help="Checkpoint folder, .safetensors or card.json."
+    ),
     stac: Path | None = typer.Option(None, "--stac", help="Write a STAC MLM Item JSON here."),
     item_id: str | None = typer.Option(None, "--id", help="STAC Item id (default: card name)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --stac file."),
