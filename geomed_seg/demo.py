@@ -66,8 +66,10 @@ def water_baseline(image, bands: dict[str, str | int]):
 def _conversions(res: DemoResult, data_dir: Path, output: Path, overwrite: bool) -> None:
     from geomed_seg.core.describe import describe
     from geomed_seg.io.registry import open_image, write_image
+    from geomed_seg.pipelines.cards import with_sensor_bands
 
-    scene = open_image(data_dir / LANDSAT)
+    # the file has no band descriptions; its notice says which ETM+ bands it holds
+    scene = with_sensor_bands(open_image(data_dir / LANDSAT), "landsat7_etm", LANDSAT_BANDS)
     brain = open_image(data_dir / MNI_T1)
     res.facts["landsat"] = _one_line(describe(scene))
     res.facts["mni152"] = _one_line(describe(brain))

@@ -34,6 +34,30 @@ DEFAULT_COLORINTERP = frozenset({"gray", "undefined"})
 COLORMAP_ATTR = "colormap"
 
 
+def placeholder_band_name(i: int) -> str:
+    """Return the name a reader gives band ``i`` (0-based) that has no description: ``band_<i+1>``.
+
+    Such names only index the band dim; writers never store them as band descriptions.
+    """
+    return f"band_{i + 1}"
+
+
+def band_descriptions(data: Any, names: Any = None) -> list[str] | None:
+    """Return the band descriptions a writer may store, or None.
+
+    The values' own ``description`` coordinate (the input's descriptions, or names set from
+    a matched sensor card) wins; else ``names`` (e.g. an image's channel names) without the
+    readers' placeholders :func:`placeholder_band_name`, so no ``band_1..N`` is invented.
+    """
+    meta = band_metadata(data)
+    if "description" in meta:
+        return [str(v or "") for v in meta["description"]]
+    if names is None:
+        return None
+    kept = ["" if str(n) == placeholder_band_name(i) else str(n) for i, n in enumerate(names)]
+    return kept if any(kept) else None
+
+
 def band_coords(
     n_bands: int,
     *,

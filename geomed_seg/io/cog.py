@@ -37,7 +37,7 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geomed_seg.core.bands import band_metadata
+from geomed_seg.core.bands import band_descriptions, band_metadata
 from geomed_seg.core.grid import GeoGrid, normalise_slices
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo, parse_classes
@@ -449,7 +449,10 @@ def write_geotiff(
     ``classes`` (default ``image.attrs["classes"]``) adds colour table, category names and
     mode overviews; ``image.mask`` becomes an internal mask. The values' metadata carried
     by ``image.data`` (:func:`geomed_seg.core.bands.band_metadata`: per-band scale/offset,
-    units, descriptions, colour interpretation, palette) is written back. ``dtype`` casts on write.
+    units, descriptions, colour interpretation, palette) is written back; band descriptions
+    come only from the values' descriptions or real channel names, never the readers'
+    ``band_1..N`` placeholders (:func:`~geomed_seg.core.bands.band_descriptions`). ``dtype``
+    casts on write.
     """
     if not isinstance(image.grid, GeoGrid):
         raise InvalidInputError(f"{path}: GeoTIFF needs a raster Image (GeoGrid), got {image.kind}")
@@ -469,7 +472,7 @@ def write_geotiff(
         dtype or image.dtype,
         nodata=image.nodata,
         classes=classes,
-        band_names=meta.get("description", image.channel_names),
+        band_names=band_descriptions(image.data, image.channel_names),
         overwrite=overwrite,
         cog=cog,
         compress=compress,

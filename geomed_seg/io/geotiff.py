@@ -35,7 +35,7 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geomed_seg.core.bands import COLORMAP_ATTR, band_coords
+from geomed_seg.core.bands import COLORMAP_ATTR, band_coords, placeholder_band_name
 from geomed_seg.core.image import DEFAULT_CHUNK_BYTES, RASTER_DIMS, Image
 from geomed_seg.errors import ReadError, UnsupportedFormatError
 from geomed_seg.io.cog import (
@@ -256,7 +256,7 @@ def _attrs(src: Any, path: Path) -> dict[str, Any]:
         "source": str(path),
         "driver": src.driver,
         "dtype": src.dtypes[0],
-        "band_names": [d or f"band_{i + 1}" for i, d in enumerate(src.descriptions)],
+        "band_names": [d or placeholder_band_name(i) for i, d in enumerate(src.descriptions)],
         "band_nodata": [None if v is None else float(v) for v in src.nodatavals],
         "colorinterp": [ci.name for ci in src.colorinterp],
         "tags": {k: v for k, v in src.tags().items() if k != CLASSES_TAG},

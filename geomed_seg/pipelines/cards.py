@@ -9,6 +9,7 @@ Pipelines use it to pick bands by name and to rescale digital numbers.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,29 @@ class SensorCard(BaseModel):
                 return b
         known = ", ".join(f"{b.name}/{b.common_name}" for b in self.bands)
         raise ConfigError(f"sensor card {self.name}: no band {name!r}; bands: {known}")
+
+
+def with_sensor_bands(image: Any, card: SensorCard | str, bands: Sequence[str]) -> Any:
+    """Return ``image`` whose bands are described by a sensor card: ``bands[i]`` names band i.
+
+    ``bands`` are the card's band names or common names in file order (what the input's
+    provenance says, e.g. a notice "ETM+ bands 1,2,3,4,5,7"); each becomes the band's
+    common name (``blue``, ``nir``...) as its ``description`` coordinate, so writers store
+    it and pipelines find the band by name. Raises :class:`ConfigError` for a band the card
+    lacks or a count that differs from the image's bands.
+    """
+    from dataclasses import replace
+
+    sensor = card if isinstance(card, SensorCard) else load_sensor_card(card)
+    if len(bands) != image.n_channels:
+        raise ConfigError(f"{image.attrs.get('source', 'input')}: {len(bands)} band names for "
+                          f"{image.n_channels} bands (sensor card {sensor.name})")  # fmt: skip
+    names = [sensor.band(b).common_name for b in bands]
+    data = image.data.assign_coords(
+        {image.channel_dim: names, "description": (image.channel_dim, names)}
+    )
+    return replace(image, data=data,
+                   attrs={**image.attrs, "band_names": names, "sensor": sensor.name})  # fmt: skip
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -147,7 +147,7 @@ def test_cog_roundtrip_keeps_pixels_geometry_nodata(tiled_tif, tmp_path):
     with rasterio.open(out) as ds:
         assert ds.overviews(1)[:1] == [2]
         assert ds.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "2"
-        assert ds.descriptions == ("band_1", "band_2", "band_3")
+        assert ds.descriptions == (None, None, None)  # none in the input: none invented (#17)
 
 
 @pytest.mark.parametrize(

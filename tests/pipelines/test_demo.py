@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pyogrio
 import pytest
+import rasterio
 
 from geomed_seg.cli import main
 
@@ -24,8 +25,12 @@ def test_demo_writes_everything(demo_out, capsys):
     for rel in ("flood/labels.tif", "flood/polygons.gpkg", "flood/quicklook.png",
                 "flood/report.md", "flood/run.json", "brats/labels.nii.gz",
                 "brats/quicklook.png", "brats/report.json",
-                "conversions/landsat_cog.tif"):  # fmt: skip
+                "conversions/landsat_cog.tif", "flood/labels.qml", "brats/labels.label.txt",
+                "brats/labels.ctbl"):  # fmt: skip
         assert (demo_out / rel).exists(), rel
+    with rasterio.open(demo_out / "conversions" / "landsat_cog.tif") as src:
+        # no band_1..6 invented: the ETM+ bands the sample's notice lists, from the sensor card
+        assert src.descriptions == ("blue", "green", "red", "nir", "swir1", "swir2")
     assert pyogrio.read_info(demo_out / "flood" / "polygons.gpkg")["features"] > 0
 
 
