@@ -18,11 +18,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dask.array as da
-import numpy as np
-
-from geomed_seg.core.labels import ClassInfo
-
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +27,6 @@ LANDSAT = "landsat7_olinda_L7_ETMs.tif"
 MNI_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 #: ETM+ bands stored in the bundled scene, in file order (see tests/data/NOTICE.md).
 LANDSAT_BANDS = ["blue", "green", "red", "nir", "swir1", "swir2"]
-WATER_CLASSES = [ClassInfo(0, "land", (200, 190, 150)), ClassInfo(1, "water", (30, 90, 220))]
 PHANTOM_SEED = 7
 
 
@@ -43,24 +37,6 @@ class DemoResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     facts: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def water_baseline(image, bands: dict[str, str | int]):
-    """Return ``(labels Image uint8 {0 land, 1 water, 255 nodata}, threshold, water fraction)``."""
-    from geomed_seg.classical.indices import normalized_difference
-    from geomed_seg.classical.thresholds import otsu_threshold
-    from geomed_seg.core.image import Image
-
-    ndwi = normalized_difference(image, bands["green"], bands["nir"])
-    threshold = otsu_threshold(ndwi)
-    values = ndwi.darray[0]
-    labels = da.where(da.isnan(values), 255, (values > threshold).astype(np.uint8)).astype(np.uint8)
-    valid = ~da.isnan(values)
-    fraction = float((labels == 1).sum().compute() / max(int(valid.sum().compute()), 1))
-    out = Image.from_array(
-        labels[None], image.grid, nodata=255, attrs={"source": image.attrs.get("source")}
-    )
-    return out, threshold, fraction
 
 
 def _conversions(res: DemoResult, data_dir: Path, output: Path, overwrite: bool) -> None:

@@ -35,7 +35,7 @@ CONFIGS = {
 
 def evaluate_water(cfg, module, card) -> dict[str, float]:
     """Return model and baseline scores vs the weak labels on the held-out part."""
-    from geomed_seg.demo import water_baseline
+    from geomed_seg.classical.registry import get_method
     from geomed_seg.metrics.overlap import overlap_metrics
     from geomed_seg.train.data import load_split
     from geomed_seg.train.validate import predict_labels
@@ -45,7 +45,7 @@ def evaluate_water(cfg, module, card) -> dict[str, float]:
     valid = ref != 255
     pred = predict_labels(module, card, val.image)
     bands = cfg.data.weak_water.bands
-    base, _, _ = water_baseline(val.image, bands)
+    base = get_method("ndwi")(val.image, bands=dict(bands), otsu=True).image
     out = {}
     for name, p in (("model", pred), ("baseline", base.compute()[0])):
         r = overlap_metrics(p, ref, labels=[0, 1], valid=valid)

@@ -1,52 +1,24 @@
 """One entry point for every classical method: ``run_classical(method, image, ...)``.
 
-This is the public function behind ``geomed-seg classical METHOD``; it maps a method name
-and plain options (numbers, world coordinates) onto the functions of this package and
-returns the output image with its class table (``None`` for continuous outputs).
+This is the public function behind ``geomed-seg classical METHOD``; it looks the method up in
+the registry (:mod:`geomed_seg.classical.registry`), validates the options against the
+method's own options model and returns the output image with its class table (``None`` for
+continuous outputs). :func:`classical_file` adds reading and writing files.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from geomed_seg.classical.registry import ClassicalResult, MethodOptions, get_method
 from geomed_seg.core.image import Image
-from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import InvalidInputError
 
-METHODS = (
-    "ndwi",
-    "mndwi",
-    "ndvi",
-    "ndbi",
-    "otsu",
-    "multiotsu",
-    "sar-threshold",
-    "canny",
-    "watershed",
-    "kmeans",
-    "slic",
-    "region-grow",
-    "grabcut",
-    "chan-vese",
-    "geodesic",
-    "instances",
-)
-
-WATER = [ClassInfo(0, "land", (160, 130, 90)), ClassInfo(1, "water", (30, 90, 200))]
-BINARY = [ClassInfo(0, "background", (0, 0, 0)), ClassInfo(1, "foreground", (255, 255, 0))]
-
-
-@dataclass
-class ClassicalResult:
-    """What a method returns: the output image, its classes, and facts worth reporting."""
-
-    image: Image
-    classes: list[ClassInfo] | None = None
-    facts: dict[str, Any] = field(default_factory=dict)
+__all__ = ["ClassicalResult", "classical_file", "run_classical", "with_band_names"]
 
 
 def with_band_names(image: Image, names: Sequence[str] | str | None) -> Image:
@@ -59,134 +31,24 @@ def with_band_names(image: Image, names: Sequence[str] | str | None) -> Image:
     return replace(image, attrs={**image.attrs, "band_names": names})
 
 
-def _need(value: Any, what: str, method: str) -> Any:
-    if value is None:
-        raise InvalidInputError(f"method {method!r} needs {what}")
-    return value
-
-
-def _classes(n: int) -> list[ClassInfo]:
-    return [ClassInfo(i, f"class_{i}") for i in range(n)]
-
-
 def run_classical(
-    method: str,
-    image: Image,
-    *,
-    band: str | int = 1,
-    bands: dict[str, str | int] | None = None,
-    threshold: float | None = None,
-    otsu: bool = False,
-    classes: int = 3,
-    sigma: float = 1.0,
-    low: float | None = None,
-    high: float | None = None,
-    halo: int = 32,
-    seed: Sequence[float] | None = None,
-    box: Sequence[float] | None = None,
-    tolerance: float | None = None,
-    radius: int = 128,
-    n_segments: int = 100,
-    compactness: float = 10.0,
-    iterations: int = 100,
-    db_input: bool = False,
+    method: str, image: Image, options: MethodOptions | None = None, **values: Any
 ) -> ClassicalResult:
-    """Run classical ``method`` (see :data:`METHODS`) on ``image``; return a ``ClassicalResult``.
+    """Run the registered classical ``method`` on ``image``; return a ``ClassicalResult``.
 
-    World coordinates (``seed``, ``box``) are CRS ``x, y`` for rasters and RAS mm for
-    volumes. Index methods return the float index unless ``threshold`` or ``otsu`` asks for
-    a water/foreground mask.
+    ``options`` is the method's options model, and/or ``values`` its fields as keywords
+    (``None`` = the default); see :func:`geomed_seg.classical.registry.methods` for the
+    methods and each one's options. World coordinates (``seed``, ``box``) are CRS ``x, y``
+    for rasters and RAS mm for volumes. Index methods return the float index unless
+    ``threshold`` or ``otsu`` asks for a mask.
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown method (the known ones are listed), or an unknown, missing or invalid
+        option (named with its command-line flag).
     """
-    from geomed_seg.classical import clustering, interactive, local, thresholds
-    from geomed_seg.classical.indices import INDEX_BINS, INDEX_RANGE, INDICES, spectral_index
-
-    m = method.lower()
-    if m not in METHODS:
-        raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if m in INDICES:
-        idx = spectral_index(image, m, bands)
-        if threshold is None and not otsu:
-            return ClassicalResult(idx)
-        t = (
-            thresholds.otsu_threshold(idx, INDEX_BINS, INDEX_RANGE)
-            if threshold is None
-            else float(threshold)
-        )
-        return ClassicalResult(
-            thresholds.apply_thresholds(idx, [t]),
-            WATER if m != "ndvi" else BINARY,
-            {"threshold": t},
-        )
-    if m in ("otsu", "multiotsu"):
-        one = _one_band(image, band)
-        lab, ts = thresholds.otsu_labels(one, classes=2 if m == "otsu" else classes)
-        return ClassicalResult(lab, _classes(len(ts) + 1), {"thresholds": ts})
-    if m == "sar-threshold":
-        from geomed_seg.classical.indices import band_index
-
-        lab, t = thresholds.sar_water(
-            image, threshold_db=threshold, band=band_index(image, band), linear=not db_input
-        )
-        return ClassicalResult(lab, WATER, {"threshold_db": t})
-    if m == "canny":
-        return ClassicalResult(
-            local.canny(image, band=band, sigma=sigma, low_threshold=low, high_threshold=high),
-            BINARY,
-        )
-    if m == "watershed":
-        out = local.watershed(image, band=band, threshold=threshold, halo=halo)
-        from geomed_seg.instances.components import relabel_sequential
-
-        ids, n = relabel_sequential(out.darray[0])
-        return ClassicalResult(
-            Image.from_array(ids[None], image.grid, chunks=(1, *ids.chunks)), None, {"objects": n}
-        )
-    if m == "kmeans":
-        return ClassicalResult(clustering.kmeans(image, n_clusters=classes), _classes(classes))
-    if m == "slic":
-        return ClassicalResult(
-            clustering.slic(image, n_segments=n_segments, compactness=compactness)
-        )
-    if m == "region-grow":
-        out = interactive.region_grow(
-            image,
-            _need(seed, "--seed x,y", m),
-            tolerance=_need(tolerance, "--tolerance", m),
-            band=band,
-            radius=radius,
-        )
-        return ClassicalResult(out, BINARY)
-    if m == "grabcut":
-        return ClassicalResult(
-            interactive.grabcut(
-                image, _need(box, "--box x0,y0,x1,y1", m), iterations=min(iterations, 20)
-            ),
-            BINARY,
-        )
-    if m in ("chan-vese", "geodesic"):
-        out = interactive.active_contour(
-            image,
-            _need(seed, "--seed", m),
-            radius=radius,
-            band=band,
-            method=m,
-            iterations=iterations,
-        )
-        return ClassicalResult(out, BINARY)
-    # instances: the input is a semantic label image
-    from geomed_seg.instances.instances import semantic_to_instances
-
-    inst = semantic_to_instances(image)
-    return ClassicalResult(inst, None, {"instances": inst.attrs["n_instances"]})
-
-
-def _one_band(image: Image, band: str | int) -> Image:
-    from geomed_seg.classical.indices import band_index
-
-    b = band_index(image, band)
-    return Image.from_array(
-        image.darray[b][None], image.grid, nodata=image.nodata, attrs=dict(image.attrs)
-    )
+    return get_method(method)(image, options, **values)
 
 
 def classical_file(
@@ -201,7 +63,8 @@ def classical_file(
     things: Sequence[int] | None = None,
     **options: Any,
 ) -> ClassicalResult:
-    """Open ``input_path``, run :func:`run_classical`, write ``output``.
+    """Open ``input_path``, run the classical ``method`` (see :func:`run_classical`; its
+    ``options`` as keywords), write ``output``.
 
     For ``method="instances"`` also the instance ``table`` (.csv/.json) and a ``panoptic``
     output: a raster/volume of ``class * 1000 + k`` (any writable suffix), or for ``.png``
@@ -212,7 +75,9 @@ def classical_file(
     from geomed_seg.io.registry import open_image
     from geomed_seg.io.transaction import OutputTransaction
 
-    if (table is not None or panoptic is not None) and method != "instances":
+    entry = get_method(method)  # unknown methods and options fail before any work
+    opts = entry.validate(**options)
+    if (table is not None or panoptic is not None) and entry.name != "instances":
         raise InvalidInputError("--table/--panoptic are only written by the 'instances' method")
     outputs = [output, table, panoptic]
     if panoptic is not None and Path(panoptic).suffix.lower() == ".png":
@@ -224,15 +89,15 @@ def classical_file(
     image = with_band_names(open_image(input_path), band_names)
     image = check_compute_dtype(image, input_path)
     with txn:
-        return _write_classical(method, image, output, overwrite, table, panoptic, things,
-                                options)  # fmt: skip
+        return _write_classical(entry, image, output, overwrite, table, panoptic, things,
+                                opts)  # fmt: skip
 
 
-def _write_classical(method, image, output, overwrite, table, panoptic, things, options):
-    """Run ``method`` and write its outputs (inside :func:`classical_file`'s transaction)."""
+def _write_classical(entry, image, output, overwrite, table, panoptic, things, opts):
+    """Run ``entry`` and write its outputs (inside :func:`classical_file`'s transaction)."""
     from geomed_seg.io.registry import write_image
 
-    result = run_classical(method, image, **options)
+    result = entry.run(image, opts)
     kw = {"classes": result.classes} if result.classes else {}
     write_image(result.image, output, overwrite=overwrite, **kw)
     if table is None and panoptic is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from geomed_seg.cli import app, is_quiet
 from geomed_seg.errors import InvalidInputError
@@ -36,19 +37,29 @@ def _mapping(text: str | None) -> dict[str, str] | None:
     return out
 
 
-@app.command()
+class _ClassicalCommand(TyperCommand):
+    """The ``classical`` command, whose help lists the registered methods when shown."""
+
+    def format_help(self, ctx, formatter):  # noqa: ANN001 - click's signature
+        from geomed_seg.classical.registry import methods
+
+        if "Methods:" not in (self.help or ""):
+            lines = [f"{m.name}: {m.summary}." for m in methods().values()]
+            self.help = f"{self.help}\n\nMethods:\n\n" + "\n\n".join(lines)
+        return super().format_help(ctx, formatter)
+
+
+@app.command(cls=_ClassicalCommand)
 def classical(
     method: str = typer.Argument(
-        ...,
-        metavar="METHOD",
-        help="ndwi, mndwi, ndvi, ndbi, otsu, multiotsu, sar-threshold, canny, watershed, kmeans, slic, region-grow, grabcut, chan-vese, geodesic, instances.",
+        ..., metavar="METHOD", help="A registered method (listed below)."
     ),
     input_path: Path = typer.Argument(
         ..., metavar="INPUT", help="Input image (GeoTIFF, NIfTI, DICOM, Zarr)."
     ),
     output: Path = typer.Option(..., "--output", "-o", help="Output image (.tif, .nii.gz, .zarr)."),
-    band: str = typer.Option(
-        "1", "--band", "-b", help="Band (1-based or name) for one-band methods."
+    band: str | None = typer.Option(
+        None, "--band", "-b", help="Band (1-based or name) for one-band methods (default 1)."
     ),
     band_names: str | None = typer.Option(
         None, "--band-names", help="Names of all bands, e.g. blue,green,red,nir,swir1,swir2."
@@ -58,13 +69,21 @@ def classical(
         None, "--threshold", help="Fixed threshold (index units, dB for SAR)."
     ),
     otsu: bool = typer.Option(False, "--otsu", help="Threshold an index with scene-wide Otsu."),
-    classes: int = typer.Option(3, "--classes", help="Classes for multiotsu / k-means."),
-    sigma: float = typer.Option(1.0, "--sigma", help="Canny Gaussian sigma (pixels)."),
+    classes: int | None = typer.Option(
+        None, "--classes", help="Classes for multiotsu / k-means (default 3)."
+    ),
+    sigma: float | None = typer.Option(
+        None, "--sigma", help="Canny Gaussian sigma (pixels) (default 1)."
+    ),
     seed: str | None = typer.Option(None, "--seed", help="World point x,y (CRS) or R,A,S (mm)."),
     box: str | None = typer.Option(None, "--box", help="World box x0,y0,x1,y1 (CRS units)."),
     tolerance: float | None = typer.Option(None, "--tolerance", help="Region-growing tolerance."),
-    radius: int = typer.Option(128, "--radius", help="Window half-size in pixels around the seed."),
-    n_segments: int = typer.Option(100, "--n-segments", help="SLIC superpixels (whole image)."),
+    radius: int | None = typer.Option(
+        None, "--radius", help="Window half-size in pixels around the seed (default 128)."
+    ),
+    n_segments: int | None = typer.Option(
+        None, "--n-segments", help="SLIC superpixels (whole image) (default 100)."
+    ),
     db_input: bool = typer.Option(False, "--db", help="SAR input is already in dB."),
     table: Path | None = typer.Option(
         None, "--table", help="instances: write the table (.csv/.json)."
@@ -77,7 +96,10 @@ def classical(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Run a classical segmentation method and write a label/index image on the input grid."""
+    """Run a classical segmentation method and write a label/index image on the input grid.
+
+    Options a method does not take are refused; unset ones take the method's default.
+    """
     from geomed_seg.commands.console import status
 
     status(f"{method}: opening {input_path}")
@@ -97,7 +119,7 @@ def classical(
         band=band,
         bands=_mapping(bands),
         threshold=threshold,
-        otsu=otsu,
+        otsu=otsu or None,
         classes=classes,
         sigma=sigma,
         seed=_floats(seed, (2, 3), "--seed"),
@@ -105,7 +127,7 @@ def classical(
         tolerance=tolerance,
         radius=radius,
         n_segments=n_segments,
-        db_input=db_input,
+        db_input=db_input or None,
     )
     if is_quiet():
         return

@@ -2,7 +2,9 @@
 
 Classical baselines need no weights: NDWI/MNDWI + scene-wide Otsu (optical water), SAR
 backscatter threshold in dB (Sentinel-1 water), and a T2-FLAIR hyperintensity baseline for
-brain volumes (whole tumour only). Checkpoints go through the streaming engine
+brain volumes (whole tumour only). They are entries of the classical method registry
+(:data:`CLASSICAL` maps ``model.method`` to them), whose class tables come from the data
+catalog. Checkpoints go through the streaming engine
 (:func:`geomed_seg.inference.segment.segment`).
 """
 
@@ -10,22 +12,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
+from geomed_seg.classical.registry import MethodOptions, SceneThreshold, get_method
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
-from geomed_seg.errors import ConfigError, ModelError
+from geomed_seg.errors import ModelError
 from geomed_seg.pipelines.schema import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-WATER_CLASSES = [ClassInfo(0, "land", (200, 190, 150)), ClassInfo(1, "water", (30, 90, 220))]
-TUMOUR_CLASSES = [ClassInfo(0, "background", (0, 0, 0)), ClassInfo(2, "SNFH", (0, 255, 0))]
+#: Pipeline ``model.method`` -> the registered classical method it runs
+#: (:mod:`geomed_seg.classical.registry`; options from :func:`classical_options`).
+CLASSICAL = {"ndwi_otsu": "ndwi", "mndwi_otsu": "mndwi", "sar_threshold": "sar-threshold",
+             "t2f_otsu": "t2f-otsu"}  # fmt: skip
 
 
 @dataclass
@@ -44,54 +49,41 @@ class ModelOutput:
     thresholding: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
-class SceneThreshold:
-    """How a classical method derives a threshold from the data (Otsu on a histogram).
+def classical_options(method: str, cfg: PipelineConfig) -> MethodOptions:
+    """Return the registry options of pipeline method ``method`` (a key of :data:`CLASSICAL`).
 
-    ``values(image, cfg)`` is the 1-band image it thresholds (an index, dB backscatter);
-    its histogram has ``bins`` bins over ``value_range``, or over the merged min/max of a
-    first pass when the values are unbounded (``None``). A batch computes these histograms
-    per tile or block with the same functions and merges them
-    (:mod:`geomed_seg.batch.thresholds`), so tiling never changes the threshold.
+    The threshold is the user's ``model.threshold``, else the batch's
+    ``model.batch_threshold``, else (``None``) Otsu on this scene's histogram.
     """
+    m = cfg.model
+    given = m.threshold if m.threshold is not None else m.batch_threshold
+    if method == "sar_threshold":
+        kw = {"band": m.sar_band, "db_input": not m.sar_linear, "threshold": given}
+    elif method == "t2f_otsu":  # each volume is its own case: no batch threshold
+        kw = {"threshold": m.threshold, "label": m.baseline_label}
+    else:
+        kw = {"otsu": True, "threshold": given}
+    return get_method(CLASSICAL[method]).validate(**kw)
 
-    values: Callable[[Image, PipelineConfig], Image]
-    value_range: tuple[float, float] | None
-    bins: int
-    classes: int = 2
 
+def _pipeline_scene(method: str) -> SceneThreshold | None:
+    """The registry entry's :class:`SceneThreshold` with ``values(image, cfg)``."""
+    src = get_method(CLASSICAL[method]).scene
+    if src is None:
+        return None
 
-def _index_values(index: str) -> Callable[[Image, PipelineConfig], Image]:
     def values(img: Image, cfg: PipelineConfig) -> Image:
-        from geomed_seg.classical.indices import spectral_index
+        return src.values(img, classical_options(method, cfg))
 
-        return spectral_index(img, index)
-
-    return values
+    return SceneThreshold(values, src.value_range, src.bins, src.classes)
 
 
-def _sar_values(img: Image, cfg: PipelineConfig) -> Image:
-    from geomed_seg.classical.indices import band_index
-    from geomed_seg.classical.thresholds import sar_db
-
-    return sar_db(img, band_index(img, cfg.model.sar_band), cfg.model.sar_linear)
-
-
-def _scene_thresholds() -> dict[str, SceneThreshold]:
-    from geomed_seg.classical.indices import INDEX_BINS, INDEX_RANGE
-
-    return {
-        "ndwi_otsu": SceneThreshold(_index_values("ndwi"), INDEX_RANGE, INDEX_BINS),
-        "mndwi_otsu": SceneThreshold(_index_values("mndwi"), INDEX_RANGE, INDEX_BINS),
-        # dB is unbounded (and a dB band may hold anything): bins over the data's min/max
-        "sar_threshold": SceneThreshold(_sar_values, None, 1024),
-    }
-
-
-#: Methods whose threshold is derived from the whole input (see :class:`SceneThreshold`).
-#: ``t2f_otsu`` is not among them: each volume is its own case (MR intensities are not
-#: comparable between cases, and volumes are never split into blocks).
-SCENE_THRESHOLDS: dict[str, SceneThreshold] = _scene_thresholds()
+#: Methods whose threshold is derived from the whole input (see :class:`SceneThreshold`;
+#: ``values(image, cfg)``). ``t2f_otsu`` is not among them: each volume is its own case (MR
+#: intensities are not comparable between cases, and volumes are never split into blocks).
+SCENE_THRESHOLDS: dict[str, SceneThreshold] = {
+    m: s for m in CLASSICAL if (s := _pipeline_scene(m)) is not None
+}
 
 
 def effective_method(cfg: PipelineConfig) -> str:
@@ -112,75 +104,41 @@ def scene_threshold(cfg: PipelineConfig) -> SceneThreshold | None:
     return SCENE_THRESHOLDS.get(effective_method(cfg))
 
 
-def _threshold(values: Image, cfg: PipelineConfig, src: SceneThreshold) -> tuple[float, dict]:
-    """Return ``(threshold, facts)``: the user's ``model.threshold``, else the batch's
-    ``model.batch_threshold``, else Otsu on this scene's histogram (warns if not bimodal)."""
-    from geomed_seg.classical.thresholds import otsu_decision
-
-    if cfg.model.threshold is not None:
-        return float(cfg.model.threshold), {"scope": "fixed", "how": "fixed"}
-    if cfg.model.batch_threshold is not None:
-        return float(cfg.model.batch_threshold), {"scope": "batch", "how": "Otsu over the batch"}
-    d = otsu_decision(values, src.bins, src.value_range, src.classes)
-    facts = {"scope": "scene", "how": f"Otsu, separability eta {d.eta:.3f}", **d.as_dict()}
-    return d.thresholds[0], facts
-
-
-def _separability_note(facts: dict, values: Image) -> list[str]:
+def _separability_note(facts: dict, img: Image) -> list[str]:
     if facts.get("bimodal", True):
         return []
     from geomed_seg.classical.histogram import ETA_MIN
 
     return [
-        f"{values.attrs.get('source') or 'input'}: histogram not bimodal (eta "
+        f"{img.attrs.get('source') or 'input'}: histogram not bimodal (eta "
         f"{facts['eta']:.3f} < {ETA_MIN:.2f} or valley {facts['valley']:.2f}): check the "
         "threshold"
     ]
 
 
-def _water_index(img: Image, cfg: PipelineConfig, index: str) -> ModelOutput:
-    from geomed_seg.classical.thresholds import apply_thresholds
-
-    nd = SCENE_THRESHOLDS[f"{index}_otsu"].values(img, cfg)
-    t, facts = _threshold(nd, cfg, SCENE_THRESHOLDS[f"{index}_otsu"])
-    labels = apply_thresholds(nd, [t])
-    notes = [f"{index.upper()} > {t:.4f} ({facts['how']})", *_separability_note(facts, nd)]
-    return ModelOutput(
-        labels, WATER_CLASSES, f"{index}_otsu", threshold=t, notes=notes, thresholding=facts
-    )
+def _threshold_note(method: str, cfg: PipelineConfig, t: float, how: str) -> str:
+    if method == "sar_threshold":
+        return f"{cfg.model.sar_band.upper()} < {t:.2f} dB ({how})"
+    if method == "t2f_otsu":
+        return f"T2-FLAIR > {t:.1f} (upper multi-Otsu class in the head): whole tumour only"
+    return f"{CLASSICAL[method].upper()} > {t:.4f} ({how})"
 
 
-def _sar(img: Image, cfg: PipelineConfig) -> ModelOutput:
-    from geomed_seg.classical.thresholds import apply_thresholds
-
-    src = SCENE_THRESHOLDS["sar_threshold"]
-    db = src.values(img, cfg)
-    t, facts = _threshold(db, cfg, src)
-    labels = apply_thresholds(db, [t], below_is_one=True)
-    notes = [f"{cfg.model.sar_band.upper()} < {t:.2f} dB ({facts['how']})",
-             *_separability_note(facts, db)]  # fmt: skip
-    return ModelOutput(
-        labels, WATER_CLASSES, "sar_threshold", threshold=t, notes=notes, thresholding=facts
-    )
-
-
-def _t2f(img: Image, cfg: PipelineConfig) -> ModelOutput:
-    """Whole-tumour baseline: the brightest multi-Otsu class of T2-FLAIR inside the head."""
-    from skimage.filters import threshold_multiotsu, threshold_otsu
-
-    names = [n.lower() for n in img.channel_names or []]
-    if "t2f" not in names:
-        raise ConfigError(f"model.method t2f_otsu needs a 't2f' channel; channels are {names}")
-    t2f = np.asarray(img.darray[names.index("t2f")].compute(), np.float32)
-    head = t2f > threshold_otsu(t2f)
-    t = float(cfg.model.threshold or threshold_multiotsu(t2f[head], classes=3)[-1])
-    lab = ((t2f > t) & head).astype(np.uint8) * np.uint8(cfg.model.baseline_label)
-    labels = Image.from_array(lab[None], img.grid, attrs={"source": img.attrs.get("source")})
-    classes = [TUMOUR_CLASSES[0], ClassInfo(cfg.model.baseline_label, "SNFH", (0, 255, 0))]
-    note = f"T2-FLAIR > {t:.1f} (upper multi-Otsu class in the head): whole tumour only"
-    scope = "fixed" if cfg.model.threshold else "case"
-    return ModelOutput(labels, classes, "t2f_otsu", threshold=t, notes=[note],
-                       thresholding={"scope": scope})  # fmt: skip
+def _run_classical(method: str, img: Image, cfg: PipelineConfig) -> ModelOutput:
+    """Run pipeline method ``method`` through its classical registry entry."""
+    entry = get_method(CLASSICAL[method])
+    res = entry.run(img, classical_options(method, cfg))
+    facts = dict(res.thresholding or {})
+    if (
+        entry.scene is not None
+        and cfg.model.threshold is None
+        and (cfg.model.batch_threshold is not None)
+    ):
+        facts = {"scope": "batch", "how": "Otsu over the batch"}
+    notes = [_threshold_note(method, cfg, res.threshold, facts.get("how", "")),
+             *_separability_note(facts, img)]  # fmt: skip
+    return ModelOutput(res.image, res.classes or [], method, threshold=res.threshold,
+                       notes=notes, thresholding=facts)  # fmt: skip
 
 
 def _select_for_card(img: Image, card) -> Image:
@@ -312,10 +270,7 @@ def _argmax_labels(probs: Image, card) -> Image:
 
 
 METHODS = {
-    "ndwi_otsu": lambda img, cfg: _water_index(img, cfg, "ndwi"),
-    "mndwi_otsu": lambda img, cfg: _water_index(img, cfg, "mndwi"),
-    "sar_threshold": _sar,
-    "t2f_otsu": _t2f,
+    **{m: partial(_run_classical, m) for m in CLASSICAL},
     "checkpoint": _checkpoint,
 }
 

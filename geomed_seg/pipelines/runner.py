@@ -45,11 +45,10 @@ def _cards(cfg: PipelineConfig):
 
 
 def _classes(out, dataset) -> list[ClassInfo]:
-    if (
-        dataset is not None
-        and dataset.classes
-        and not out.method.startswith(("ndwi", "mndwi", "sar", "t2f"))
-    ):
+    """The dataset card's classes for a model, a classical method's own (catalog) table."""
+    from geomed_seg.pipelines.methods import CLASSICAL
+
+    if dataset is not None and dataset.classes and out.method not in CLASSICAL:
         return dataset.class_infos()
     return out.classes
 
@@ -266,11 +265,11 @@ def _run(cfg, img, files, sensor, dataset, folder, overwrite, reference, core) -
     result = RunResult(cfg, labels=out.labels)
     if cfg.outputs.labels:
         result.outputs["labels"] = _write_labels(out.labels, classes, folder, source, overwrite)
-    names_from = (
-        f"dataset card {dataset.name}"
-        if dataset is not None and list(classes) == dataset.class_infos()
-        else f"{out.method} (its classes)"
+    # where the names came from (a classical method's table may equal the card's)
+    from_card = dataset is not None and (
+        cfg.outputs.relabel_to_dataset or classes is not out.classes
     )
+    names_from = f"dataset card {dataset.name}" if from_card else f"{out.method} (its classes)"
     evaluation, metrics = _evaluate(out.labels, cfg, classes, reference, names_from)
     result.outputs.update(
         write_outputs(cfg, img, source, out, classes, folder, overwrite, files, evaluation)

@@ -115,17 +115,18 @@ def weak_water_labels(
 ) -> Image:
     """Return weak water labels ``{0 land, 1 water}`` (uint8, 255 = nodata) of a scene.
 
-    NDWI (green, nir) thresholded by Otsu over the whole scene (the classical baseline of
-    :func:`geomed_seg.demo.water_baseline`), then cleaned with scikit-image: binary opening
+    NDWI (green, nir) thresholded by Otsu over the whole scene (the classical ``ndwi``
+    method of the registry with ``otsu=True``, as the flood pipeline's ``ndwi_otsu``),
+    then cleaned with scikit-image: binary opening
     with a disk of ``opening_radius`` px and removal of water and land objects smaller than
     ``min_object_px`` px. These are WEAK labels: a model trained on them learns NDWI + Otsu,
     not the truth.
     """
     from skimage import morphology
 
-    from geomed_seg.demo import water_baseline
+    from geomed_seg.classical.registry import get_method
 
-    raw, _, _ = water_baseline(image, bands)
+    raw = get_method("ndwi")(image, bands=dict(bands), otsu=True).image
     arr = raw.compute()[0]
     nodata = arr == 255
     water = arr == 1

@@ -43,7 +43,10 @@ def test_dataset_cards_classes():
     assert [c.index for c in wc.classes] == [10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100]
     assert len({tuple(c.color) for c in wc.classes}) == 11
     s1f = load_any_card("sen1floods11")
-    assert s1f.nodata == -1 and [c.name for c in s1f.classes] == ["not water", "water"]
+    # class 0 was "not water" (the dataset's own word) while every classical water mask
+    # called it "land": one water table now (issue 16), class 0 is "land" everywhere
+    assert s1f.nodata == -1 and [c.name for c in s1f.classes] == ["land", "water"]
+    assert s1f.class_infos() == load_any_card("water_mask").class_infos()
     assert isinstance(load_any_card("sentinel1_grd"), SensorCard)
 
 
