@@ -51,9 +51,7 @@ class _ClassicalCommand(TyperCommand):
 
 @app.command(cls=_ClassicalCommand)
 def classical(
-    method: str = typer.Argument(
-        ..., metavar="METHOD", help="A registered method (listed below)."
-    ),
+    method: str = typer.Argument(..., metavar="METHOD", help="A registered method (listed below)."),
     input_path: Path = typer.Argument(
         ..., metavar="INPUT", help="Input image (GeoTIFF, NIfTI, DICOM, Zarr)."
     ),
