@@ -32,8 +32,8 @@ from geomed_seg.pipelines.schema import PipelineConfig
 
 JOURNAL = "journal.jsonl"
 #: Batch-level outputs beside the journal (removed with it by ``--restart``).
-MOSAIC_OUTPUTS = ("mosaic.vrt", "mosaic.tif", "mosaic.tif.aux.xml", "polygons.gpkg",
-                  "summary.json", "summary.md")  # fmt: skip
+MOSAIC_OUTPUTS = ("mosaic.vrt", "mosaic.qml", "mosaic.tif", "mosaic.tif.aux.xml",
+                  "polygons.gpkg", "summary.json", "summary.md")  # fmt: skip
 
 
 def config_hash(cfg: PipelineConfig) -> str:

@@ -19,8 +19,10 @@ from xml.sax.saxutils import escape
 
 from geomed_seg.batch.layout import tile_layout
 from geomed_seg.batch.vectors import check_disjoint, merge_polygons
+from geomed_seg.core.labels import parse_classes
 from geomed_seg.errors import GeometryError, InvalidInputError, WriteError
-from geomed_seg.io.atomic import atomic_output
+from geomed_seg.io.atomic import atomic_output, companion_path
+from geomed_seg.io.sidecars import RASTER_SIDECARS, sidecar_texts, write_sidecars
 
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
                "uint32": "UInt32", "int32": "Int32", "float32": "Float32",
@@ -65,6 +67,12 @@ def _vrt_band_classes(tile: Path) -> list[str]:
     lines: list[str] = []
     classes = parse_classes(json.loads(tag)) if tag else []
     if classes:
+        from geomed_seg.io.cog import CLASS_ITEM
+
+        lines.append("    <Metadata>")  # the class names as band items, as the tiles have them
+        lines += [f'      <MDI key="{CLASS_ITEM}{c.index}">{escape(c.name)}</MDI>'
+                  for c in classes]  # fmt: skip
+        lines.append("    </Metadata>")
         by_index = {c.index: c.name for c in classes}
         lines.append("    <CategoryNames>")
         lines += [f"      <Category>{escape(by_index.get(i, ''))}</Category>"
@@ -84,8 +92,9 @@ def write_vrt(tiles: Sequence[Path], path: Path) -> str | None:
     """Write a mosaic VRT of single-band ``tiles`` at ``path``; return a note if not possible.
 
     Source file names are written relative to the VRT's folder. The first tile's colour
-    table, category names and ``GEOMED_CLASSES`` tag are copied into the VRT, so the mosaic
-    shows the tiles' classes.
+    table, category names, band-1 ``CLASS_<value>`` items and ``GEOMED_CLASSES`` tag are
+    copied into the VRT, and its QGIS style ``<stem>.qml`` is written beside it
+    (:mod:`geomed_seg.io.sidecars`), so the mosaic shows the tiles' classes.
     """
     try:
         lay = tile_layout(tiles)
@@ -123,8 +132,12 @@ def write_vrt(tiles: Sequence[Path], path: Path) -> str | None:
             "    </SimpleSource>",
         ]
     lines += ["  </VRTRasterBand>", "</VRTDataset>", ""]
-    with atomic_output(path, overwrite=True) as tmp:
+    tag, _ = _tile_classes(lay.places[0].path)
+    style = sidecar_texts(path, parse_classes(json.loads(tag)) if tag else [], "raster")
+    # <stem>.qml: QGIS's default style of mosaic.vrt, and of mosaic.tif (same stem)
+    with atomic_output(path, overwrite=True, companions=RASTER_SIDECARS) as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
+        write_sidecars(tmp, style)
     return None
 
 
@@ -177,6 +190,7 @@ def write_cog_mosaic(
                         overview_resampling="mode" if integer else "nearest",
                         colormap=cmap,
                         additional_cog_metadata={CLASSES_TAG: tag} if tag else None,
+                        forward_band_tags=True,  # band-1 CLASS_<value> items
                         quiet=True,
                     )
         except RasterioError as exc:
@@ -205,8 +219,14 @@ def _gdal_cog(vrt: Path, tmp: Path, integer: bool) -> None:
 
 
 def _drop(path: Path) -> None:
-    """Remove a mosaic output of an earlier run that can no longer be rebuilt."""
-    for p in (path, Path(f"{path}.aux.xml")):
+    """Remove a mosaic output of an earlier run that can no longer be rebuilt.
+
+    The VRT takes its QGIS style with it (``mosaic.tif`` is only built from the VRT).
+    """
+    sides = [Path(f"{path}.aux.xml")]
+    if path.suffix == ".vrt":
+        sides += [companion_path(path, c) for c in RASTER_SIDECARS]
+    for p in (path, *sides):
         p.unlink(missing_ok=True)
 
 
