@@ -8,8 +8,10 @@ The loop (see DESIGN.md, "The engine's contract"):
 2. the main thread runs the model (``torch.inference_mode``, AMP on CUDA, optional mirror TTA)
    and adds ``weight * probability`` and ``weight`` into float32 buffers of only the output
    chunks the window touches;
-3. when a chunk's remaining-window count reaches zero it is normalised, reduced (argmax to
-   labels, nodata where the input is invalid) and handed to the sink, then freed.
+3. when a chunk's remaining-window count reaches zero it is normalised, reduced (labels by
+   :func:`~geomed_seg.inference.blend.labels_from_probabilities`, nodata where the input is
+   invalid) and handed to the sink, then freed. The blending itself is torch-free, in
+   :mod:`geomed_seg.inference.blend`.
 
 Peak memory is bounded by the batches in flight and the open chunks (about one row of
 chunks), not by the image size. Hand-written because MONAI's ``sliding_window_inference``
@@ -30,6 +32,11 @@ import torch
 
 from geomed_seg.core.image import Image
 from geomed_seg.errors import ModelError
+from geomed_seg.inference.blend import (  # noqa: F401 - re-exported for older imports
+    ChunkAccumulator,
+    activate_numpy,
+    reduce_chunk,
+)
 from geomed_seg.inference.plan import ChunkSchedule, WindowPlan
 from geomed_seg.inference.reader import WindowReader
 from geomed_seg.inference.sinks import Sink
@@ -99,7 +106,10 @@ def iter_batches(
         if n == 0:
             return items, None
         batch = np.stack(rows) if padded else normalise(raw[:n])  # type: ignore[index]
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        batch = np.ascontiguousarray(batch, dtype=np.float32)  # a fresh buffer per batch
+        finite = np.isfinite(batch)
+        if not finite.all():  # NaN nodata would turn every output of its windows into NaN
+            batch[~finite] = 0.0
         k = 0
         for it in items:
             if it.data is not None:
@@ -261,126 +271,6 @@ class Predictor:
             return prob.cpu().numpy().astype(np.float32, copy=False)
 
 
-# -- blending ------------------------------------------------------------------------------
-
-
-class ChunkAccumulator:
-    """Per-output-chunk float32 sums of ``weight * prob`` and ``weight``, flushed when complete.
-
-    ``background_skips``: skipped windows count as probability 1 for class 0 (volumes);
-    otherwise they add nothing (rasters: their area becomes nodata).
-    """
-
-    def __init__(
-        self,
-        plan: WindowPlan,
-        schedule: ChunkSchedule,
-        weight: np.ndarray,
-        n_classes: int,
-        background_skips: bool,
-    ) -> None:
-        self.plan, self.schedule, self.weight = plan, schedule, weight
-        self.n_classes, self.background_skips = n_classes, background_skips
-        self.remaining = dict(schedule.counts)
-        self.open: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self.peak_open = 0
-
-    def _buffers(self, block: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if block not in self.open:
-            shape = tuple(s.stop - s.start for s in self.schedule.block_slices(block))
-            self.open[block] = (
-                np.zeros((self.n_classes, *shape), np.float32),
-                np.zeros(shape, np.float32),
-                np.zeros(shape, bool),
-            )
-            self.peak_open = max(self.peak_open, len(self.open))
-        return self.open[block]
-
-    def add(self, item: WindowItem, prob: np.ndarray | None) -> Iterator[tuple]:
-        """Blend one window (``prob`` ``(K, *roi)`` or None if skipped); yield finished chunks.
-
-        Yields ``(block, slices, probabilities (K, *chunk), weight_sum, valid)``.
-        """
-        img, win = self.plan.clip(item.index)
-        for block in self.schedule.touches[item.index]:
-            bsl = self.schedule.block_slices(block)
-            inter = tuple(
-                slice(max(a.start, b.start), min(a.stop, b.stop))
-                for a, b in zip(img, bsl, strict=True)
-            )
-            in_block = tuple(
-                slice(i.start - b.start, i.stop - b.start) for i, b in zip(inter, bsl, strict=True)
-            )
-            in_win = tuple(
-                slice(w.start + i.start - a.start, w.start + i.stop - a.start)
-                for i, a, w in zip(inter, img, win, strict=True)
-            )
-            in_clip = tuple(
-                slice(i.start - a.start, i.stop - a.start) for i, a in zip(inter, img, strict=True)
-            )
-            acc, wsum, valid = self._buffers(block)
-            w = self.weight[in_win]
-            if prob is not None:
-                acc[(slice(None), *in_block)] += prob[(slice(None), *in_win)] * w
-                wsum[in_block] += w
-            elif self.background_skips:
-                acc[(0, *in_block)] += w
-                wsum[in_block] += w
-            valid[in_block] |= item.valid[in_clip]
-            self.remaining[block] -= 1
-            if self.remaining[block] == 0:
-                acc, wsum, valid = self.open.pop(block)
-                np.divide(acc, wsum, out=acc, where=wsum > 0)
-                yield block, bsl, acc, wsum, valid
-
-
-def activate_numpy(logits: np.ndarray) -> np.ndarray:
-    """Return probabilities of blended logits ``(K, *chunk)``: softmax over K, sigmoid if K == 1.
-
-    For models whose card says ``blend: logits`` (nnU-Net, MONAI bundles): their home tools
-    blend the windows' logits and activate once, which this reproduces.
-    """
-    x = logits.astype(np.float32, copy=False)
-    if x.shape[0] == 1:
-        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
-    e = np.exp(x - x.max(axis=0, keepdims=True))
-    return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
-
-
-def reduce_chunk(
-    prob: np.ndarray,
-    wsum: np.ndarray,
-    valid: np.ndarray,
-    *,
-    output: str,
-    lut: np.ndarray,
-    dtype: np.dtype,
-    nodata: float | None,
-    mask_invalid: bool,
-) -> np.ndarray:
-    """Return the chunk to write: labels ``(1, *chunk)`` or probabilities ``(K, *chunk)``.
-
-    Pixels no run window covered (``wsum == 0``) and, when ``mask_invalid``, invalid input
-    pixels get ``nodata`` (labels) or NaN (probabilities).
-    """
-    bad = wsum <= 0
-    if mask_invalid:
-        bad |= ~valid
-    if output == "probabilities":
-        out = prob.astype(np.float32, copy=False)
-        if bad.any():
-            out[:, bad] = np.nan
-        return out
-    if prob.shape[0] == 1:
-        idx = (prob[0] > 0.5).astype(np.intp)
-        labels = np.where(idx == 1, lut[0], 0).astype(dtype)
-    else:
-        labels = lut[np.argmax(prob, axis=0)].astype(dtype)
-    if nodata is not None and bad.any():
-        labels[bad] = nodata
-    return labels[None]
-
-
 def run_windows(
     image: Image,
     plan: WindowPlan,
@@ -417,7 +307,7 @@ def run_windows(
                     raise ModelError(
                         f"model gave {prob.shape[0]} output channels, expected {n_classes}"
                     )
-                for _, bsl, p, wsum, valid in acc.add(it, prob):
+                for _, bsl, p, wsum, valid in acc.add(it.index, it.valid, prob):
                     sink.write(reduce(p, wsum, valid), bsl)
             stats.windows_run += n_run
             stats.windows_skipped += len(items) - n_run

@@ -7,7 +7,7 @@ When a volume's spacing differs from the spacing a model was trained at (its car
    field of view (:func:`geomed_seg.core.resample_grid.grid_for_spacing`);
 2. the engine computes class probabilities on that grid;
 3. the probabilities are resampled (trilinear) back onto the input's exact grid and the
-   argmax is taken there (:func:`labels_from_probabilities`).
+   argmax is taken there (:func:`label_image`).
 
 Labels, SEG and reports are thus on the input grid (affine, shape; NIfTI header codes travel
 in ``attrs``). Resampling is chunk-wise and lazy (:func:`geomed_seg.core.resample.resample_image`);
@@ -21,13 +21,13 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from geomed_seg.core.grid import VoxelGrid
 from geomed_seg.core.image import Image
 from geomed_seg.core.resample import resample_image
 from geomed_seg.core.resample_grid import grid_for_spacing
+from geomed_seg.inference.blend import DEFAULT_THRESHOLD, label_format, labels_from_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +67,32 @@ def model_grid(
     return grid_for_spacing(image.grid, spacing)
 
 
-def labels_from_probabilities(probs: Image, lut: np.ndarray) -> Image:
-    """Return ``lut[argmax over classes]`` of ``probs (class, *spatial)``, lazily.
+def label_image(
+    probs: Image,
+    lut: np.ndarray,
+    nodata_label: int | None = None,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Image:
+    """Return the label image of ``probs (class, *spatial)``, lazily, chunk by chunk.
 
-    Labels are uint8 when every label fits, else uint16; raster samples whose probabilities
-    are NaN (nodata) get 255 / 65535 as nodata.
+    Each chunk goes through :func:`geomed_seg.inference.blend.labels_from_probabilities`
+    (one channel: ``lut[0]`` above ``threshold``, else 0; several: ``lut[argmax]``), the
+    rule the engine applies to its own output. Labels are uint8 when every label fits, else
+    uint16 (:func:`~geomed_seg.inference.blend.label_format`). Raster samples whose
+    probabilities are NaN (nodata) get ``nodata_label`` (default 255 / 65535), which is
+    the label image's nodata; volumes have none.
     """
     lut = np.asarray(lut)
-    dtype = np.uint8 if lut.max() < 255 else np.uint16
-    arr = probs.darray
-    idx = da.argmax(da.where(da.isnan(arr), -1.0, arr), axis=0)
-    lab = idx.map_blocks(lambda b: lut[b].astype(dtype), dtype=dtype)
-    nodata = None
-    if probs.kind == "raster":
-        fill = np.iinfo(dtype).max
-        lab = da.where(da.isnan(arr[0]), dtype(fill), lab).astype(dtype)
-        nodata = int(fill)
+    dtype, nodata = label_format(lut, nodata_label)
+    if probs.kind != "raster":
+        nodata = None
+    arr = probs.darray.rechunk({0: -1})  # every class of a pixel in one block
+
+    def block(b: np.ndarray) -> np.ndarray:
+        return labels_from_probabilities(b, lut, nodata, threshold=threshold, dtype=dtype)
+
+    lab = arr.map_blocks(block, drop_axis=0, dtype=dtype)
     return Image.from_array(lab[None], probs.grid, nodata=nodata, attrs=dict(probs.attrs))
 
 
@@ -110,7 +120,8 @@ def segment_resampled(image: Image, model: Any, grid: VoxelGrid, *, output: str 
     else:
         card = getattr(model, "card", None)
         lut = card.channel_to_label() if card is not None else np.arange(back.n_channels)
-        res.image = replace(labels_from_probabilities(back, lut), attrs=attrs)
+        nodata = getattr(card, "nodata_label", None)
+        res.image = replace(label_image(back, lut, nodata), attrs=attrs)
     sp = ", ".join(f"{s:g}" for s in grid.spacing_zyx)
     res.stats = {
         **res.stats,
@@ -124,7 +135,7 @@ def segment_resampled(image: Image, model: Any, grid: VoxelGrid, *, output: str 
 
 
 __all__ = [
-    "labels_from_probabilities",
+    "label_image",
     "model_grid",
     "segment_resampled",
     "spacing_differs",

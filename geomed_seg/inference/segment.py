@@ -24,13 +24,8 @@ from geomed_seg.core.grid import GeoGrid
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import InvalidInputError, ModelError
-from geomed_seg.inference.engine import (
-    Predictor,
-    activate_numpy,
-    empty_windows,
-    reduce_chunk,
-    run_windows,
-)
+from geomed_seg.inference.blend import activate_numpy, label_format, reduce_chunk
+from geomed_seg.inference.engine import Predictor, empty_windows, run_windows
 from geomed_seg.inference.plan import importance_map, plan_windows, regular_chunks, schedule_chunks
 from geomed_seg.inference.sinks import OutputSpec, Sink, sink_for
 from geomed_seg.models.case_stats import case_normaliser
@@ -131,17 +126,6 @@ def _skip_rule(
 def _output_chunks(image: Image, sink: Sink, roi: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     edge = sink.chunk or (512 if image.kind == "raster" else 128)
     return regular_chunks(image.spatial_shape, edge)
-
-
-def _label_format(classes: list[ClassInfo], card: Any) -> tuple[np.dtype, int]:
-    top = max((c.index for c in classes), default=1)
-    dtype = np.dtype(np.uint8) if top < 255 else np.dtype(np.uint16)
-    nodata = getattr(card, "nodata_label", None)
-    if nodata is None:
-        nodata = 255 if dtype == np.uint8 else 65535
-    if nodata > np.iinfo(dtype).max:
-        dtype = np.dtype(np.uint16)
-    return dtype, int(nodata)
 
 
 def _peak_rss_mib() -> float | None:
@@ -275,7 +259,9 @@ def segment(
     out_sink = sink_for(sink, overwrite=overwrite)
     is_raster = isinstance(image.grid, GeoGrid)
     if output == "labels":
-        dtype, nodata = _label_format(classes, card)
+        dtype, nodata = label_format(
+            [c.index for c in classes], getattr(card, "nodata_label", None)
+        )
         count, band_names = 1, ["labels"]
     else:
         dtype, nodata = np.dtype(np.float32), float("nan")

@@ -35,7 +35,8 @@ CLASSICAL = {"ndwi_otsu": "ndwi", "mndwi_otsu": "mndwi", "sar_threshold": "sar-t
 
 @dataclass
 class ModelOutput:
-    """Labels (uint8/uint16, nodata 255 for rasters) and what the step decided."""
+    """Labels (uint8/uint16; rasters: nodata 255, or a checkpoint card's ``nodata_label``) and
+    what the step decided."""
 
     labels: Image
     classes: list[ClassInfo]
@@ -184,18 +185,20 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
         foreground_threshold=0.0 if cfg.preprocess.foreground == "nonzero" else None,
     )
     probs = None
+    from geomed_seg.inference.respaced import label_image
+
     if grid is not None:
         from geomed_seg.inference.respaced import segment_resampled
 
         res = segment_resampled(img, loaded, grid, output="probabilities", **kw)
         probs = res.image
-        labels = _argmax_labels(probs, card)
+        labels = label_image(probs, card.channel_to_label(), card.nodata_label)
         notes.append(_resampled_note(img, grid))
         probs = probs if cfg.outputs.probabilities else None
     elif cfg.outputs.probabilities:
         res = segment(img, loaded, output="probabilities", **kw)
         probs = res.image
-        labels = _argmax_labels(probs, card)
+        labels = label_image(probs, card.channel_to_label(), card.nodata_label)
     else:
         res = segment(img, loaded, output="labels", **kw)
         labels = res.image
@@ -260,13 +263,6 @@ def _spacing_mismatch(img: Image, card) -> str | None:
         f"input spacing {tuple(round(h, 3) for h in have)} differs from the model's "
         f"{want} (array order); {fix}"
     )
-
-
-def _argmax_labels(probs: Image, card) -> Image:
-    """Return card class indices of the most probable channel; nodata 255 where NaN (rasters)."""
-    from geomed_seg.inference.respaced import labels_from_probabilities
-
-    return labels_from_probabilities(probs, card.channel_to_label())
 
 
 METHODS = {

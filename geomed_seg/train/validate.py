@@ -1,10 +1,11 @@
 """Validation on WHOLE images through the sliding-window engine, scored by the metrics module.
 
-:func:`predict_labels` runs the engine (:func:`geomed_seg.inference.segment.segment` when it is
-installed, else MONAI's ``sliding_window_inference`` with the card's normalisation, roi,
-overlap and blending mode) and returns labels on the image grid. :func:`validate` scores
-them with :func:`geomed_seg.metrics.overlap.overlap_metrics` (per-class Dice) and, when
-regions are given (BraTS WT/TC/ET), :func:`geomed_seg.metrics.brats.brats_metrics`.
+:func:`predict_labels` runs the engine (:func:`geomed_seg.inference.segment.segment`, with the
+card's normalisation, roi, overlap and blending mode; labels by
+:func:`geomed_seg.inference.blend.labels_from_probabilities`) and returns labels on the image
+grid. :func:`validate` scores them with :func:`geomed_seg.metrics.overlap.overlap_metrics`
+(per-class Dice) and, when regions are given (BraTS WT/TC/ET),
+:func:`geomed_seg.metrics.brats.brats_metrics`.
 """
 
 from __future__ import annotations
@@ -43,39 +44,15 @@ def predict_labels(
     was_training = module.training
     module.eval()
     try:
-        try:
-            from geomed_seg.inference.segment import segment
-        except ImportError:
-            segment = None
-        if segment is not None:
-            from geomed_seg.models.checkpoint import LoadedModel
+        from geomed_seg.inference.segment import segment
+        from geomed_seg.models.checkpoint import LoadedModel
 
-            loaded = LoadedModel(module, card, Path("<training>"), str(device))
-            res = segment(image, loaded, roi_size=roi, overlap=ov, mode=card.mode,
-                          batch_size=batch_size, device=str(device), amp=False)  # fmt: skip
-            return np.asarray(res.image.compute()[0])
-        return _monai_labels(module, card, image, roi, ov, batch_size, device)
+        loaded = LoadedModel(module, card, Path("<training>"), str(device))
+        res = segment(image, loaded, roi_size=roi, overlap=ov, mode=card.mode,
+                      batch_size=batch_size, device=str(device), amp=False)  # fmt: skip
+        return np.asarray(res.image.compute()[0])
     finally:
         module.train(was_training)
-
-
-def _monai_labels(module, card, image, roi, overlap, batch_size, device) -> np.ndarray:
-    from monai.inferers import sliding_window_inference
-
-    from geomed_seg.models.case_stats import case_normaliser
-
-    x = case_normaliser(card, image)(image.compute()[None])
-    valid = np.asarray(image.valid_mask().compute())
-    x[:, :, ~valid] = 0
-    with torch.no_grad():
-        logits = sliding_window_inference(
-            torch.from_numpy(x).to(device), roi, batch_size, module,
-            overlap=overlap, mode=card.mode,
-        )  # fmt: skip
-    labels = card.channel_to_label()[logits.argmax(1)[0].cpu().numpy()]
-    if card.nodata_label is not None:
-        labels[~valid] = card.nodata_label
-    return labels
 
 
 @dataclass

@@ -112,6 +112,25 @@ def test_skip_never_changes_valid_pixels(seed):
     assert (lab[bad] == 255).all() and (lab[~bad] < 2).all()
 
 
+def test_nan_nodata_does_not_poison_windows():
+    """NaN input samples (float rasters with NaN nodata) enter the model as 0, as MONAI gets
+    them here; before, every window touching one gave NaN probabilities (labelled class 0)."""
+    img = raster(shape=(3, 48, 40))
+    x = img.compute()
+    x[:, 10:14, 5:30] = np.nan
+    nan_img = Image.from_array(x, img.grid, nodata=float("nan"), chunks=(3, 16, 16))
+    net = tiny_net(2, 3, 2)
+    kw = dict(roi_size=(16, 16), device="cpu", skip="none", sink=MemorySink(chunk=16))
+    got = segment(nan_img, net, output="probabilities", **kw).image.compute()
+    ref = _monai_probs(np.nan_to_num(x, nan=0.0), net, (16, 16), 0.25, "gaussian")
+    valid = ~np.isnan(x[0])
+    np.testing.assert_allclose(got[:, valid], ref[:, valid], atol=1e-4, rtol=0)
+    assert np.isnan(got[:, ~valid]).all()
+    lab = segment(nan_img, net, **kw).image.compute()[0]
+    np.testing.assert_array_equal(lab[valid], ref.argmax(0)[valid])
+    assert (lab[~valid] == 255).all()
+
+
 def test_single_valid_pixel_is_segmented():
     img = raster(shape=(3, 64, 64))
     x = np.full((3, 64, 64), np.nan, np.float32)

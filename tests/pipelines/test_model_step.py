@@ -195,3 +195,45 @@ def test_brats_inputs_found_by_glob(tmp_path):
     (tmp_path / "x-t1n.nii.gz").write_bytes(b"")
     with pytest.raises(InvalidInputError, match="no file match t1c"):
         find_sequences(tmp_path, cfg.input.sequences)
+
+
+def test_one_channel_model_labels_agree_on_every_path(landsat_path, tmp_path):
+    """A sigmoid (one-channel) model: labels the pipeline derives from its probabilities
+    equal the engine's own labels and MONAI's ``sigmoid > 0.5`` (the pipeline took an argmax
+    over one channel before, labelling every pixel water)."""
+    from monai.inferers import sliding_window_inference
+
+    torch.set_num_threads(1)
+    crop = _crop(landsat_path, tmp_path, size=96)
+    torch.manual_seed(1)
+    card = ModelCard(**{**CARD, "classes": [{"index": 1, "name": "water"}], "nodata_label": 200})
+    module = build_model("smp.Unet", 4, 1, **CARD["architecture_kwargs"]).eval()
+    with rasterio.open(crop) as ds:
+        x = ds.read([1, 2, 3, 4]).astype(np.float32)
+    mean = np.array([60, 50, 40, 50], np.float32)[:, None, None]
+    std = np.array([20, 20, 20, 30], np.float32)[:, None, None]
+    xt = torch.from_numpy(((x - mean) / std)[None])
+    with torch.no_grad():  # centre the logits so that both labels occur
+        module.segmentation_head[0].bias -= module(xt).median()
+    ckpt = tmp_path / "sigmoid"
+    save_checkpoint(module, card, ckpt)
+    sets = [f"input.path={crop}", "model.method=checkpoint", f"model.checkpoint={ckpt}",
+            "engine.roi_size=[64, 64]", "engine.tta=false", "engine.amp=false",
+            "engine.device=cpu", "outputs.polygons=false", "outputs.quicklook=false",
+            "outputs.report=false", "postprocess.min_object_size=null",
+            "postprocess.fill_holes=false"]  # fmt: skip
+    labels = {}
+    for name, extra in (("engine", []), ("probabilities", ["outputs.probabilities=zarr"])):
+        run = run_pipeline("flood", output=tmp_path / name, overrides=[*sets, *extra])
+        with rasterio.open(run.outputs["labels"]) as lab:
+            labels[name] = lab.read(1)
+    with torch.no_grad():
+        prob = sliding_window_inference(xt, (64, 64), 4,
+                                        lambda t: torch.sigmoid(module(t)), overlap=0.25,
+                                        mode="gaussian")[0, 0].numpy()  # fmt: skip
+    ref = np.where(prob > 0.5, 1, 0)
+    assert 0.05 < (ref == 1).mean() < 0.95  # both labels occur
+    near = np.abs(prob - 0.5) < 1e-4  # float noise may flip pixels right at the threshold
+    for got in labels.values():
+        assert (got != ref)[~near].sum() == 0
+    np.testing.assert_array_equal(labels["probabilities"], labels["engine"])
