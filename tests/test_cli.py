@@ -141,7 +141,11 @@ def test_mixed_dicom_series_lists_them(capsys, tmp_path):
     folder.mkdir()
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "a.dcm")
     shutil.copy(get_testdata_file("MR_small.dcm"), folder / "b.dcm")
-    rc, _, err = _run(capsys, "info", folder)
+    # info lists the series (issue #17: was exit 2); a command that needs one refuses
+    rc, out, err = _run(capsys, "info", folder)
+    assert rc == 0, err
+    assert "2 DICOM series" in out and "CT" in out and "MR" in out
+    rc, _, err = _run(capsys, "convert", folder, tmp_path / "x.nii.gz")
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "series" in err.lower() and "mixed" in err
 

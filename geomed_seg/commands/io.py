@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from geomed_seg.cli import app, is_quiet
@@ -58,11 +59,22 @@ def info(
         False, "--resample", help="DICOM: resample uneven/tilted series onto a regular grid."
     ),
 ) -> None:
-    """Describe an image: format, dims, shape, dtype, chunks, nodata and geometry."""
+    """Describe an image: format, dims, shape, dtype, chunks, nodata and geometry.
+
+    A DICOM folder with several series lists them (index, series number, UID, modality,
+    description, slices) in the order ``--series N`` counts: series number, then UID.
+    """
     from geomed_seg.core.describe import describe
     from geomed_seg.io.convert import open_input
     from geomed_seg.io.registry import detect_format
 
+    if series is None and detect_format(path) == "dicom":
+        from geomed_seg.io.dicom import list_series
+
+        listing = list_series(path)
+        if len(listing) > 1:
+            _print_series(listing, str(path), as_json)
+            return
     # without --stats no pixel is read, so the payload check (a full read) is skipped
     image = open_input(path, series=series, resample=resample, verify=stats)
     summary = {"format": detect_format(path), **describe(image, stats=stats)}
@@ -70,6 +82,27 @@ def info(
         typer.echo(json.dumps(summary, indent=2, default=str))
     else:
         Console().print(_render(summary, str(path)))
+
+
+def _print_series(listing: list, path: str, as_json: bool) -> None:
+    """Print a folder's DICOM series (a table, or JSON ``{"format", "series": [...]}``)."""
+    if as_json:
+        rows = [s.as_dict() for s in listing]
+        typer.echo(json.dumps({"format": "dicom", "series": rows}, indent=2))
+        return
+    console = Console(width=max(Console().width, 160))
+    console.print(
+        f"{escape(path)}: {len(listing)} DICOM series (by series number, then UID)",
+        soft_wrap=True,
+    )
+    table = Table()
+    for col in ("index", "number", "modality", "slices", "description", "SeriesInstanceUID"):
+        table.add_column(col, no_wrap=col == "SeriesInstanceUID")
+    for s in listing:
+        number = "-" if s.number is None else str(s.number)
+        table.add_row(str(s.index), number, s.modality, str(s.slices), escape(s.description), s.uid)
+    console.print(table)
+    console.print("choose one with --series INDEX, --series UID or --series DESCRIPTION")
 
 
 @app.command()

@@ -26,7 +26,6 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,35 +52,15 @@ from geomed_seg.io.dicom_pixels import (
     value_dtype,
     verify_files,
 )
+from geomed_seg.io.dicom_series import (
+    DicomFile,
+    SeriesInfo,
+    choose_series,
+    group_series,
+    series_infos,
+)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _File:
-    path: Path
-    ds: pydicom.Dataset
-    problem: ReadError | None = None  # a truncated header: raised if this series is chosen
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.ds.get(key, default)
-
-
-@dataclass
-class _Series:
-    uid: str
-    files: list[_File]
-
-    @property
-    def first(self) -> pydicom.Dataset:
-        return self.files[0].ds
-
-    def describe(self, index: int) -> str:
-        d = self.first
-        return (
-            f"[{index}] {self.uid} '{d.get('SeriesDescription', '')}' "
-            f"{d.get('Modality', '?')}, {len(self.files)} file(s)"
-        )
 
 
 def _candidates(
@@ -101,7 +80,7 @@ def _candidates(
     return where, files
 
 
-def _read_headers(files: list[Path], explicit: bool = False) -> list[_File]:
+def _read_headers(files: list[Path], explicit: bool = False) -> list[DicomFile]:
     """Return the image headers among ``files``; non-DICOM files are skipped.
 
     An image without ``SeriesInstanceUID`` is kept only when ``explicit`` (the user named
@@ -118,14 +97,14 @@ def _read_headers(files: list[Path], explicit: bool = False) -> list[_File]:
             logger.debug("%s: not a DICOM file, skipped", p)
             continue
         if problem is not None:  # set aside with its series: raised if that one is read
-            out.append(_File(p, ds, problem))
+            out.append(DicomFile(p, ds, problem))
             continue
         if "Rows" not in ds:  # images only (not DICOMDIR, SR, RT structures...)
             if explicit and "PixelData" in ds:
                 raise ReadError(f"{p}: Pixel Data without Rows/Columns (image module incomplete)")
             continue
         if "SeriesInstanceUID" in ds or explicit:
-            out.append(_File(p, ds, problem))
+            out.append(DicomFile(p, ds, problem))
         else:
             logger.warning("%s: DICOM image without SeriesInstanceUID, skipped", p)
     return out
@@ -144,37 +123,6 @@ def _partial_header(path: Path, problem: ReadError) -> pydicom.Dataset:
     return ds
 
 
-def _group(files: list[_File]) -> list[_Series]:
-    groups: dict[str, list[_File]] = {}
-    for f in files:
-        groups.setdefault(str(f.get("SeriesInstanceUID", "")), []).append(f)
-    series = [_Series(uid, fs) for uid, fs in groups.items()]
-    series.sort(key=lambda s: (int(s.first.get("SeriesNumber") or 0), s.uid))
-    return series
-
-
-def _choose(series: list[_Series], choice: str | int | None, where: str) -> _Series:
-    listing = "; ".join(s.describe(i + 1) for i, s in enumerate(series))
-    if choice is None:
-        if len(series) == 1:
-            return series[0]
-        raise InvalidInputError(
-            f"{where}: {len(series)} DICOM series found; choose one with series= (--series) "
-            f"as a UID, 1-based index or description: {listing}"
-        )
-    text = str(choice)
-    if text.isdigit() and 1 <= int(text) <= len(series) and not any(s.uid == text for s in series):
-        return series[int(text) - 1]
-    exact = [s for s in series if s.uid == text]
-    if exact:
-        return exact[0]
-    found = [s for s in series if text.lower() in str(s.first.get("SeriesDescription", "")).lower()]
-    if len(found) == 1:
-        return found[0]
-    how = "matches several" if found else "matches none"
-    raise InvalidInputError(f"{where}: series {text!r} {how} of: {listing}")
-
-
 def _sensible_dtype(arr: np.ndarray) -> np.ndarray:
     """Return ``arr`` as int16/uint16/int32 when integer-valued and in range, else float32."""
     if arr.size == 0:
@@ -188,7 +136,7 @@ def _sensible_dtype(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _is_multiframe(f: _File) -> bool:
+def _is_multiframe(f: DicomFile) -> bool:
     if "PerFrameFunctionalGroupsSequence" in f.ds:
         return True
     try:
@@ -206,7 +154,7 @@ def _read_block(files: list[Path], as_float: bool, dtype: np.dtype) -> np.ndarra
     return np.concatenate([decode_values(p, dtype)[:1] for p in files])
 
 
-def _lazy_series(ordered: list[_File], report: Any, chunks: Any) -> tuple[da.Array, VoxelGrid]:
+def _lazy_series(ordered: list[DicomFile], report: Any, chunks: Any) -> tuple[da.Array, VoxelGrid]:
     """Return a lazy ``(z, y, x)`` dask array of z slabs and the grid, reading no pixels.
 
     Geometry: origin at the first sorted slice's ``ImagePositionPatient``, in-plane axes
@@ -243,7 +191,7 @@ def _lazy_series(ordered: list[_File], report: Any, chunks: Any) -> tuple[da.Arr
     return da.concatenate(blocks, axis=0), grid
 
 
-def _varying_rescale(files: list[_File]) -> bool:
+def _varying_rescale(files: list[DicomFile]) -> bool:
     pairs = {
         (float(f.get("RescaleSlope") or 1), float(f.get("RescaleIntercept") or 0)) for f in files
     }
@@ -267,7 +215,7 @@ def _thickness(ds: pydicom.Dataset) -> float | None:
         return None
 
 
-def _check_instances(files: list[_File]) -> None:
+def _check_instances(files: list[DicomFile]) -> None:
     """Refuse truncated files, colour pixels and short/long Pixel Data (header only)."""
     for f in files:
         if f.problem is not None:
@@ -276,6 +224,28 @@ def _check_instances(files: list[_File]) -> None:
         check_not_mosaic(f.ds, f.path)
         check_payload(f.ds, f.path)
         check_decodable(f.ds, f.path)
+
+
+def list_series(
+    path_or_paths: str | os.PathLike | Sequence[str | os.PathLike],
+) -> list[SeriesInfo]:
+    """Return the DICOM image series under a folder (or among files), in the listed order.
+
+    Headers only (no pixel is read). The order, series number then SeriesInstanceUID, gives
+    each series its 1-based index, which ``open_dicom(series=N)`` / ``--series N`` takes
+    (:mod:`geomed_seg.io.dicom_series`).
+
+    Raises
+    ------
+    InvalidInputError
+        No DICOM image file found.
+    """
+    where, paths = _candidates(path_or_paths)
+    named = not (isinstance(path_or_paths, str | os.PathLike) and Path(path_or_paths).is_dir())
+    headers = _read_headers(paths, explicit=named)
+    if not headers:
+        raise InvalidInputError(f"{where}: no DICOM image files found")
+    return series_infos(group_series(headers))
 
 
 def open_dicom(
@@ -291,8 +261,9 @@ def open_dicom(
     path_or_paths : path-like or sequence of path-like
         A folder (searched recursively; non-DICOM files are skipped), one file, or a list.
     series : str or int, optional
-        Which series when several are found: a SeriesInstanceUID, a 1-based index in the
-        listed order, or a unique SeriesDescription substring.
+        Which series when several are found: a SeriesInstanceUID, the 1-based index in the
+        order of :func:`list_series` (series number, then UID), or a SeriesDescription
+        (exact, else a substring; case-insensitive) that fits one series only.
     chunks : tuple, optional
         Dask chunks ``(channel, z, y, x)``; default whole-slice slabs (series) or
         :func:`~geomed_seg.core.image.default_chunks`.
@@ -335,7 +306,7 @@ def open_dicom(
     headers = _read_headers(paths, explicit=named)
     if not headers:
         raise InvalidInputError(f"{where}: no DICOM image files found")
-    chosen = _choose(_group(headers), series, where)
+    chosen = choose_series(group_series(headers), series, where)
     where = f"{where} (series {chosen.uid})"
     _check_instances(chosen.files)
     multi = [f for f in chosen.files if _is_multiframe(f)]

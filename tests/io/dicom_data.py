@@ -62,6 +62,7 @@ def make_series(
     modality: str = "CT",
     seed: int = 0,
     values: np.ndarray | None = None,
+    series_number: int | None = 1,
 ) -> tuple[list[Path], np.ndarray]:
     """Write a series; return ``(files in spatial order, stored values (z, y, x) int16)``.
 
@@ -106,7 +107,9 @@ def make_series(
             series_uid,
             frame_uid,
         )
-        ds.Modality, ds.SeriesDescription, ds.SeriesNumber = modality, description, 1
+        ds.Modality, ds.SeriesDescription = modality, description
+        if series_number is not None:
+            ds.SeriesNumber = series_number
         ds.PatientID, ds.PatientName = "SYNTH001", "Synthetic^Patient"
         ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20240101", "120000", "A1"
         ds.Manufacturer, ds.ImageType = "geomed-seg tests", ["ORIGINAL", "PRIMARY", "AXIAL"]
