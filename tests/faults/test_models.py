@@ -1,4 +1,8 @@
-"""Model outputs the engine cannot blend: a clear ModelError, never a raw AttributeError."""
+"""Model outputs the engine cannot blend: a clear ModelError, never a raw AttributeError.
+
+The streaming engine blends one tensor per window; the in-memory ``sliding_window_inference``
+(a MONAI drop-in) blends tuple/dict outputs too, and refuses what is not tensors.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import pytest
 import torch
 
 from geomed_seg.errors import GeomedSegError, ModelError
+from geomed_seg.inference.engine import one_tensor
 from geomed_seg.inference.sliding import sliding_window_inference
 
 
@@ -17,11 +22,17 @@ from geomed_seg.inference.sliding import sliding_window_inference
         (lambda x: [x], "list of 1"),
     ],
 )
-def test_tuple_dict_outputs_are_refused_clearly(predictor, words):
+def test_tuple_dict_outputs_are_refused_clearly_by_the_engine(predictor, words):
     x = torch.rand(1, 1, 16, 16)
     with pytest.raises(ModelError, match="not one tensor") as err:
-        sliding_window_inference(x, (8, 8), 2, predictor)
+        one_tensor(predictor(x))
     assert words in str(err.value) and isinstance(err.value, GeomedSegError)
+
+
+@pytest.mark.parametrize("predictor", [lambda x: (x, None), lambda x: {"seg": "x"}, lambda x: 3])
+def test_non_tensor_outputs_are_refused_by_sliding_window_inference(predictor):
+    with pytest.raises(ModelError, match="tensor"):
+        sliding_window_inference(torch.rand(1, 1, 16, 16), (8, 8), 2, predictor)
 
 
 def test_tensor_output_still_matches_monai():
