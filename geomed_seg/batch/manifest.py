@@ -172,30 +172,17 @@ class Job:
 
 
 def default_halo(cfg: PipelineConfig) -> int:
-    """Return the default block halo in pixels: the largest engine window side.
+    """Return the default block halo in pixels: the largest halo any pipeline step asks for.
 
-    A block's read window then holds every engine window (``engine.roi_size``) that touches
-    its core in a whole-scene run, so gaussian blending near a block edge sees the same
-    context; without ``engine.roi_size`` the checkpoint card's ``roi_size``. At least
-    ``2 (opening + closing) + 1`` px, what morphological post-processing needs to match a
-    whole-scene run.
+    The steps say it themselves (:func:`geomed_seg.pipelines.steps.pipeline_halo`): the
+    model step its largest engine window side (``engine.roi_size``, else the checkpoint
+    card's ``roi_size``), so a block's read window holds every engine window that touches
+    its core in a whole-scene run; post-processing ``2 * (opening + closing radii) + 1``
+    px, what morphology needs to match a whole-scene run.
     """
-    halo = 0
-    if cfg.engine.roi_size:
-        halo = max(int(r) for r in cfg.engine.roi_size)
-    elif cfg.model.method == "checkpoint" and cfg.model.checkpoint:
-        from geomed_seg.errors import ModelError
-        from geomed_seg.models.checkpoint import read_card
+    from geomed_seg.pipelines.steps import pipeline_halo
 
-        path = cfg.resolve(cfg.model.checkpoint)
-        try:
-            halo = max(int(r) for r in read_card(path).roi_size)
-        except ModelError as exc:
-            log.warning("%s: no card roi_size for the default halo (%s)", path, exc)
-    p = cfg.postprocess
-    morph = 2 * (int(p.opening or 0) + int(p.closing or 0))
-    return max(halo, morph + 1) if morph else halo
-    return 0
+    return pipeline_halo(cfg)
 
 
 def _raster_layout(path: Path) -> tuple[tuple[int, int], tuple[int, int]] | None:

@@ -1,4 +1,4 @@
-"""The model step of a pipeline: a classical baseline or a checkpoint, and post-processing.
+"""The model step of a pipeline: a classical baseline or a checkpoint.
 
 Classical baselines need no weights: NDWI/MNDWI + scene-wide Otsu (optical water), SAR
 backscatter threshold in dB (Sentinel-1 water), and a T2-FLAIR hyperintensity baseline for
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from geomed_seg.classical.registry import MethodOptions, SceneThreshold, get_method
@@ -309,7 +308,8 @@ def _classical(fn, img: Image, cfg: PipelineConfig) -> ModelOutput:
     return out
 
 
-#: Labels up to this many bytes are computed once, into memory, after post-processing.
+#: Labels up to this many bytes are computed once, into memory, after post-processing
+#: (:class:`geomed_seg.pipelines.steps.PostprocessStep`).
 #: Larger ones stay lazy: every output (labels file, polygons, report) then recomputes
 #: them chunk by chunk, which keeps memory bounded for huge scenes but costs time.
 MATERIALISE_BYTES = 512 * 2**20
@@ -327,50 +327,3 @@ def materialise(image: Image, max_bytes: int = MATERIALISE_BYTES) -> Image:
     data = image.data.persist()
     mask = None if image.mask is None else image.mask.persist()
     return replace(image, data=data, mask=mask)
-
-
-def postprocess(out: ModelOutput, cfg: PipelineConfig) -> ModelOutput:
-    """Apply ``cfg.postprocess`` to binary labels (multi-class labels are left as they are).
-
-    The labels are then computed once into memory when they fit :data:`MATERIALISE_BYTES`.
-    """
-    out = _postprocess(out, cfg)
-    out.labels = materialise(out.labels)
-    return out
-
-
-def _postprocess(out: ModelOutput, cfg: PipelineConfig) -> ModelOutput:
-    from geomed_seg.classical import postprocess as pp
-
-    p = cfg.postprocess
-    wanted = p.opening or p.closing or p.fill_holes or p.min_object_size or p.connected_components
-    if not wanted:
-        return out
-    fg_values = [c.index for c in out.classes if c.index != 0]
-    if len(fg_values) != 1:
-        out.notes.append("post-processing skipped: it applies to binary masks only")
-        return out
-    value = fg_values[0]
-    lab = out.labels
-    if p.opening:
-        lab = pp.morphology(lab, "opening", p.opening)
-    if p.closing:
-        lab = pp.morphology(lab, "closing", p.closing)
-    if p.fill_holes:
-        lab = pp.fill_holes(lab)
-    if p.min_object_size:
-        lab = pp.remove_small_objects(lab, p.min_object_size)
-    if p.connected_components:
-        comps = pp.connected_components(lab)
-        out.stats["connected_components"] = int(comps.attrs["n_components"])
-    if value != 1:
-        arr = lab.darray
-        arr = da.where(arr == 1, np.uint8(value), arr).astype(arr.dtype)
-        lab = Image.from_array(arr, lab.grid, nodata=lab.nodata, attrs=dict(lab.attrs))
-    out.labels = lab
-    unit = lab.grid.ground.area_unit if lab.kind == "raster" else "mm³"
-    out.notes.append(
-        f"post-processing: opening {p.opening}, closing {p.closing}, fill holes {p.fill_holes}, "
-        f"min object {p.min_object_size or 0:g} {unit}"
-    )
-    return out

@@ -20,6 +20,7 @@ from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import ConfigError
 from geomed_seg.pipelines.schema import PipelineConfig, load_config
+from geomed_seg.pipelines.steps import PipelineState, configured_steps
 
 log = logging.getLogger(__name__)
 
@@ -51,34 +52,6 @@ def _classes(out, dataset) -> list[ClassInfo]:
     if dataset is not None and dataset.classes and out.method not in CLASSICAL:
         return dataset.class_infos()
     return out.classes
-
-
-def _relabel(out, dataset, cfg: PipelineConfig) -> None:
-    """Map the model's classes (index order) onto the dataset card's label convention."""
-    import dask.array as da
-    import numpy as np
-
-    if dataset is None:
-        raise ConfigError(f"{cfg.name}: outputs.relabel_to_dataset needs a dataset card")
-    src = sorted(out.classes, key=lambda c: c.index)
-    dst = sorted(dataset.class_infos(), key=lambda c: c.index)
-    if len(src) != len(dst):
-        raise ConfigError(
-            f"{cfg.name}: outputs.relabel_to_dataset: the model has {len(src)} classes, "
-            f"dataset card {dataset.name} has {len(dst)}"
-        )
-    lut = np.arange(max(256, max(c.index for c in src) + 1), dtype=np.uint16)
-    for a, b in zip(src, dst, strict=True):
-        lut[a.index] = b.index
-    lab = out.labels
-    dtype = np.uint8 if max(c.index for c in dst) < 255 else np.uint16
-    arr = lab.darray.map_blocks(lambda x: lut[x].astype(dtype), dtype=dtype)
-    if lab.nodata is not None:
-        arr = da.where(lab.darray == lab.nodata, dtype(lab.nodata), arr)
-    out.labels = Image.from_array(arr, lab.grid, nodata=lab.nodata, attrs=dict(lab.attrs))
-    out.classes = dst
-    pairs = ", ".join(f"{a.index}->{b.index}" for a, b in zip(src, dst, strict=True))
-    out.notes.append(f"labels mapped to the {dataset.name} convention ({pairs})")
 
 
 def _evaluate(
@@ -160,12 +133,30 @@ def _write_labels(labels: Image, classes, folder: Path, source: Image, overwrite
     )
 
 
-def _check_same_grid(img: Image, source: Image, cfg: PipelineConfig, step: str) -> None:
-    if not img.grid.almost_equals(source.grid):
-        raise ConfigError(
-            f"{cfg.name}: {step} changed the grid of the input block ({img.grid.describe()}); "
-            "blocks need a pipeline that keeps the input grid (no reprojection/respacing)"
-        )
+#: How a grid error names a built-in step.
+_STEP_WORDS = {"preprocess": "preprocessing", "model": "the model"}
+
+
+def _check_same_grid(state: PipelineState, step: str) -> None:
+    """Refuse a step that moved the image or labels of a block off the input grid."""
+    for what in (state.image, state.out.labels if state.out is not None else None):
+        if what is not None and not what.grid.almost_equals(state.source.grid):
+            raise ConfigError(
+                f"{state.cfg.name}: {step} changed the grid of the input block "
+                f"({what.grid.describe()}); blocks need a pipeline that keeps the input grid "
+                "(no reprojection/respacing)"
+            )
+
+
+def _apply_steps(state: PipelineState, steps, core: Sequence[slice] | None) -> None:
+    """Run the configured steps on ``state``; crop everything to ``core`` afterwards."""
+    for step in steps:
+        log.debug("%s: step %s", state.cfg.name, step.name)
+        step(state)
+        if core is not None:
+            _check_same_grid(state, _STEP_WORDS.get(step.name, f"step {step.name!r}"))
+    if core is not None:
+        state.image, state.source, state.out = _crop(state.image, state.source, state.out, core)
 
 
 def _crop(img: Image, source: Image, out, core: Sequence[slice]):
@@ -224,6 +215,7 @@ def run_pipeline(
     txn = OutputTransaction(  # refuses a file as -o now
         folders=[folder], overwrite=overwrite, obsolete=[folder / n for n in RUN_OUTPUTS]
     )
+    steps = configured_steps(cfg)  # unknown or misordered steps refused before any work
     sensor, dataset = _cards(cfg)
     if image is not None:
         img, files = image, []
@@ -237,31 +229,23 @@ def run_pipeline(
     for path in planned_outputs(cfg, folder, img.kind, img):
         txn.claim(path)  # every conflict refused before any computing
     with txn:  # outputs staged, renamed into place together with run.json last
-        result = _run(cfg, img, files, sensor, dataset, folder, overwrite, reference, core)
+        state = PipelineState(cfg, image=img, source=img, sensor=sensor, dataset=dataset)
+        _apply_steps(state, steps, core)
+        result = _write(state, files, folder, overwrite, reference)
     result.seconds = time.perf_counter() - start
     log.info("%s: finished in %.1f s", cfg.name, result.seconds)
     return result
 
 
-def _run(cfg, img, files, sensor, dataset, folder, overwrite, reference, core) -> RunResult:
-    """Compute and write one run inside its output transaction (see :func:`run_pipeline`)."""
-    from geomed_seg.pipelines import inputs, methods, report
+def _write(
+    state: PipelineState, files: list, folder: Path, overwrite: bool, reference: Image | None
+) -> RunResult:
+    """Write and measure the steps' results inside the run's transaction (:func:`run_pipeline`)."""
+    from geomed_seg.pipelines import report
     from geomed_seg.pipelines.outputs import write_outputs
 
-    start = time.perf_counter()
-    source = img
-    img = inputs.preprocess(img, cfg, sensor)
-    if core is not None:
-        _check_same_grid(img, source, cfg, "preprocessing")
-    out = methods.postprocess(methods.run_model(img, cfg), cfg)
-    if core is not None:
-        _check_same_grid(out.labels, source, cfg, "the model")
-        img, source, out = _crop(img, source, out, core)
-    if cfg.outputs.relabel_to_dataset:
-        _relabel(out, dataset, cfg)
-        classes = out.classes
-    else:
-        classes = _classes(out, dataset)
+    cfg, img, source, out, dataset = state.cfg, state.image, state.source, state.out, state.dataset
+    classes = out.classes if state.relabelled else _classes(out, dataset)
     result = RunResult(cfg, labels=out.labels)
     if cfg.outputs.labels:
         result.outputs["labels"] = _write_labels(out.labels, classes, folder, source, overwrite)
@@ -274,7 +258,6 @@ def _run(cfg, img, files, sensor, dataset, folder, overwrite, reference, core) -
     result.outputs.update(
         write_outputs(cfg, img, source, out, classes, folder, overwrite, files, evaluation)
     )
-    seconds = time.perf_counter() - start
     rep = {
         "pipeline": cfg.name,
         "synthetic": bool(source.attrs.get("synthetic") or cfg.input.synthetic),
@@ -288,7 +271,7 @@ def _run(cfg, img, files, sensor, dataset, folder, overwrite, reference, core) -
         "engine": out.stats,
         "metrics": metrics,
         "evaluation": _evaluation_summary(evaluation),
-        "seconds": seconds,
+        "seconds": time.perf_counter() - state.started,
         "outputs": {k: str(v) for k, v in result.outputs.items()},
     }
     if source.attrs.get("block"):
@@ -306,5 +289,5 @@ def _run(cfg, img, files, sensor, dataset, folder, overwrite, reference, core) -
     if "block" in rep:
         provenance["block"] = rep["block"]
     result.outputs["provenance"] = report.write_json(provenance, folder / "run.json", overwrite)
-    result.report, result.seconds = rep, seconds
+    result.report, result.seconds = rep, rep["seconds"]
     return result

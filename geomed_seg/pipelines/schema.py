@@ -17,6 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from geomed_seg.errors import ConfigError, validation_problems
+from geomed_seg.pipelines.postprocess import (
+    PostprocessOp,
+    PostprocessOpSpec,
+    ops_from_yaml,
+    override_ops,
+)
 
 #: Folder of the bundled pipelines (repository root / pipelines).
 PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
@@ -149,13 +155,24 @@ def engine_spec(**values: Any) -> EngineSpec:
 
 
 class PostprocessSpec(_Strict):
-    """Post-processing of binary masks, sizes in physical units (m² rasters, mm³ volumes)."""
+    """Post-processing of binary masks: ops applied in list order, sizes in physical units.
 
-    min_object_size: float | None = Field(None, ge=0)
-    fill_holes: bool = False
-    opening: int = Field(0, ge=0)
-    closing: int = Field(0, ge=0)
-    connected_components: bool = False
+    In YAML a list (``- opening: 1``, ``- {op: min_object_size, size: 8000}``,
+    ``- fill_holes``) or the old mapping ``{opening, closing, fill_holes, min_object_size,
+    connected_components}`` (applied in that order); see
+    :mod:`geomed_seg.pipelines.postprocess`.
+    """
+
+    ops: list[PostprocessOpSpec] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, raw: Any) -> Any:
+        return ops_from_yaml(raw)
+
+    def op(self, name: str) -> PostprocessOp | None:
+        """Return the first op called ``name`` (None when the list has none)."""
+        return next((o for o in self.ops if o.op == name), None)
 
 
 class OutputSpec(_Strict):
@@ -194,6 +211,11 @@ class PipelineConfig(_Strict):
     dataset: str | None = None
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     model: ModelSpec
+    steps: list[str] | None = Field(
+        None,
+        description="registered pipeline steps in run order (geomed_seg.pipelines.steps); "
+        "default: preprocess, model, postprocess (+ relabel with outputs.relabel_to_dataset)",
+    )
     engine: EngineSpec = Field(default_factory=EngineSpec)
     postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
     outputs: OutputSpec = Field(default_factory=OutputSpec)
@@ -229,18 +251,26 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) -
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{where}: override {item!r} is not key.sub=value")
-        node = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{where}: override {key!r}: {part!r} is not a section")
-            node = child
         try:
-            node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+            parsed = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{where}: override {key!r}: bad value {value!r} ({exc})") from exc
+        _set(raw, key.strip().split("."), parsed, f"{where}: override {key!r}")
     return raw
+
+
+def _set(raw: dict[str, Any], parts: list[str], value: Any, where: str) -> None:
+    """Set ``raw[parts[0]][parts[1]]... = value``, creating sections; ops lists by op name."""
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if isinstance(child, list) and part == "postprocess":
+            node[part] = override_ops(child, parts[i + 1 :], value)
+            return
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def validate_config(raw: Any, where: str, base_dir: str | os.PathLike = "") -> PipelineConfig:
