@@ -347,10 +347,25 @@ def open_dicom(
             "transfer_syntaxes": sorted({str(transfer_syntax(f.ds)) for f in ordered}),
             "compressed": any(is_encapsulated(f.ds) for f in ordered),
             "slice_thickness_mm": _thickness(first),
+            **_dates(first),
         },
         "source": str(ordered[0].path.parent),
     }
     return Image.from_array(arr, grid, chunks=chunks, attrs=attrs)
+
+
+def _dates(ds: Any) -> dict[str, str]:
+    """Acquisition/Series/Study Date and Time (DA/TM strings) and TimezoneOffsetFromUTC."""
+    out = {}
+    for what in ("Acquisition", "Series", "Study"):
+        for part in ("Date", "Time"):
+            value = str(ds.get(f"{what}{part}", "") or "").strip()
+            if value:
+                out[f"{what.lower()}_{part.lower()}"] = value
+    tz = str(ds.get("TimezoneOffsetFromUTC", "") or "").strip()
+    if tz:
+        out["timezone_offset"] = tz
+    return out
 
 
 def verify_dicom(path: Any, image: Image) -> None:

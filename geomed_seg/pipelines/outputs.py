@@ -39,13 +39,16 @@ def planned_outputs(
         names.append("seg.dcm")
     if o.report:
         names += ["report.md", "report.json"]
+    if o.stac:
+        names.append("item.json")
     names.append("run.json")
     return [folder / n for n in names]
 
 
 #: Every file a run may write (any kind, any options): an older set's extras are replaced.
 RUN_OUTPUTS = ("labels.tif", "labels.nii.gz", "probabilities.zarr", "probabilities.tif",
-               "polygons.gpkg", "quicklook.png", "seg.dcm", "report.md", "report.json")  # fmt: skip
+               "polygons.gpkg", "quicklook.png", "seg.dcm", "report.md", "report.json",
+               "item.json")  # fmt: skip
 
 
 def write_outputs(

@@ -3,7 +3,8 @@
 Every output is written atomically into one folder: labels (label COG with colour table and
 class names, or NIfTI on the input grid), optional probabilities, polygons (GeoPackage),
 a quicklook PNG, ``report.md``/``report.json``, a DICOM SEG when the input was a DICOM
-series, and ``run.json`` (provenance).
+series, a STAC Item ``item.json`` (:mod:`geomed_seg.pipelines.stac`) and ``run.json``
+(provenance).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +280,13 @@ def _write(
         rep["block"] = source.attrs["block"]
     if cfg.outputs.report:
         result.outputs.update(report.write_report(rep, folder, overwrite))
+    if cfg.outputs.stac:
+        from geomed_seg.pipelines.stac import write_run_item
+
+        started = datetime.now(UTC) - timedelta(seconds=time.perf_counter() - state.started)
+        result.outputs["STAC item"] = write_run_item(
+            cfg, source, classes, result.outputs, folder, files, overwrite, started
+        )
     provenance = {
         "versions": report.versions(),
         "config": cfg.model_dump(mode="json"),

@@ -184,6 +184,7 @@ class OutputSpec(_Strict):
     polygon_tile: int = Field(1024, ge=16)
     quicklook: bool = True
     report: bool = True
+    stac: bool = Field(True, description="item.json: STAC Item of the outputs (pystac)")
     dicom_seg: Literal["auto", "never"] = "auto"
     relabel_to_dataset: bool = Field(
         False,

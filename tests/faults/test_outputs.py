@@ -210,8 +210,8 @@ def test_overwrite_never_mixes_two_runs(cli, hostile, tmp_path):
     assert res.code == 0, res.stderr
     assert not (out / "polygons.gpkg").exists()  # the old set's polygons are not the new set's
     assert sorted(p.name for p in out.iterdir()) == [
-        "labels.qml", "labels.tif", "labels.tif.aux.xml", "quicklook.png", "report.json",
-        "report.md", "run.json",
+        "item.json", "labels.qml", "labels.tif", "labels.tif.aux.xml", "quicklook.png",
+        "report.json", "report.md", "run.json",
     ]  # fmt: skip
 
 
