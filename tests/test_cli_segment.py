@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pystac
 import pytest
 
 from geomed_seg.cli import main
@@ -139,4 +140,11 @@ def test_model_card_print_and_stac(tmp_path, checkpoints, capsys):
     assert main(["model-card", str(checkpoints[6]), "--stac", str(stac)]) == 0
     item = json.loads(stac.read_text())
     assert item["properties"]["mlm:input"][0]["input"]["shape"] == [-1, 6, 64, 64]
-    assert item["assets"]["weights"]["href"] == "unet6.safetensors"
+    # the weights link resolves from the item's folder (was the bare file name, #17)
+    weights = (stac.parent / item["assets"]["weights"]["href"]).resolve()
+    assert weights == checkpoints[6].resolve() and weights.is_file()
+    read = pystac.Item.from_file(str(stac))
+    assert Path(read.assets["weights"].get_absolute_href()).resolve() == weights
+    assert read.datetime is not None  # the weights' date, not null without start/end
+    assert read.properties["mlm:input"][0]["bands"] == []  # unnamed: no channel_0..5
+

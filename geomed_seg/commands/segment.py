@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -224,18 +225,21 @@ def model_card_command(
 ) -> None:
     """Print a checkpoint's model card, or export it as a STAC MLM Item (--stac)."""
     from geomed_seg.io.atomic import atomic_output
-    from geomed_seg.models.checkpoint import read_card
+    from geomed_seg.models.checkpoint import read_card, weights_file
 
     card = read_card(checkpoint)
     if stac is None:
         typer.echo(card.to_json())
         return
-    href = (
-        checkpoint.name
-        if checkpoint.suffix == ".safetensors"
-        else f"{checkpoint.name}/model.safetensors"
-    )
-    item = card.to_stac_mlm(item_id=item_id, weights_href=href)
+    weights = weights_file(checkpoint)
+    # relative to the item's own folder, so the link resolves wherever the item is written
+    href = os.path.relpath(weights.resolve(), stac.resolve().parent)
+    when = datetime.fromtimestamp(weights.stat().st_mtime, UTC)
+    item = card.to_stac_mlm(
+        item_id=item_id, weights_href=href,
+        datetime=when.isoformat().replace("+00:00", "Z"),
+        datetime_source=f"modification time of {weights.name} (the card records no date)",
+    )  # fmt: skip
     with atomic_output(stac, overwrite) as tmp:
         tmp.write_text(json.dumps(item, indent=2) + "\n")
     typer.echo(str(stac))

@@ -15,7 +15,9 @@ Pure pydantic + numpy: no torch import, so cards can be read and exported fast.
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import InvalidInputError, ModelError, validation_problems
+
+log = logging.getLogger(__name__)
 
 #: Schema of the STAC Machine Learning Model extension this module exports.
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
@@ -399,6 +403,9 @@ class ModelCard(_Strict):
         framework_version: str | None = None,
         accelerator: str | None = None,
         batch_size: int | None = None,
+        bands: Sequence[str] | None = None,
+        datetime: str | None = None,
+        datetime_source: str = "",
     ) -> dict[str, Any]:
         """Return a STAC Item (dict) describing this model with the MLM extension (v1.4).
 
@@ -417,8 +424,14 @@ class ModelCard(_Strict):
             torch version; looked up from the installed distribution when not given.
         accelerator : str, optional
             ``mlm:accelerator`` (``"cuda"``, ``"amd64"``) or ``None``: runs on any device.
+        bands : sequence of str, optional
+            Input band names (e.g. the input's own); default the card's ``band_names``,
+            else ``[]`` (MLM's value for unnamed bands: no ``channel_i`` is invented).
+        datetime, datetime_source : str, optional
+            RFC 3339 time of the weights and where it comes from (``geomed_seg:datetime_source``);
+            without it ``datetime`` is null and the item is not valid STAC (a warning says so).
         """
-        return _stac_item(
+        item = _stac_item(
             self,
             item_id,
             bbox,
@@ -428,6 +441,16 @@ class ModelCard(_Strict):
             accelerator,
             batch_size,
         )
+        if bands is not None:
+            if len(bands) != self.in_channels:
+                raise ValueError(f"{len(bands)} band names for in_channels={self.in_channels}")
+            item["properties"]["mlm:input"][0]["bands"] = list(bands)
+        if datetime is not None:
+            item["properties"]["datetime"] = datetime
+            item["properties"]["geomed_seg:datetime_source"] = datetime_source
+        else:
+            log.warning("model %s: STAC item without a datetime (null, no start/end)", self.name)
+        return item
 
 
 def _value_scaling(card: ModelCard) -> list[dict[str, Any]] | None:
@@ -485,7 +508,7 @@ def _stac_item(
         except PackageNotFoundError:
             framework_version = None
     spatial = ["height", "width"] if card.spatial_dims == 2 else ["depth", "height", "width"]
-    bands = card.band_names or [f"channel_{i}" for i in range(card.in_channels)]
+    bands = list(card.band_names or [])  # MLM: [] when the bands are not named
     classes = []
     for c in card.classes:
         entry: dict[str, Any] = {"value": c.index, "name": c.name}

@@ -324,6 +324,28 @@ def _card_beside(path: Path, required: bool) -> ModelCard | None:
     return None
 
 
+def weights_file(path: str | os.PathLike) -> Path:
+    """Return the weights file of a checkpoint: a folder's ``model.safetensors``, the file
+    itself (``.safetensors``, ``.pt``...), or the weights beside a ``card.json``.
+
+    Raises :class:`ModelError` when there are none (a card alone links to nothing).
+    """
+    p = Path(path)
+    if p.is_dir():
+        found = [p / WEIGHTS_NAME]
+    elif p.name == CARD_NAME:
+        found = [p.with_name(WEIGHTS_NAME)]
+    elif p.suffix == ".json":  # <stem>.json / <stem>.card.json beside <stem>.<weights>
+        stem = p.name.removesuffix(".card.json").removesuffix(".json")
+        found = [p.with_name(stem + s) for s in (".safetensors", *TORCH_SUFFIXES)]
+    else:
+        found = [p]
+    for f in found:
+        if f.is_file():
+            return f
+    raise ModelError(f"{p}: no weights file found ({', '.join(f.name for f in found)})")
+
+
 def read_card(path: str | os.PathLike) -> ModelCard:
     """Return the card of a checkpoint without building the model or reading tensors."""
     p = Path(path)

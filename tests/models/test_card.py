@@ -176,3 +176,15 @@ def test_stac_3d_dim_order():
     inp = card.to_stac_mlm()["properties"]["mlm:input"][0]
     assert inp["input"]["dim_order"] == ["batch", "channel", "depth", "height", "width"]
     assert inp["value_scaling"] is None
+
+
+def test_stac_mlm_bands_are_never_invented():
+    card = tiny_card(band_names=None)
+    item = card.to_stac_mlm()
+    assert item["properties"]["mlm:input"][0]["bands"] == []  # MLM: unnamed bands (not channel_i)
+    named = card.to_stac_mlm(bands=["B2", "B3", "B4", "B8"], datetime="2024-01-02T00:00:00Z",
+                             datetime_source="test")  # fmt: skip
+    assert named["properties"]["mlm:input"][0]["bands"] == ["B2", "B3", "B4", "B8"]
+    assert named["properties"]["datetime"] == "2024-01-02T00:00:00Z"
+    with pytest.raises(ValueError, match="3 band names for in_channels=4"):
+        card.to_stac_mlm(bands=["a", "b", "c"])
