@@ -196,6 +196,207 @@ def _progress(quiet: bool):
                     TimeRemainingColumn(), disable=disable)  # fmt: skip
 
 
+@dataclass
+class _Run:
+    """One training run's model, data, optimiser and progress (built by :func:`_build`)."""
+
+    cfg: TrainConfig
+    card: ModelCard
+    split: Split
+    device: str
+    module: torch.nn.Module
+    dataset: PatchDataset
+    loader: Any
+    loss_fn: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    out: Path
+    first_epoch: int = 0
+    best: float = -math.inf
+    best_epoch: int = -1
+    stale: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    mix_rng: np.random.Generator | None = None
+
+
+def _build_module(cfg: TrainConfig, card: ModelCard, device: str) -> torch.nn.Module:
+    """The model of ``cfg`` on ``device``: initial checkpoint, encoder weights, frozen encoder."""
+    module = build_model(
+        cfg.model.architecture, card.in_channels, card.num_classes, **cfg.model.kwargs
+    ).to(device)
+    if cfg.model.init_checkpoint is not None:
+        load_init_checkpoint(module, cfg.model.init_checkpoint, card)
+    if cfg.model.encoder_weights is not None:
+        report = load_encoder_weights(module, cfg.model.encoder_weights)
+        Path(cfg.output).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.output) / "encoder_weights.json").write_text(
+            json.dumps(report.as_dict(), indent=2) + "\n"
+        )
+    if cfg.model.freeze_encoder:
+        logger.info("froze %d encoder parameters", freeze_encoder(module))
+    return module
+
+
+def _build_data(cfg: TrainConfig, card: ModelCard, split: Split) -> PatchDataset:
+    """The epoch's random patches of the training cases (labels as output channels)."""
+    ignore = cfg.loss.ignore_index
+    sampler = PatchSampler(
+        [(c.image, _to_channels(c.label, card, ignore)) for c in split.train],
+        cfg.roi_size,
+        [fg_i for fg_i in range(1, card.num_classes)],
+        foreground_fraction=cfg.foreground_fraction,
+        min_valid_fraction=cfg.min_valid_fraction,
+        pad_label=ignore if ignore is not None else 0,
+        seed=cfg.seed,
+        normalise=_normalisers(card, split),
+    )
+    fg = [c.index for c in card.classes[1:]]
+    logger.info("training %s on %d cases (foreground classes %s)", card.name, len(split.train), fg)
+    return PatchDataset(
+        sampler,
+        cfg.steps_per_epoch * cfg.batch_size,
+        build_augment(cfg.augment, cfg.spatial_dims, cfg.roi_size),
+    )
+
+
+def _build(cfg: TrainConfig) -> _Run:
+    """Seed, load the split and build model, patches, loss, optimiser, schedule and scaler."""
+    seed_everything(cfg.seed, cfg.threads)
+    device = resolve_device(cfg.device)
+    split = load_split(cfg)
+    card = make_card(cfg, split)
+    module = _build_module(cfg, card, device)
+    dataset = _build_data(cfg, card, split)
+    loader = make_loader(dataset, cfg.batch_size, cfg.num_workers)
+    loss_fn = build_loss(
+        cfg.loss.name, card.num_classes, class_weights=cfg.loss.class_weights,
+        ignore_index=cfg.loss.ignore_index, include_background=cfg.loss.include_background,
+        **cfg.loss.kwargs,
+    ).to(device)  # fmt: skip
+    o = cfg.optim
+    opt = torch.optim.AdamW(
+        [p for p in module.parameters() if p.requires_grad], lr=o.lr, weight_decay=o.weight_decay
+    )
+    total = cfg.epochs * cfg.steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, o.schedule, o.warmup_steps)
+    )
+    use_scaler = device.startswith("cuda") and cfg.amp == "auto"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    return _Run(cfg, card, split, device, module, dataset, loader, loss_fn, opt, sched, scaler, out)
+
+
+def _restore(run: _Run, resume: str | os.PathLike) -> None:
+    """Load weights, optimiser, schedule, scaler, RNG and counters of a ``last``/``best`` folder."""
+    loaded = load_checkpoint(resume)
+    run.module.load_state_dict(loaded.module.state_dict())
+    st = _load_state(Path(resume))
+    run.opt.load_state_dict(st["optimizer"])
+    run.sched.load_state_dict(st["scheduler"])
+    run.scaler.load_state_dict(st["scaler"])
+    torch.set_rng_state(st["torch_rng"])
+    run.first_epoch, run.best = int(st["epoch"]) + 1, float(st["best"])
+    run.best_epoch, run.stale = int(st["best_epoch"]), int(st["stale"])
+    logger.info("resumed %s at epoch %d (best %.4f)", resume, run.first_epoch, run.best)
+
+
+def _train_epoch(run: _Run, epoch: int, progress: Any, task: Any) -> dict[str, Any]:
+    """Run one epoch of optimiser steps; return its log row (epoch, step, loss, lr)."""
+    cfg, module, device = run.cfg, run.module, run.device
+    a, o = cfg.augment, cfg.optim
+    mixing = a.mixup_prob > 0 or a.cutmix_prob > 0
+    module.train()
+    if cfg.model.freeze_encoder:
+        encoder_eval(module)
+    run.dataset.set_epoch(epoch)
+    losses = []
+    for batch in run.loader:
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["label"].to(device, non_blocking=True)
+        if mixing:
+            x, y = mix_batch(
+                x, y, run.mix_rng, num_classes=run.card.num_classes,
+                ignore_index=cfg.loss.ignore_index, mixup_prob=a.mixup_prob,
+                mixup_alpha=a.mixup_alpha, cutmix_prob=a.cutmix_prob, cutmix_alpha=a.cutmix_alpha,
+            )  # fmt: skip
+        run.opt.zero_grad(set_to_none=True)
+        with _autocast(device, cfg.amp):
+            logits = module(x)
+        loss = run.loss_fn(logits.float(), y)
+        run.scaler.scale(loss).backward()
+        if o.grad_clip:
+            run.scaler.unscale_(run.opt)
+            torch.nn.utils.clip_grad_norm_(module.parameters(), o.grad_clip)
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        run.sched.step()
+        losses.append(float(loss.detach()))
+        progress.update(task, advance=1, info=f"epoch {epoch} loss {losses[-1]:.4f}")
+    return {
+        "epoch": epoch,
+        "step": (epoch + 1) * cfg.steps_per_epoch,
+        "train_loss": float(np.mean(losses)),
+        "lr": float(run.sched.get_last_lr()[0]),
+    }
+
+
+def _validate_epoch(run: _Run, epoch: int, row: dict[str, Any]) -> bool:
+    """Validate when due (every ``val_every`` epochs and the last); return whether it improved.
+
+    The validation metrics go into ``row``; best score, best epoch and the count of epochs
+    without improvement (``stale``) are updated.
+    """
+    cfg = run.cfg
+    if (epoch + 1) % cfg.val_every != 0 and epoch != cfg.epochs - 1:
+        return False
+    val = validate(run.module, run.card, run.split.val, overlap=cfg.val_overlap,
+                   device=run.device, regions=cfg.val_regions,
+                   ignore_index=cfg.loss.ignore_index)  # fmt: skip
+    row.update({f"val_{k}": v for k, v in val.metrics.items()})
+    row["val_score"] = val.score
+    if val.score > run.best:
+        run.best, run.best_epoch, run.stale = float(val.score), epoch, 0
+        return True
+    run.stale += 1
+    return False
+
+
+def _checkpoint(run: _Run, epoch: int, row: dict[str, Any], improved: bool) -> None:
+    """Save ``last/`` (and ``best/`` when ``improved``) with the epoch's metrics in the card."""
+    metrics = {k: float(v) for k, v in row.items() if k.startswith("val_")}
+    metrics["epoch"] = float(epoch)
+    state = {
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "epoch": epoch,
+        "best": run.best,
+        "best_epoch": run.best_epoch,
+        "stale": run.stale,
+    }
+    card = run.card
+    ecard = card.model_copy(
+        update={"training": card.training.model_copy(update={"metrics": metrics})}
+    )
+    _save(run.module, ecard, run.out / "last", state)
+    if improved:
+        _save(run.module, ecard, run.out / "best", state)
+
+
+def _log_epoch(run: _Run, row: dict[str, Any], writer: Any) -> None:
+    """Keep ``row`` in the history, ``train_log.csv`` and TensorBoard (when on)."""
+    run.history.append(row)
+    _append_csv(run.out / LOG_NAME, row, fresh=(row["epoch"] == 0))
+    if writer is not None:
+        for k, v in row.items():
+            if k != "epoch":
+                writer.add_scalar(k, v, row["epoch"])
+
+
 def train(
     cfg: TrainConfig, *, resume: str | os.PathLike | None = None, quiet: bool = True
 ) -> TrainResult:
@@ -211,167 +412,30 @@ def train(
         No progress display (it is also off when stderr is not a terminal).
     """
     start = time.perf_counter()
-    seed_everything(cfg.seed, cfg.threads)
-    device = resolve_device(cfg.device)
-    split = load_split(cfg)
-    card = make_card(cfg, split)
-    module = build_model(
-        cfg.model.architecture, card.in_channels, card.num_classes, **cfg.model.kwargs
-    ).to(device)
-    if cfg.model.init_checkpoint is not None:
-        load_init_checkpoint(module, cfg.model.init_checkpoint, card)
-    if cfg.model.encoder_weights is not None:
-        report = load_encoder_weights(module, cfg.model.encoder_weights)
-        Path(cfg.output).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.output) / "encoder_weights.json").write_text(
-            json.dumps(report.as_dict(), indent=2) + "\n"
-        )
-    if cfg.model.freeze_encoder:
-        logger.info("froze %d encoder parameters", freeze_encoder(module))
-    fg = [c.index for c in card.classes[1:]]
-    ignore = cfg.loss.ignore_index
-    sampler = PatchSampler(
-        [(c.image, _to_channels(c.label, card, ignore)) for c in split.train],
-        cfg.roi_size,
-        [fg_i for fg_i in range(1, card.num_classes)],
-        foreground_fraction=cfg.foreground_fraction,
-        min_valid_fraction=cfg.min_valid_fraction,
-        pad_label=ignore if ignore is not None else 0,
-        seed=cfg.seed,
-        normalise=_normalisers(card, split),
-    )
-    logger.info("training %s on %d cases (foreground classes %s)", card.name, len(split.train), fg)
-    dataset = PatchDataset(
-        sampler,
-        cfg.steps_per_epoch * cfg.batch_size,
-        build_augment(cfg.augment, cfg.spatial_dims, cfg.roi_size),
-    )
-    loader = make_loader(dataset, cfg.batch_size, cfg.num_workers)
-    loss_fn = build_loss(
-        cfg.loss.name, card.num_classes, class_weights=cfg.loss.class_weights,
-        ignore_index=ignore, include_background=cfg.loss.include_background, **cfg.loss.kwargs,
-    ).to(device)  # fmt: skip
-    opt = torch.optim.AdamW(
-        [p for p in module.parameters() if p.requires_grad],
-        lr=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay,
-    )
-    total = cfg.epochs * cfg.steps_per_epoch
-    o = cfg.optim
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, o.schedule, o.warmup_steps)
-    )
-    use_scaler = device.startswith("cuda") and cfg.amp == "auto"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    first_epoch, best, best_epoch, stale = 0, -math.inf, -1, 0
-    history: list[dict[str, Any]] = []
+    run = _build(cfg)
     if resume is not None:
-        loaded = load_checkpoint(resume)
-        module.load_state_dict(loaded.module.state_dict())
-        st = _load_state(Path(resume))
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        scaler.load_state_dict(st["scaler"])
-        torch.set_rng_state(st["torch_rng"])
-        first_epoch, best, best_epoch = (
-            int(st["epoch"]) + 1,
-            float(st["best"]),
-            int(st["best_epoch"]),
-        )
-        stale = int(st["stale"])
-        logger.info("resumed %s at epoch %d (best %.4f)", resume, first_epoch, best)
-    mixing = cfg.augment.mixup_prob > 0 or cfg.augment.cutmix_prob > 0
-    mix_rng = np.random.default_rng([cfg.seed, first_epoch])  # resumes differ only in mixing
-    writer = _tensorboard(out) if cfg.tensorboard else None
-    regions = cfg.val_regions
-
+        _restore(run, resume)
+    run.mix_rng = np.random.default_rng([cfg.seed, run.first_epoch])  # resumes differ in mixing
+    writer = _tensorboard(run.out) if cfg.tensorboard else None
     with _progress(quiet) as progress:
-        task = progress.add_task(card.name, total=(cfg.epochs - first_epoch) * cfg.steps_per_epoch,
-                                 info="")  # fmt: skip
-        for epoch in range(first_epoch, cfg.epochs):
+        steps = (cfg.epochs - run.first_epoch) * cfg.steps_per_epoch
+        task = progress.add_task(run.card.name, total=steps, info="")
+        for epoch in range(run.first_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            module.train()
-            if cfg.model.freeze_encoder:
-                encoder_eval(module)
-            dataset.set_epoch(epoch)
-            losses = []
-            for batch in loader:
-                x = batch["image"].to(device, non_blocking=True)
-                y = batch["label"].to(device, non_blocking=True)
-                if mixing:
-                    a = cfg.augment
-                    x, y = mix_batch(
-                        x, y, mix_rng, num_classes=card.num_classes, ignore_index=ignore,
-                        mixup_prob=a.mixup_prob, mixup_alpha=a.mixup_alpha,
-                        cutmix_prob=a.cutmix_prob, cutmix_alpha=a.cutmix_alpha,
-                    )  # fmt: skip
-                opt.zero_grad(set_to_none=True)
-                with _autocast(device, cfg.amp):
-                    logits = module(x)
-                loss = loss_fn(logits.float(), y)
-                scaler.scale(loss).backward()
-                if o.grad_clip:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(module.parameters(), o.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                losses.append(float(loss.detach()))
-                progress.update(task, advance=1, info=f"epoch {epoch} loss {losses[-1]:.4f}")
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "step": (epoch + 1) * cfg.steps_per_epoch,
-                "train_loss": float(np.mean(losses)),
-                "lr": float(sched.get_last_lr()[0]),
-            }
-            improved = False
-            if (epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1:
-                val = validate(module, card, split.val, overlap=cfg.val_overlap, device=device,
-                               regions=regions, ignore_index=ignore)  # fmt: skip
-                row.update({f"val_{k}": v for k, v in val.metrics.items()})
-                row["val_score"] = val.score
-                improved = bool(val.score > best)
-                if improved:
-                    best, best_epoch, stale = float(val.score), epoch, 0
-                else:
-                    stale += 1
+            row = _train_epoch(run, epoch, progress, task)
+            improved = _validate_epoch(run, epoch, row)
             row["seconds"] = round(time.perf_counter() - t0, 3)
-            history.append(row)
-            _append_csv(out / LOG_NAME, row, fresh=(epoch == 0))
-            if writer is not None:
-                for k, v in row.items():
-                    if k != "epoch":
-                        writer.add_scalar(k, v, epoch)
-            metrics = {k: float(v) for k, v in row.items() if k.startswith("val_")}
-            metrics["epoch"] = float(epoch)
-            state = {
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "epoch": epoch,
-                "best": best,
-                "best_epoch": best_epoch,
-                "stale": stale,
-            }
-            ecard = card.model_copy(
-                update={"training": card.training.model_copy(update={"metrics": metrics})}
-            )
-            _save(module, ecard, out / "last", state)
-            if improved:
-                _save(module, ecard, out / "best", state)
-            if cfg.patience is not None and stale >= cfg.patience:
-                logger.info("early stop at epoch %d (no improvement for %d)", epoch, stale)
+            _log_epoch(run, row, writer)
+            _checkpoint(run, epoch, row, improved)
+            if cfg.patience is not None and run.stale >= cfg.patience:
+                logger.info("early stop at epoch %d (no improvement for %d)", epoch, run.stale)
                 break
     if writer is not None:
         writer.close()
-    best_card = out / "best" / "card.json"
-    card_best = ModelCard.load(best_card) if best_card.is_file() else card
-    last = history[-1]["epoch"] if history else first_epoch - 1
-    return TrainResult(best, best_epoch, last, out, card_best, history,
+    best_card = run.out / "best" / "card.json"
+    card_best = ModelCard.load(best_card) if best_card.is_file() else run.card
+    last = run.history[-1]["epoch"] if run.history else run.first_epoch - 1
+    return TrainResult(run.best, run.best_epoch, last, run.out, card_best, run.history,
                        time.perf_counter() - start)  # fmt: skip
 
 
