@@ -41,7 +41,12 @@ def import_model_command(
     ),
     roi: str | None = typer.Option(None, "--roi", help="Default window, array order: 256,256."),
     name: str | None = typer.Option(None, "--name", help="Card name (default: source name)."),
-    fold: list[str] | None = typer.Option(None, "--fold", help="nnU-Net fold(s); default all."),
+    fold: list[str] | None = typer.Option(
+        None, "--fold", help="nnU-Net fold(s): 0, '0,1,2' or all (default: all)."
+    ),
+    configuration: str | None = typer.Option(
+        None, "--configuration", help="nnU-Net configuration (default: the folder's, 3d_fullres)."
+    ),
     checkpoint_name: str = typer.Option(
         "checkpoint_final.pth", "--checkpoint-name", help="nnU-Net checkpoint file per fold."
     ),
@@ -70,6 +75,7 @@ def import_model_command(
         arch_args=_json_option("--arch-args", arch_args), in_channels=in_channels,
         classes=parse_classes(classes), roi_size=parse_roi(roi), trust_code=trust_code,
         folds=tuple(fold) if fold else None, checkpoint_name=checkpoint_name,
+        configuration=configuration,
         card_overrides=_json_option("--card-json", card_json),
     )  # fmt: skip
     if is_quiet():

@@ -140,14 +140,15 @@ class ChunkAccumulator:
                 yield block, bsl, acc, wsum, vbuf
 
 
-def activate_numpy(logits: np.ndarray) -> np.ndarray:
-    """Return probabilities of blended logits ``(K, *chunk)``: softmax over K, sigmoid if K == 1.
+def activate_numpy(logits: np.ndarray, activation: str = "auto") -> np.ndarray:
+    """Return probabilities of blended logits ``(K, *chunk)``: softmax over K, sigmoid if K == 1
+    or if ``activation == "sigmoid"`` (region outputs: one sigmoid per channel).
 
     For models whose card says ``blend: logits`` (nnU-Net, MONAI bundles): their home tools
     blend the windows' logits and activate once, which this reproduces.
     """
     x = logits.astype(np.float32, copy=False)
-    if x.shape[0] == 1:
+    if x.shape[0] == 1 or activation == "sigmoid":
         return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
     e = np.exp(x - x.max(axis=0, keepdims=True))
     return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
@@ -178,6 +179,7 @@ def labels_from_probabilities(
     invalid: np.ndarray | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     dtype: Any = None,
+    activation: str = "auto",
 ) -> np.ndarray:
     """Return the label array ``(*spatial)`` of class probabilities ``prob (K, *spatial)``.
 
@@ -187,6 +189,9 @@ def labels_from_probabilities(
     * one channel (a sigmoid model): ``classes[0]`` where ``prob > threshold``, else 0
       (the implicit background);
     * several channels: ``classes[argmax over K]`` (NaN never wins);
+    * ``activation="sigmoid"`` (region outputs, a card's ``activation``): 0, overwritten in
+      channel order by ``classes[k]`` where ``prob[k] > threshold``, so the last such
+      channel wins, as nnU-Net's ``regions_class_order`` paints regions;
     * ``nodata`` where ``invalid`` is True or any channel is NaN (when ``nodata`` is not None;
       otherwise such pixels keep their label).
 
@@ -217,6 +222,10 @@ def labels_from_probabilities(
     nan = np.isnan(prob).any(axis=0)
     if prob.shape[0] == 1:
         labels = np.where(prob[0] > threshold, lut[0], 0).astype(dtype)
+    elif activation == "sigmoid":
+        labels = np.zeros(prob.shape[1:], dtype)
+        for k in range(prob.shape[0]):
+            labels[prob[k] > threshold] = lut[k]
     else:
         p = np.where(np.isnan(prob), -np.inf, prob) if nan.any() else prob
         labels = lut[np.argmax(p, axis=0)].astype(dtype)
@@ -238,6 +247,7 @@ def reduce_chunk(
     nodata: float | None,
     mask_invalid: bool,
     threshold: float = DEFAULT_THRESHOLD,
+    activation: str = "auto",
 ) -> np.ndarray:
     """Return the chunk to write: labels ``(1, *chunk)`` or probabilities ``(K, *chunk)``.
 
@@ -253,7 +263,9 @@ def reduce_chunk(
             out[:, bad] = np.nan
         return out
     nd = None if nodata is None else int(nodata)
-    labels = labels_from_probabilities(prob, lut, nd, invalid=bad, threshold=threshold, dtype=dtype)
+    labels = labels_from_probabilities(
+        prob, lut, nd, invalid=bad, threshold=threshold, dtype=dtype, activation=activation
+    )
     return labels[None]
 
 

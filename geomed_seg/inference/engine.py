@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -205,9 +205,15 @@ def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
 # -- model ---------------------------------------------------------------------------------
 
 
-def mirror_axes(ndim: int) -> list[tuple[int, ...]]:
-    """Return every subset of the spatial axes (2**ndim flips, the identity first)."""
-    return [c for k in range(ndim + 1) for c in combinations(range(2, ndim + 2), k)]
+def mirror_axes(ndim: int, allowed: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    """Return every subset of the spatial axes to flip, as tensor dims (the identity first).
+
+    ``allowed``: the spatial axes (0 = first spatial axis) that may be flipped, e.g. an
+    nnU-Net model's ``inference_allowed_mirroring_axes``; None = all ``ndim`` axes.
+    """
+    axes = range(ndim) if allowed is None else sorted(set(allowed))
+    dims = [a + 2 for a in axes]
+    return [c for k in range(len(dims) + 1) for c in combinations(dims, k)]
 
 
 def one_tensor(out: object, what: str = "model") -> torch.Tensor:
@@ -232,10 +238,19 @@ class Predictor:
     """Run a torch module on numpy batches: device, AMP, TTA and activation in one place."""
 
     def __init__(
-        self, module: Callable, device: torch.device, amp: bool, tta: bool, activate: bool = True
+        self,
+        module: Callable,
+        device: torch.device,
+        amp: bool,
+        tta: bool,
+        activate: bool = True,
+        *,
+        tta_axes: Sequence[int] | None = None,
+        activation: str = "auto",
     ) -> None:
         self.module, self.device, self.tta = module, device, tta
         self.apply_activation = activate  # False: return logits (blended, activated at flush)
+        self.tta_axes, self.activation = tta_axes, activation
         self.amp_dtype = None
         if amp and device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -246,10 +261,12 @@ class Predictor:
                 return one_tensor(self.module(x)).float()
         return one_tensor(self.module(x)).float()
 
-    @staticmethod
-    def activate(logits: torch.Tensor) -> torch.Tensor:
-        """Return probabilities: softmax over channels, sigmoid for one output channel."""
-        return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Return probabilities: softmax over channels, sigmoid for one output channel or
+        for every channel of a region (``activation="sigmoid"``) model."""
+        if logits.shape[1] == 1 or self.activation == "sigmoid":
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=1)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Return float32 probabilities ``(N, K, *roi)`` of a normalised ``(N, C, *roi)`` batch."""
@@ -257,7 +274,7 @@ class Predictor:
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode():
-            flips = mirror_axes(x.ndim - 2) if self.tta else [()]
+            flips = mirror_axes(x.ndim - 2, self.tta_axes) if self.tta else [()]
             prob = None
             for axes in flips:
                 xi = torch.flip(x, axes) if axes else x

@@ -24,7 +24,7 @@ from geomed_seg.errors import InvalidInputError
 
 Window = tuple[slice, ...]
 
-BLEND_MODES = ("constant", "gaussian")
+BLEND_MODES = ("constant", "gaussian", "nnunet")
 
 
 def resolve_roi(
@@ -83,6 +83,22 @@ def window_starts(size: int, roi: int, interval: int) -> tuple[int, ...]:
     num = math.ceil(size / interval)
     count = next((d + 1 for d in range(num) if d * interval + roi >= size), 1)
     return tuple(i * interval - max(i * interval + roi - size, 0) for i in range(count))
+
+
+def nnunet_window_starts(size: int, roi: int, overlap: float) -> tuple[int, ...]:
+    """Return window starts along one axis as nnU-Net v2 places them (``size >= roi``).
+
+    ``nnunetv2.inference.sliding_window_prediction.compute_steps_for_sliding_window`` with
+    ``tile_step_size = 1 - overlap``: ``ceil((size - roi) / (roi * step)) + 1`` windows
+    spread evenly from 0 to ``size - roi`` (rounded), so the gaps are equal rather than
+    MONAI's fixed interval with a shifted last window.
+    """
+    step = roi * (1.0 - overlap)
+    num = int(np.ceil((size - roi) / step)) + 1
+    if num == 1:
+        return (0,)
+    actual = (size - roi) / (num - 1)
+    return tuple(int(np.round(actual * i)) for i in range(num))
 
 
 def pad_widths(image_size: Sequence[int], roi_size: Sequence[int]) -> tuple[tuple[int, int], ...]:
@@ -151,6 +167,7 @@ def plan_windows(
     spatial_shape: Sequence[int],
     roi_size: int | Sequence[int | None] | None,
     overlap: float | Sequence[float] = 0.25,
+    steps: str = "monai",
 ) -> WindowPlan:
     """Return the :class:`WindowPlan` MONAI's ``sliding_window_inference`` would use.
 
@@ -162,7 +179,12 @@ def plan_windows(
         Window size; ``None``/non-positive entries take the image size.
     overlap : float or sequence of float
         Fraction of overlap between neighbouring windows, in ``[0, 1)``.
+    steps : {"monai", "nnunet"}
+        Window starts: MONAI's fixed interval, or nnU-Net's evenly spread starts
+        (:func:`nnunet_window_starts`; same padding, same window order).
     """
+    if steps not in ("monai", "nnunet"):
+        raise InvalidInputError(f"steps must be 'monai' or 'nnunet', got {steps!r}")
     shape = tuple(int(s) for s in spatial_shape)
     if not shape or min(shape) < 1:
         raise InvalidInputError(f"image shape {shape} must be non-empty and positive")
@@ -170,7 +192,11 @@ def plan_windows(
     pad = pad_widths(shape, roi)
     padded = tuple(max(s, r) for s, r in zip(shape, roi, strict=True))
     step = scan_interval(padded, roi, overlap)
-    starts = [window_starts(n, r, i) for n, r, i in zip(padded, roi, step, strict=True)]
+    if steps == "nnunet":
+        ov = _per_axis(overlap, len(roi), "overlap")
+        starts = [nnunet_window_starts(n, r, o) for n, r, o in zip(padded, roi, ov, strict=True)]
+    else:
+        starts = [window_starts(n, r, i) for n, r, i in zip(padded, roi, step, strict=True)]
     windows = tuple(
         tuple(slice(s, s + r) for s, r in zip(st, roi, strict=True)) for st in product(*starts)
     )
@@ -187,12 +213,15 @@ def importance_map(
     ``"constant"``: ones. ``"gaussian"``: separable Gaussian with sigma ``sigma_scale * roi``
     per axis, centred on the window centre (peak 1 for odd sizes, as in MONAI), then clamped
     below at ``max(min, 1e-3)`` so every pixel keeps a positive weight, as MONAI does.
+    ``"nnunet"``: nnU-Net v2's ``compute_gaussian`` (:func:`nnunet_gaussian`).
     """
     roi = tuple(int(r) for r in roi_size)
     if mode not in BLEND_MODES:
         raise InvalidInputError(f"unknown blend mode {mode!r}; use one of {BLEND_MODES}")
     if mode == "constant":
         w = np.ones(roi, dtype=np.float32)
+    elif mode == "nnunet":
+        return nnunet_gaussian(roi, sigma_scale)
     else:
         scales = _per_axis(sigma_scale, len(roi), "sigma_scale")
         w = np.ones((), dtype=np.float32)
@@ -203,6 +232,30 @@ def importance_map(
             w = w[..., None] * g
     floor = max(float(w.min()), 1e-3)
     return np.maximum(w, np.float32(floor)).astype(np.float32)
+
+
+def nnunet_gaussian(roi_size: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Return nnU-Net v2's window weights (float32, shape ``roi_size``), written out in numpy.
+
+    ``compute_gaussian`` filters a unit impulse at ``roi // 2`` with
+    ``scipy.ndimage.gaussian_filter(sigma = roi * sigma_scale, mode="constant")``: per axis
+    the normalised kernel ``exp(-d**2 / (2 sigma**2))`` for ``|d| <= int(4 sigma + 0.5)``
+    and 0 beyond; the product is scaled to a peak of 1 here (nnU-Net scales to 10, which
+    cancels in the blend) and zeros are raised to the smallest non-zero weight.
+    """
+    roi = tuple(int(r) for r in roi_size)
+    scales = _per_axis(sigma_scale, len(roi), "sigma_scale")
+    w = np.ones((), dtype=np.float64)
+    for n, sc in zip(roi, scales, strict=True):
+        sigma = n * sc
+        d = np.arange(n, dtype=np.float64) - n // 2
+        g = np.exp(-0.5 * (d / sigma) ** 2) if sigma > 0 else (d == 0).astype(np.float64)
+        g[np.abs(d) > int(4.0 * sigma + 0.5)] = 0.0
+        w = w[..., None] * g
+    w = w / w.max()
+    if (w == 0).any():
+        w[w == 0] = w[w > 0].min()
+    return w.astype(np.float32)
 
 
 # -- output chunks -----------------------------------------------------------------------

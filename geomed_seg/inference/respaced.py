@@ -73,12 +73,14 @@ def label_image(
     nodata_label: int | None = None,
     *,
     threshold: float = DEFAULT_THRESHOLD,
+    activation: str = "auto",
 ) -> Image:
     """Return the label image of ``probs (class, *spatial)``, lazily, chunk by chunk.
 
     Each chunk goes through :func:`geomed_seg.inference.blend.labels_from_probabilities`
-    (one channel: ``lut[0]`` above ``threshold``, else 0; several: ``lut[argmax]``), the
-    rule the engine applies to its own output. Labels are uint8 when every label fits, else
+    (one channel: ``lut[0]`` above ``threshold``, else 0; several: ``lut[argmax]``, or
+    regions painted in channel order with ``activation="sigmoid"``), the rule the engine
+    applies to its own output. Labels are uint8 when every label fits, else
     uint16 (:func:`~geomed_seg.inference.blend.label_format`). Raster samples whose
     probabilities are NaN (nodata) get ``nodata_label`` (default 255 / 65535), which is
     the label image's nodata; volumes have none.
@@ -90,7 +92,9 @@ def label_image(
     arr = probs.darray.rechunk({0: -1})  # every class of a pixel in one block
 
     def block(b: np.ndarray) -> np.ndarray:
-        return labels_from_probabilities(b, lut, nodata, threshold=threshold, dtype=dtype)
+        return labels_from_probabilities(
+            b, lut, nodata, threshold=threshold, dtype=dtype, activation=activation
+        )
 
     lab = arr.map_blocks(block, drop_axis=0, dtype=dtype)
     return Image.from_array(lab[None], probs.grid, nodata=nodata, attrs=dict(probs.attrs))
@@ -121,7 +125,8 @@ def segment_resampled(image: Image, model: Any, grid: VoxelGrid, *, output: str 
         card = getattr(model, "card", None)
         lut = card.channel_to_label() if card is not None else np.arange(back.n_channels)
         nodata = getattr(card, "nodata_label", None)
-        res.image = replace(label_image(back, lut, nodata), attrs=attrs)
+        activation = getattr(card, "activation", "auto")
+        res.image = replace(label_image(back, lut, nodata, activation=activation), attrs=attrs)
     sp = ", ".join(f"{s:g}" for s in grid.spacing_zyx)
     res.stats = {
         **res.stats,

@@ -193,13 +193,14 @@ def segment(
         fed raw float32 windows (then ``roi_size`` is required).
     roi_size, overlap, mode, sigma_scale
         Window size (array order, pixels), overlap fraction, blending ``"gaussian"`` /
-        ``"constant"`` and Gaussian sigma per roi; defaults from the card (overlap 0.25,
-        gaussian).
+        ``"constant"`` (or ``"nnunet"``: nnU-Net's window steps and Gaussian) and Gaussian
+        sigma per roi; defaults from the card (overlap 0.25, gaussian).
     batch_size : int
         Windows per forward pass.
     device, amp, tta
         ``"auto"`` = CUDA when available; autocast (bf16/fp16) on CUDA only; average over the
-        ``2**ndim`` mirrorings of the spatial axes.
+        ``2**ndim`` mirrorings of the spatial axes (of the card's ``mirror_axes`` only, when
+        it names them).
     output : {"labels", "probabilities"}
         Labels (uint8/uint16, class indices of the card, nodata where the input is invalid)
         or float32 class probabilities ``(class, *spatial)`` (NaN where invalid).
@@ -243,8 +244,13 @@ def segment(
     if isinstance(module, torch.nn.Module):
         module = module.eval().to(dev)
     blend_logits = getattr(card, "blend", "probabilities") == "logits"
-    predictor = Predictor(module, dev, amp, tta, activate=not blend_logits)
-    plan = plan_windows(image.spatial_shape, roi_size, overlap)
+    activation = getattr(card, "activation", "auto")
+    predictor = Predictor(
+        module, dev, amp, tta, activate=not blend_logits,
+        tta_axes=getattr(card, "mirror_axes", None), activation=activation,
+    )  # fmt: skip
+    steps = "nnunet" if mode == "nnunet" else "monai"
+    plan = plan_windows(image.spatial_shape, roi_size, overlap, steps=steps)
     weight = importance_map(plan.roi_size, mode, sigma_scale)
     if not classes:  # bare module: one probe window tells the number of output channels
         probe = np.zeros((1, image.n_channels, *plan.roi_size), np.float32)
@@ -271,10 +277,10 @@ def segment(
 
     def reduce(p: np.ndarray, wsum: np.ndarray, valid: np.ndarray) -> np.ndarray:
         if blend_logits:
-            p = activate_numpy(p)
+            p = activate_numpy(p, activation)
         return reduce_chunk(
             p, wsum, valid, output=output, lut=lut, dtype=dtype, nodata=nodata,
-            mask_invalid=is_raster,
+            mask_invalid=is_raster, activation=activation,
         )  # fmt: skip
 
     log.info(

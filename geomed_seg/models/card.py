@@ -122,6 +122,44 @@ class ScaleRange(_Normalisation):
         return self
 
 
+class NnUNetChannel(_Strict):
+    """How nnU-Net v2 normalises one input channel (an entry of its plans).
+
+    ``zscore``: ``(x - mean) / max(std, 1e-8)`` with the case's own statistics; with
+    ``use_mask`` over nnU-Net's non-zero mask (any channel non-zero, holes filled) and only
+    inside it, otherwise over the whole non-zero bounding box of the case (nnU-Net crops to
+    it first). ``ct``: clip to ``[lower, upper]`` (the dataset fingerprint's 0.5 and 99.5
+    foreground percentiles), then ``(x - mean) / max(std, 1e-8)`` with the fingerprint's
+    foreground mean and std (sample units). ``none``: unchanged.
+    """
+
+    scheme: Literal["zscore", "ct", "none"]
+    use_mask: bool = False
+    mean: float | None = None
+    std: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> NnUNetChannel:
+        fields = (self.mean, self.std, self.lower, self.upper)
+        if self.scheme == "ct" and any(v is None for v in fields):
+            raise ValueError("scheme 'ct' needs mean, std, lower and upper")
+        return self
+
+
+class NnUNetNormalisation(_Normalisation):
+    """nnU-Net v2's per-channel normalisation schemes (``ZScoreNormalization``,
+    ``CTNormalization``, ``NoNormalization``), one :class:`NnUNetChannel` per input channel.
+
+    Z-score channels need statistics of the whole case: a streamed first pass computes them
+    (:func:`geomed_seg.models.nnunet_norm.nnunet_statistics`), as for ``nonzero_zscore``.
+    """
+
+    type: Literal["nnunet"] = "nnunet"
+    channels: list[NnUNetChannel] = Field(min_length=1)
+
+
 class NoNormalisation(_Normalisation):
     """Samples are fed to the model as float32, unchanged."""
 
@@ -129,7 +167,7 @@ class NoNormalisation(_Normalisation):
 
 
 Normalisation = Annotated[
-    MeanStd | Percentile | NonZeroZScore | ScaleRange | NoNormalisation,
+    MeanStd | Percentile | NonZeroZScore | ScaleRange | NnUNetNormalisation | NoNormalisation,
     Field(discriminator="type"),
 ]
 
@@ -193,6 +231,13 @@ class ModelCard(_Strict):
     ``"logits"`` (activated once after blending, as MONAI bundles and nnU-Net do).
     ``axcodes`` (volumes, nibabel codes of the index axes ``(i, j, k)``, e.g. ``"RAS"``):
     the orientation the model was trained in; an input in another orientation is refused.
+    ``mode`` ``"nnunet"``: nnU-Net's window steps and Gaussian
+    (:func:`geomed_seg.inference.plan.plan_windows`). ``mirror_axes``: the spatial axes (array
+    order, 0 = first spatial axis) test-time augmentation may flip; None = all of them.
+    ``activation``: ``"auto"`` (softmax over several channels, sigmoid for one) or
+    ``"sigmoid"`` (every channel is a region with its own sigmoid; a sample gets the label of
+    the *last* channel, in class order, whose probability exceeds 0.5, else 0, as nnU-Net's
+    ``regions_class_order``; class indices may then be in any order).
     """
 
     format_version: Literal[1] = 1
@@ -212,8 +257,10 @@ class ModelCard(_Strict):
     nodata_label: int | None = None
     roi_size: list[int]
     overlap: float = Field(0.25, ge=0, lt=1)
-    mode: Literal["gaussian", "constant"] = "gaussian"
+    mode: Literal["gaussian", "constant", "nnunet"] = "gaussian"
     blend: Literal["probabilities", "logits"] = "probabilities"
+    mirror_axes: list[int] | None = None
+    activation: Literal["auto", "sigmoid"] = "auto"
     training: TrainingInfo = Field(default_factory=TrainingInfo)
     licence: str | None = None
     provenance: Provenance | None = None
@@ -234,8 +281,19 @@ class ModelCard(_Strict):
         if any(r < 1 for r in self.roi_size):
             raise ValueError(f"roi_size {self.roi_size} must be positive")
         indices = [c.index for c in self.classes]
-        if indices != sorted(set(indices)):
+        if len(set(indices)) != len(indices) or (
+            self.activation != "sigmoid" and indices != sorted(indices)
+        ):
             raise ValueError(f"class indices must be unique and sorted, got {indices}")
+        if self.activation == "sigmoid" and 0 in indices:
+            raise ValueError("sigmoid (region) outputs paint labels > 0; 0 is the background")
+        if self.mirror_axes is not None and not set(self.mirror_axes) <= set(
+            range(self.spatial_dims)
+        ):
+            raise ValueError(f"mirror_axes {self.mirror_axes} are not spatial axes")
+        norm = self.normalisation
+        if isinstance(norm, NnUNetNormalisation) and len(norm.channels) != n:
+            raise ValueError(f"normalisation has {len(norm.channels)} channels for in_channels={n}")
         if self.nodata_label is not None and self.nodata_label in indices:
             raise ValueError(f"nodata_label {self.nodata_label} is also a class index")
         return self
@@ -258,7 +316,10 @@ class ModelCard(_Strict):
     @property
     def needs_case_statistics(self) -> bool:
         """True when :meth:`normalise` needs statistics of the whole case (``stats``)."""
-        return isinstance(self.normalisation, NonZeroZScore)
+        norm = self.normalisation
+        if isinstance(norm, NnUNetNormalisation):
+            return any(c.scheme == "zscore" for c in norm.channels)
+        return isinstance(norm, NonZeroZScore)
 
     def normalise(self, batch: np.ndarray, stats: Any = None) -> np.ndarray:
         """Return ``batch`` normalised as the model expects, as float32.
@@ -309,6 +370,15 @@ class ModelCard(_Strict):
                 )
             z = (x - mean.reshape(bshape)) / std.reshape(bshape)
             return np.where(x != 0, z, np.float32(0)).astype(np.float32, copy=False)
+        if isinstance(norm, NnUNetNormalisation):
+            from geomed_seg.models.nnunet_norm import normalise_nnunet
+
+            if stats is None and self.needs_case_statistics:
+                raise ModelError(
+                    f"model {self.name!r}: nnU-Net z-score normalisation needs the case "
+                    "statistics (geomed_seg.models.nnunet_norm.nnunet_statistics)"
+                )
+            return normalise_nnunet(x, norm, stats)
         if isinstance(norm, ScaleRange):
             y = (x - np.float32(norm.a_min)) / np.float32(norm.a_max - norm.a_min)
             y = y * np.float32(norm.b_max - norm.b_min) + np.float32(norm.b_min)
@@ -477,6 +547,14 @@ def _value_scaling(card: ModelCard) -> list[dict[str, Any]] | None:
              "description": f"scale [{norm.a_min}, {norm.a_max}] to [{norm.b_min}, {norm.b_max}]"
              + (" and clip" if norm.clip else "")}
         ]  # fmt: skip
+    if isinstance(norm, NnUNetNormalisation):
+        return [
+            {"type": "processing", "format": "python",
+             "expression": "geomed_seg.models.card:ModelCard.normalise",
+             "description": f"nnU-Net v2 channel {i}: {c.scheme}"
+             + (" over the non-zero mask" if c.use_mask else "")}
+            for i, c in enumerate(norm.channels)
+        ]  # fmt: skip
     if isinstance(norm, Percentile):
         # data-dependent (per-window percentiles): not a fixed MLM scaling, so a processing ref
         return [
@@ -599,6 +677,8 @@ __all__ = [
     "MeanStd",
     "ModelCard",
     "NoNormalisation",
+    "NnUNetChannel",
+    "NnUNetNormalisation",
     "NonZeroZScore",
     "Normalisation",
     "Percentile",

@@ -69,7 +69,12 @@ def case_normaliser(card: Any, image: Image) -> Callable[[np.ndarray], np.ndarra
     """
     if not getattr(card, "needs_case_statistics", False):
         return card.normalise
-    stats = nonzero_statistics(image)
+    if getattr(card.normalisation, "type", None) == "nnunet":
+        from geomed_seg.models.nnunet_norm import nnunet_statistics
+
+        stats: Any = nnunet_statistics(image, card.normalisation)
+    else:
+        stats = nonzero_statistics(image)
 
     def normalise(batch: np.ndarray) -> np.ndarray:
         return card.normalise(batch, stats=stats)

@@ -295,6 +295,21 @@ register_model(
     )
 )
 
+register_model(
+    ModelSpec(
+        name="nnunet.Network",
+        spatial_dims=3,
+        library="dynamic_network_architectures",
+        target="geomed_seg.models.nnunet_net:build_nnunet",
+        defaults={"kw_requires_import": [], "n_folds": 1},
+        in_key="in_channels",
+        out_key="num_classes",
+        divisor=1,
+        description="an nnU-Net v2 plans architecture (dynamic_network_architectures U-Net), "
+        "one network per fold, logits averaged; imported with --format nnunet",
+    )
+)
+
 __all__ = [
     "ModelSpec",
     "available_models",

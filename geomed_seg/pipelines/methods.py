@@ -191,13 +191,17 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
 
         res = segment_resampled(img, loaded, grid, output="probabilities", **kw)
         probs = res.image
-        labels = label_image(probs, card.channel_to_label(), card.nodata_label)
+        labels = label_image(
+            probs, card.channel_to_label(), card.nodata_label, activation=card.activation
+        )
         notes.append(_resampled_note(img, grid))
         probs = probs if cfg.outputs.probabilities else None
     elif cfg.outputs.probabilities:
         res = segment(img, loaded, output="probabilities", **kw)
         probs = res.image
-        labels = label_image(probs, card.channel_to_label(), card.nodata_label)
+        labels = label_image(
+            probs, card.channel_to_label(), card.nodata_label, activation=card.activation
+        )
     else:
         res = segment(img, loaded, output="labels", **kw)
         labels = res.image

@@ -66,7 +66,18 @@ def _bundle_source(tmp, canary):
     return src, {"roi_size": (16, 16, 16)}
 
 
+def _nnunet_source(tmp, canary):
+    from nnunet_data import dataset_dict, plans_dict
+
+    src = tmp / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    _evil(src / "fold_0" / "checkpoint_final.pth", canary)
+    (src / "plans.json").write_text(json.dumps(plans_dict([2.0, 1.0, 1.0], [16, 32, 32])))
+    (src / "dataset.json").write_text(json.dumps(dataset_dict()))
+    return src, {}
+
+
 SOURCES = {
+    "nnunet": _nnunet_source,
     "state-dict": _state_dict_source,
     "smp": _smp_source,
     "hf": _hf_source,
@@ -141,12 +152,12 @@ def test_cli_import_and_refusal(tmp_path, capsys):
     assert not canary.exists() and not (tmp_path / "x").exists()
 
 
-def test_nnunet_folder_is_recognised_and_refused_with_a_reason(tmp_path, capsys):
+def test_nnunet_folder_with_unusable_plans_is_refused_with_a_reason(tmp_path, capsys):
     src = tmp_path / "Dataset001_Test" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     (src / "fold_0").mkdir(parents=True)
     (src / "plans.json").write_text("{}")
     (src / "dataset.json").write_text("{}")
-    with pytest.raises(ModelError, match="nnU-Net v2 results folder.*not supported yet"):
+    with pytest.raises(ModelError, match="plans.json: no configuration '3d_fullres'"):
         import_model(src, tmp_path / "out")
     assert main(["import-model", str(src), "-o", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.count("\n") == 1

@@ -41,7 +41,10 @@ class ImportOptions:
     trust_code : bool
         Allow sources whose loading executes code (pickled modules, TorchScript).
     folds : tuple of str, optional
-        nnU-Net folds to import (default: every ``fold_*`` with the checkpoint).
+        nnU-Net folds to import (``("0", "1")``, ``("0,1",)`` or ``("all",)``; default: every
+        ``fold_*`` with the checkpoint).
+    configuration : str, optional
+        nnU-Net plans configuration (default: the results folder's own, else ``3d_fullres``).
     checkpoint_name : str
         nnU-Net checkpoint file inside each fold folder.
     card_overrides : dict
@@ -56,6 +59,7 @@ class ImportOptions:
     roi_size: tuple[int, ...] | None = None
     trust_code: bool = False
     folds: tuple[str, ...] | None = None
+    configuration: str | None = None
     checkpoint_name: str = "checkpoint_final.pth"
     card_overrides: dict[str, Any] = field(default_factory=dict)
 
