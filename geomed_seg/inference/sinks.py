@@ -18,7 +18,7 @@ import numpy as np
 from geomed_seg.core.grid import GeoGrid, Grid, VoxelGrid
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
-from geomed_seg.errors import InvalidInputError, UnsupportedFormatError
+from geomed_seg.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -197,19 +197,12 @@ class NiftiSink(MemorySink):
 
 
 def sink_for(target: Sink | str | os.PathLike | None, *, overwrite: bool = False) -> Sink:
-    """Return a sink for ``target``: a Sink as is, None → memory, a path → by suffix."""
+    """Return a sink for ``target``: a Sink as is, None → memory, a path → the streaming sink
+    its format's registry entry names (:func:`geomed_seg.io.registry.sink_class`)."""
     if target is None:
         return MemorySink()
     if isinstance(target, Sink):
         return target
-    path = Path(target)
-    name = path.name.lower()
-    if name.endswith(".zarr"):
-        return ZarrSink(path, overwrite=overwrite)
-    if name.endswith((".tif", ".tiff")):
-        return GeoTIFFSink(path, overwrite=overwrite)
-    if name.endswith((".nii", ".nii.gz")):
-        return NiftiSink(path, overwrite=overwrite)
-    raise UnsupportedFormatError(
-        f"{path}: unknown output format; use .tif/.tiff (COG), .zarr or .nii/.nii.gz"
-    )
+    from geomed_seg.io.registry import sink_class
+
+    return sink_class(target)(Path(target), overwrite=overwrite)

@@ -22,13 +22,15 @@ def open_input(
     :func:`~geomed_seg.io.registry.open_image`); only descriptions that read no pixels
     (``info`` without ``--stats``) turn it off.
     """
-    from geomed_seg.io.registry import detect_format, open_image
+    from geomed_seg.io.registry import find_adapter, open_image
 
     if not resample:
         return open_image(src, series=series, verify=verify)
-    fmt = detect_format(src)
-    if not fmt.startswith("dicom"):
-        raise InvalidInputError(f"{src}: --resample applies to DICOM series only (this is {fmt})")
+    adapter = find_adapter(src)
+    if "resample" not in adapter.open_options:  # the formats whose entry takes resample=
+        raise InvalidInputError(
+            f"{src}: --resample applies to DICOM series only (this is {adapter.format_name})"
+        )
     return open_image(src, series=series, resample=True, verify=verify)
 
 

@@ -46,6 +46,7 @@ from geomed_seg.io.cog import (
     write_geotiff,
 )
 from geomed_seg.io.georef import read_grid
+from geomed_seg.io.registry import is_gdal_path
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,6 @@ def _gdal_errors(path: str | os.PathLike, what: str) -> Iterator[None]:
         yield
     except RasterioError as exc:
         raise ReadError(f"{path}: {what}: {gdal_message(exc)}") from exc
-
-
-def is_gdal_path(path: str | os.PathLike) -> bool:
-    """True for GDAL virtual-file paths and URLs (``/vsicurl/...``, ``s3://...``, ``https://``)."""
-    text = os.fspath(path)
-    return isinstance(text, str) and (text.startswith("/vsi") or "://" in text)
 
 
 def _check_path(path: Path) -> None:

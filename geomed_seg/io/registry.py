@@ -12,8 +12,17 @@ point loads an :class:`Adapter` (or a zero-argument callable returning one)::
     myformat = "my_pkg.geomed:ADAPTER"
 
 Magic bytes are checked first (built-ins, then plug-ins), then suffixes, as xarray and
-nibabel resolve their backends. ``DICM`` at byte 128 is tested before any other magic: the
-128-byte DICOM preamble may hold a TIFF header (dual-personality files).
+nibabel resolve their backends. An adapter with ``sniff_first`` (DICOM: ``DICM`` at byte 128)
+is tested before the others of its group: the 128-byte DICOM preamble may hold a TIFF header
+(dual-personality files).
+
+Each entry owns everything the package knows about its format: suffixes, magic, reader,
+writer, the streaming ``sink`` the engine writes blocks into (:func:`sink_class`, used by
+``segment``), the extra ``open_options`` its reader takes (DICOM's ``series=`` and
+``resample=``; ``open_image`` refuses them for other formats), whether it opens lists of
+files or GDAL virtual/remote paths. ``segment``, ``convert`` and ``evaluate`` (case names:
+:func:`known_suffixes`) ask the registry instead of keeping their own suffix lists. A plug-in
+whose entry point fails to load is skipped with a warning naming it.
 
 ``open_image(..., verify=True)`` (the default) also runs the adapter's ``verify`` hook: the
 full gzip stream check of a ``.nii.gz``, the decoding of compressed DICOM instances. Only
@@ -61,6 +70,19 @@ class Adapter:
         ``verify(path, image) -> None``: raise :class:`~geomed_seg.errors.ReadError` when the
         payload behind an opened image is corrupt (checksums, lengths, decoding). Run by
         :func:`open_image` with ``verify=True``, which costs a full read of the file.
+    sink : callable or "module:Class", optional
+        ``sink(path, *, overwrite=False) -> Sink``: the block writer the engine streams an
+        output of this format into (:class:`geomed_seg.inference.sinks.Sink`).
+    open_options : tuple of str
+        Keywords ``open`` takes besides ``chunks`` (``("series", "resample")`` for DICOM).
+    sniff_first : bool
+        Test this adapter's magic before the others' (DICOM's preamble may hold a TIFF).
+    file_lists : bool
+        ``open`` also takes a list of files (a DICOM series given file by file).
+    gdal_paths : bool
+        ``open`` takes GDAL virtual-file paths and URLs (``/vsicurl/...``, ``s3://...``).
+    format : str, optional
+        Name :func:`detect_format` reports (default ``name``; a DICOM folder is ``"dicom"``).
     """
 
     name: str
@@ -69,9 +91,21 @@ class Adapter:
     suffixes: tuple[str, ...] = ()
     sniff: Callable[[Path, bytes], bool] | None = field(default=None, compare=False)
     verify: Callable[[Any, Image], None] | str | None = field(default=None, compare=False)
+    sink: Callable[..., Any] | str | None = field(default=None, compare=False)
+    open_options: tuple[str, ...] = ()
+    sniff_first: bool = False
+    file_lists: bool = False
+    gdal_paths: bool = False
+    format: str | None = None
+
+    @property
+    def format_name(self) -> str:
+        """The name :func:`detect_format` reports for this adapter."""
+        return self.format or self.name
 
 
-def _is_gdal_path(path: Any) -> bool:
+def is_gdal_path(path: Any) -> bool:
+    """True for GDAL virtual-file paths and URLs (``/vsicurl/...``, ``s3://...``, ``https://``)."""
     text = os.fspath(path) if isinstance(path, str | os.PathLike) else ""
     return isinstance(text, str) and (text.startswith("/vsi") or "://" in text)
 
@@ -127,6 +161,9 @@ def _is_zarr(path: Path, head: bytes) -> bool:
     return path.is_dir() and (path / "zarr.json").is_file()
 
 
+_SINKS = "geomed_seg.inference.sinks"
+_DICOM = ("series", "resample")
+
 BUILTIN: tuple[Adapter, ...] = (
     Adapter(
         "geotiff",
@@ -134,8 +171,10 @@ BUILTIN: tuple[Adapter, ...] = (
         "geomed_seg.io.geotiff:write_geotiff",
         (".tif", ".tiff", ".gtiff"),
         _is_tiff,
+        sink=f"{_SINKS}:GeoTIFFSink",
+        gdal_paths=True,
     ),
-    Adapter("vrt", "geomed_seg.io.geotiff:open_geotiff", None, (".vrt",), _is_vrt),
+    Adapter("vrt", "geomed_seg.io.geotiff:open_geotiff", None, (".vrt",), _is_vrt, gdal_paths=True),
     Adapter(
         "nifti",
         "geomed_seg.io.nifti:open_nifti",
@@ -143,6 +182,7 @@ BUILTIN: tuple[Adapter, ...] = (
         (".nii.gz", ".nii"),
         _is_nifti,
         "geomed_seg.io.nifti:verify_nifti",
+        sink=f"{_SINKS}:NiftiSink",
     ),
     Adapter(
         "zarr",
@@ -150,6 +190,7 @@ BUILTIN: tuple[Adapter, ...] = (
         "geomed_seg.io.zarr:write_zarr",
         (".zarr",),
         _is_zarr,
+        sink=f"{_SINKS}:ZarrSink",
     ),
     Adapter(
         "dicom",
@@ -158,6 +199,8 @@ BUILTIN: tuple[Adapter, ...] = (
         (".dcm",),
         _is_dicom_file,
         "geomed_seg.io.dicom:verify_dicom",
+        open_options=_DICOM,
+        sniff_first=True,
     ),
     Adapter(
         "dicom-folder",
@@ -166,6 +209,9 @@ BUILTIN: tuple[Adapter, ...] = (
         (),
         _is_dicom_folder,
         "geomed_seg.io.dicom:verify_dicom",
+        open_options=_DICOM,
+        file_lists=True,
+        format="dicom",
     ),
 )
 
@@ -180,12 +226,17 @@ def _entry_points() -> Sequence[Any]:
 def _plugins() -> tuple[Adapter, ...]:
     found = []
     for ep in _entry_points():
-        obj = ep.load()
-        adapter = obj if isinstance(obj, Adapter) else obj()
-        if not isinstance(adapter, Adapter):
-            raise InvalidInputError(
-                f"entry point {ep.name!r} in {ENTRY_POINT_GROUP} is not an Adapter"
-            )
+        try:
+            obj = ep.load()
+            adapter = obj if isinstance(obj, Adapter) else obj()
+            if not isinstance(adapter, Adapter):
+                raise TypeError(f"it gives a {type(adapter).__name__}, not an Adapter")
+        except Exception as exc:  # one broken plug-in must not break every format
+            log.warning(
+                "format plug-in %r (%s, entry point group %s) skipped: %s",
+                ep.name, getattr(ep, "value", "?"), ENTRY_POINT_GROUP, exc,
+            )  # fmt: skip
+            continue
         found.append(adapter)
     return tuple(found)
 
@@ -202,11 +253,19 @@ def adapters() -> tuple[Adapter, ...]:
 
 def _lazy_adapters() -> Iterator[Adapter]:
     # built-ins first: common formats never pay for the entry-point scan (~0.1 s).
-    # DICOM first of all: `DICM` at byte 128 wins over any other magic, since a
-    # dual-personality file's 128-byte preamble may hold a TIFF header at byte 0.
-    yield from sorted(BUILTIN, key=lambda a: a.name != "dicom")
-    yield from _plugins()
-    yield from _RUNTIME
+    # Within a group, `sniff_first` adapters first (DICOM: `DICM` at byte 128 wins over any
+    # other magic, since a dual-personality file's preamble may hold a TIFF header).
+    def first(group: Sequence[Adapter]) -> list[Adapter]:
+        return sorted(group, key=lambda a: not a.sniff_first)
+
+    yield from first(BUILTIN)
+    yield from first(_plugins())
+    yield from first(_RUNTIME)
+
+
+def known_suffixes() -> tuple[str, ...]:
+    """Return every registered suffix, longest first (``.nii.gz`` before ``.nii``)."""
+    return tuple(sorted({s for a in adapters() for s in a.suffixes}, key=lambda s: (-len(s), s)))
 
 
 def _head(path: Path) -> bytes:
@@ -228,14 +287,32 @@ def _check_exists(path: Path) -> None:
         raise ReadError(f"{path}: file is empty (0 bytes)")
 
 
-def _by_suffix(path: Path, writable: bool = False) -> Adapter | None:
+def _by_suffix(path: Path, writable: bool = False, streaming: bool = False) -> Adapter | None:
     name = path.name.lower()
     for adapter in adapters():
-        if writable and adapter.write is None:
+        if (writable and adapter.write is None) or (streaming and adapter.sink is None):
             continue
         if any(name.endswith(s) for s in adapter.suffixes):
             return adapter
     return None
+
+
+def sink_class(path: str | os.PathLike) -> Callable[..., Any]:
+    """Return the streaming sink factory of ``path``'s format (``sink(path, overwrite=)``).
+
+    Raises
+    ------
+    UnsupportedFormatError
+        No registered format with a sink has ``path``'s suffix (the ones that do are listed).
+    """
+    p = Path(path)
+    adapter = _by_suffix(p, streaming=True)
+    if adapter is None:
+        sufs = sorted({s for a in adapters() if a.sink is not None for s in a.suffixes})
+        raise UnsupportedFormatError(
+            f"{p}: unknown output format; streamed outputs: {', '.join(sufs)}"
+        )
+    return _resolve(adapter.sink)  # type: ignore[arg-type]
 
 
 def _find(path: Path) -> Adapter:
@@ -263,12 +340,23 @@ def detect_format(path: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
     UnsupportedFormatError
         Neither magic bytes nor suffix match a known format.
     """
+    return find_adapter(path).format_name
+
+
+def find_adapter(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Adapter:
+    """Return the adapter that opens ``path``: a list of files goes to the adapter that
+    opens file lists, a GDAL virtual/remote path to one that opens those (by suffix, else
+    the first), a local path by magic bytes, then suffix."""
     if isinstance(path, list | tuple):
-        return "dicom"
-    if _is_gdal_path(path):
-        return "vrt" if str(path).lower().endswith(".vrt") else "geotiff"
-    name = _find(Path(path)).name
-    return "dicom" if name == "dicom-folder" else name
+        found = next((a for a in adapters() if a.file_lists), None)
+        if found is None:
+            raise UnsupportedFormatError("no registered format opens a list of files")
+        return found
+    if is_gdal_path(path):
+        remote = [a for a in adapters() if a.gdal_paths]
+        name = str(path).lower()
+        return next((a for a in remote if name.endswith(a.suffixes)), remote[0])
+    return _find(Path(path))
 
 
 def open_image(
@@ -302,25 +390,28 @@ def open_image(
         Missing, empty, truncated or (with ``verify``) corrupt input, naming the file.
     """
     if isinstance(path, list | tuple):
-        paths = [Path(p) for p in path]
-        for p in paths:
+        target: Any = [Path(p) for p in path]
+        for p in target:
             _check_exists(p)
-        adapter = BUILTIN[-1]
-        image = _resolve(adapter.open)(paths, series=series, chunks=chunks, **kw)
-        return _verified(adapter, paths, image) if verify else image
-    if _is_gdal_path(path):  # remote / virtual rasters (COGs over HTTP, S3): GDAL opens them
-        return _resolve(BUILTIN[0].open)(path, chunks=chunks, **kw)
-    p = Path(path)
-    adapter = _find(p)
-    if adapter.name.startswith("dicom"):
-        image = _resolve(adapter.open)(p, series=series, chunks=chunks, **kw)
-    elif series is not None:
-        raise InvalidInputError(
-            f"{p}: series={series!r} applies to DICOM only; this is {adapter.name}"
-        )
+    elif is_gdal_path(path):  # remote / virtual rasters (COGs over HTTP, S3): GDAL opens them
+        target, verify = path, False
     else:
-        image = _resolve(adapter.open)(p, chunks=chunks, **kw)
-    return _verified(adapter, p, image) if verify else image
+        target = Path(path)
+    adapter = find_adapter(target)
+    if series is not None:
+        kw["series"] = series
+    for key in kw:
+        if key not in adapter.open_options:
+            raise InvalidInputError(f"{target}: {_misplaced(key, kw[key], adapter)}")
+    image = _resolve(adapter.open)(target, chunks=chunks, **kw)
+    return _verified(adapter, target, image) if verify else image
+
+
+def _misplaced(key: str, value: Any, adapter: Adapter) -> str:
+    """``"series='x' applies to DICOM only; this is geotiff"``."""
+    takers = sorted({a.format_name.upper() for a in adapters() if key in a.open_options})
+    where = f"applies to {' and '.join(takers)} only" if takers else "is not an open option"
+    return f"{key}={value!r} {where}; this is {adapter.name}"
 
 
 def _verified(adapter: Adapter, path: Any, image: Image) -> Image:
@@ -351,7 +442,11 @@ __all__ = [
     "Adapter",
     "adapters",
     "detect_format",
+    "find_adapter",
+    "is_gdal_path",
+    "known_suffixes",
     "open_image",
     "register_adapter",
+    "sink_class",
     "write_image",
 ]

@@ -366,12 +366,12 @@ def evaluate(
 
 
 # -- folders ----------------------------------------------------------------------------
-_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff", ".zarr", ".dcm", ".nrrd", ".mha")
-
-
 def _case_name(p: Path) -> str:
+    """The file name without its format suffix (the registry's, longest first: ``.nii.gz``)."""
+    from geomed_seg.io.registry import known_suffixes
+
     name = p.name
-    for s in _SUFFIXES:
+    for s in known_suffixes():
         if name.lower().endswith(s):
             return name[: -len(s)]
     return p.stem

@@ -187,3 +187,57 @@ def test_opening_a_geotiff_imports_no_medical_or_torch_stack(landsat_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def _series_open(path, chunks=None, series=None):
+    img = _fake_open(path, chunks)
+    return Image.from_array(img.darray + int(series or 0), img.grid)
+
+
+SERIES_ADAPTER = Adapter(
+    "fake-series", _series_open, None, (".fks",), lambda path, head: head[:4] == b"FKS1",
+    open_options=("series",),
+)  # fmt: skip
+
+
+def test_broken_plugin_is_skipped_and_a_plugin_takes_series(tmp_path, monkeypatch, caplog):
+    """A plug-in whose import fails is skipped with a warning naming it (the registry and
+    the other plug-ins keep working); ``series=`` reaches any adapter that declares it."""
+    broken = EntryPoint("broken", "no_such_module_xyz:ADAPTER", registry.ENTRY_POINT_GROUP)
+    good = EntryPoint("fks", "tests.io.test_registry:SERIES_ADAPTER", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "_entry_points", lambda: (broken, good))
+    registry._plugins.cache_clear()
+    try:
+        blob = tmp_path / "scan.bin"
+        blob.write_bytes(b"FKS1\x01\x02\x03")
+        with caplog.at_level("WARNING", logger="geomed_seg.io.registry"):
+            assert detect_format(blob) == "fake-series"
+        assert "'broken'" in caplog.text and "no_such_module_xyz" in caplog.text
+        np.testing.assert_array_equal(open_image(blob, series="10").compute().ravel(), [11, 12, 13])
+        with pytest.raises(InvalidInputError, match="applies to DICOM and FAKE-SERIES only"):
+            open_image(_tiny_tif(tmp_path), series="1")
+    finally:
+        registry._plugins.cache_clear()
+
+
+def _tiny_tif(tmp_path):
+    path = tmp_path / "tiny.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=4, height=3, count=1, dtype="uint8") as ds:
+        ds.write(np.zeros((1, 3, 4), np.uint8))
+    return path
+
+
+def test_sinks_and_case_names_come_from_the_registry(tmp_path):
+    from geomed_seg.inference.sinks import GeoTIFFSink, NiftiSink, ZarrSink, sink_for
+    from geomed_seg.io import geotiff
+    from geomed_seg.metrics.evaluate import _case_name
+
+    assert isinstance(sink_for(tmp_path / "a.TIF"), GeoTIFFSink)
+    assert isinstance(sink_for(tmp_path / "a.zarr"), ZarrSink)
+    assert isinstance(sink_for(tmp_path / "a.nii.gz"), NiftiSink)
+    with pytest.raises(UnsupportedFormatError, match=r"x\.vrt.*\.nii\.gz.*\.tif.*\.zarr"):
+        sink_for(tmp_path / "x.vrt")  # readable, but no streaming writer
+    assert _case_name(Path("BraTS-001.nii.gz")) == "BraTS-001"
+    assert _case_name(Path("tile_3.vrt")) == "tile_3"
+    assert geotiff.is_gdal_path is registry.is_gdal_path  # one definition
+    assert registry.is_gdal_path("/vsicurl/https://x/y.tif") and not registry.is_gdal_path(tmp_path)
