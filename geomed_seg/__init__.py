@@ -1,7 +1,8 @@
 """geomed-seg: segment very large satellite scenes and medical volumes with one streaming engine.
 
 Public API (imported lazily so ``geomed-seg info`` starts fast and never imports torch):
-``open_image``, ``write_image``, ``segment``, ``evaluate``, ``run_pipeline``, ``Image``, ``GeoGrid``, ``VoxelGrid``.
+``open_image``, ``write_image``, ``segment``, ``segment_file``, ``EngineOptions``, ``evaluate``,
+``run_pipeline``, ``Image``, ``GeoGrid``, ``VoxelGrid``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ _LAZY = {
     "open_image": "geomed_seg.io.registry",
     "write_image": "geomed_seg.io.registry",
     "segment": "geomed_seg.inference.segment",
+    "segment_file": "geomed_seg.inference.segment_file",
+    "EngineOptions": "geomed_seg.inference.options",
     "evaluate": "geomed_seg.metrics.evaluate",
     "run_pipeline": "geomed_seg.pipelines.runner",
 }

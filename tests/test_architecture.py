@@ -50,8 +50,6 @@ ALLOWED: dict[str, str] = {
     "geomed_seg.batch.runner:_pass2": "engine/batch settings travel loose until EngineOptions",
     "geomed_seg.batch.runner:run_batch": "public batch API; its engine settings become EngineOptions",
     "geomed_seg.batch.runner:run_tile": "per-tile task arguments; shrinks with EngineOptions",
-    "geomed_seg.inference.engine:run_windows": "engine loop; run resolution split pending (arch-engine)",
-    "geomed_seg.inference.segment:segment": "engine entry; segment(image, model, options, sink) pending",
     "geomed_seg.inference.blend:reduce_chunk": "moved as is from engine.py by arch-engine (blend.py)",
     "geomed_seg.inference.sliding:sliding_window_inference":
         "MONAI drop-in: MONAI's own signature, kept for parity (perf-monai)",

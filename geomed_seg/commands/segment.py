@@ -1,9 +1,9 @@
 """``geomed-seg segment`` and ``geomed-seg model-card``: thin shells over the Python API.
 
-:func:`segment_file` is the public function behind ``segment`` (open the input, read the
-checkpoint's card, check that the model fits the input, load the weights, run
-:func:`geomed_seg.inference.segment.segment` into the output file); tests and scripts can
-call it directly. Checks that need no weights run first, so a mismatch fails in a second.
+``segment`` builds the engine options from its flags
+(:func:`geomed_seg.pipelines.schema.engine_spec`, the rule set shared with ``run --set
+engine.*``) and calls :func:`geomed_seg.inference.segment_file.segment_file`, the library
+function that tests and scripts call directly (re-exported here for older imports).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import typer
 
 from geomed_seg.cli import app, is_quiet
 from geomed_seg.errors import InvalidInputError
+from geomed_seg.inference.segment_file import open_input, segment_file  # noqa: F401 - re-export
 
 
 def parse_roi(text: str | None) -> tuple[int, ...] | None:
@@ -31,106 +32,6 @@ def parse_roi(text: str | None) -> tuple[int, ...] | None:
     if not roi or any(r < 1 for r in roi):
         raise InvalidInputError(f"--roi {text!r}: expected positive integers such as 256,256")
     return roi
-
-
-def segment_file(
-    input_path: str | os.PathLike,
-    checkpoint: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    roi_size: tuple[int, ...] | None = None,
-    overlap: float | None = None,
-    mode: str | None = None,
-    batch_size: int = 4,
-    device: str = "auto",
-    tta: bool = False,
-    probabilities: bool = False,
-    overwrite: bool = False,
-    series: str | None = None,
-    card: str | os.PathLike | None = None,
-    quiet: bool = True,
-    resample: bool = True,
-    allow_complex: str | None = None,
-) -> Any:
-    """Segment ``input_path`` with ``checkpoint`` into ``output``; return the ``SegmentResult``.
-
-    ``input_path`` is a file, a DICOM series folder or a case folder holding one file or
-    DICOM series per band of the card (found by name, as ``run`` finds BraTS sequences:
-    :func:`geomed_seg.pipelines.inputs.open_case_folder`). ``roi_size`` (array order,
-    pixels/voxels), ``overlap`` and ``mode`` default to the card's values. The output
-    format follows the suffix of ``output`` (``.tif``, ``.nii.gz``, ...) and the output is
-    always on the input's grid: a volume whose spacing differs > 10 % from the card's is
-    resampled to it, and the probabilities come back onto the input grid before the
-    argmax (``resample=False``: run at the input spacing, with a warning).
-
-    Raises
-    ------
-    ModelError
-        Unreadable checkpoint, 2D model on a volume (or 3D on a raster), band-count mismatch.
-    OutputExistsError
-        ``output`` exists and not ``overwrite``.
-    """
-    from geomed_seg.core.dtypes import check_compute_dtype
-    from geomed_seg.io.transaction import OutputTransaction
-    from geomed_seg.models.card import ModelCard
-    from geomed_seg.models.checkpoint import load_checkpoint, read_card
-    from geomed_seg.pipelines.schema import engine_spec
-
-    engine_spec(roi_size=roi_size, overlap=overlap, mode=mode, batch_size=batch_size)
-    # every conflict (existing output, output = input or checkpoint, blocked folder) first;
-    # the one output (and its .aux.xml sidecar) is then committed by its atomic writer
-    OutputTransaction([output], overwrite=overwrite, inputs=[input_path, checkpoint, card])
-    model_card = ModelCard.load(card) if card is not None else read_card(checkpoint)
-    image = open_input(input_path, model_card, series=series)
-    image = check_compute_dtype(image, input_path, allow_complex)
-    model_card.check_image(image, source=input_path)
-    if roi_size is not None and len(roi_size) != model_card.spatial_dims:
-        raise InvalidInputError(
-            f"--roi {','.join(map(str, roi_size))}: model {model_card.name!r} needs "
-            f"{model_card.spatial_dims} values (array order)"
-        )
-    loaded = load_checkpoint(checkpoint, card=card)
-    from geomed_seg.inference.respaced import model_grid
-    from geomed_seg.inference.segment import segment  # torch: only once the inputs are valid
-
-    kw = dict(
-        roi_size=roi_size or tuple(model_card.roi_size),
-        overlap=model_card.overlap if overlap is None else overlap,
-        mode=mode or model_card.mode,
-        batch_size=batch_size,
-        device=device,
-        tta=tta,
-        output="probabilities" if probabilities else "labels",
-        quiet=quiet,
-    )
-    grid = model_grid(image, model_card, resample_to_model=resample)
-    if grid is None:  # same spacing, or --no-resample (segment() warns on a mismatch)
-        return segment(image, loaded, sink=Path(output), overwrite=overwrite, **kw)
-    from geomed_seg.inference.respaced import segment_resampled
-    from geomed_seg.io.registry import write_image
-
-    res = segment_resampled(image, loaded, grid, **kw)
-    res.path = write_image(res.image, output, overwrite=overwrite)
-    return res
-
-
-def open_input(path: str | os.PathLike, card: Any, series: str | None = None) -> Any:
-    """Return the input :class:`~geomed_seg.core.image.Image` of ``segment``: one file or
-    DICOM series, or a case folder of one file/series per band named in ``card``."""
-    from geomed_seg.io.registry import open_image
-    from geomed_seg.pipelines.inputs import is_case_folder, open_case_folder, sequence_patterns
-
-    names = list(card.band_names or [])
-    if len(names) > 1 and Path(path).is_dir():
-        patterns = sequence_patterns(names)
-        if is_case_folder(Path(path), patterns):
-            if series is not None:
-                raise InvalidInputError(
-                    f"{path}: --series selects one DICOM series; this is a case folder of "
-                    f"{', '.join(names)}"
-                )
-            return open_case_folder(Path(path), patterns)[0]
-    return open_image(path, series=series)
 
 
 @app.command("segment")
@@ -171,12 +72,14 @@ def segment_command(
     status(f"loading model {model} and opening {input_path}")
     if mode is not None and mode not in ("gaussian", "constant"):
         raise InvalidInputError(f"--mode {mode!r}: choose 'gaussian' or 'constant'")
-    result = segment_file(
-        input_path, model, output, roi_size=parse_roi(roi), overlap=overlap, mode=mode,
-        batch_size=batch_size, device=device, tta=tta, probabilities=probabilities,
-        overwrite=overwrite, series=series, card=card, quiet=is_quiet(), resample=resample,
-        allow_complex=allow_complex,
-    )  # fmt: skip
+    from geomed_seg.pipelines.schema import engine_spec
+
+    spec = engine_spec(roi_size=parse_roi(roi), overlap=overlap, mode=mode,
+                       batch_size=batch_size, device=device, tta=tta)  # fmt: skip
+    output_kind = "probabilities" if probabilities else "labels"
+    options = spec.to_options(output=output_kind, overwrite=overwrite, quiet=is_quiet())
+    result = segment_file(input_path, model, output, options, series=series, card=card,
+                          resample=resample, allow_complex=allow_complex)  # fmt: skip
     if not is_quiet():
         if not probabilities:
             _headline(Path(getattr(result, "path", None) or output), card or model)

@@ -12,6 +12,8 @@ from typing import Any
 
 _LAZY = {
     "SegmentResult": "geomed_seg.inference.segment",
+    "EngineOptions": "geomed_seg.inference.options",
+    "labels_from_probabilities": "geomed_seg.inference.blend",
     "sliding_window_inference": "geomed_seg.inference.sliding",
     "plan_windows": "geomed_seg.inference.plan",
     "importance_map": "geomed_seg.inference.plan",

@@ -288,31 +288,63 @@ class Predictor:
             return prob.cpu().numpy().astype(np.float32, copy=False)
 
 
+@dataclass(frozen=True)
+class WindowJob:
+    """What :func:`run_windows` does besides the image, model and sink.
+
+    Attributes
+    ----------
+    plan, schedule : WindowPlan, ChunkSchedule
+        The windows and the output chunks they touch.
+    normalise : callable
+        ``(N, C, *window)`` raw -> float32 model input.
+    weight : numpy.ndarray
+        Blending weights of one window, shape ``plan.roi_size``.
+    n_classes : int
+        Model output channels.
+    batch_size : int
+        Runnable windows per forward pass.
+    skip : callable or None
+        ``skip(data (C, *window), valid (*window)) -> bool``.
+    background_skips : bool
+        Skipped windows count as class 0 (volumes) instead of no answer (rasters).
+    reduce : callable
+        ``reduce(prob (K, *chunk), weight_sum, valid) -> array to write``.
+    known_empty : frozenset of int
+        Windows known to hold no valid pixel (skipped unread).
+    """
+
+    plan: WindowPlan
+    schedule: ChunkSchedule
+    normalise: Callable[[np.ndarray], np.ndarray]
+    weight: np.ndarray
+    n_classes: int
+    batch_size: int
+    skip: SkipRule | None
+    background_skips: bool
+    reduce: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    known_empty: frozenset[int] = frozenset()
+
+
 def run_windows(
     image: Image,
-    plan: WindowPlan,
-    schedule: ChunkSchedule,
+    job: WindowJob,
     predictor: Callable[[np.ndarray], np.ndarray],
-    normalise: Callable[[np.ndarray], np.ndarray],
-    weight: np.ndarray,
-    n_classes: int,
     sink: Sink,
-    *,
-    batch_size: int,
-    skip: SkipRule | None,
-    background_skips: bool,
-    reduce: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
     on_progress: Callable[[int], None] | None = None,
-    known_empty: frozenset[int] = frozenset(),
 ) -> EngineStats:
-    """Run every window of ``plan`` through ``predictor`` and stream finished chunks to ``sink``."""
+    """Run every window of ``job.plan`` through ``predictor`` and stream finished chunks to
+    ``sink``; ``on_progress(n)`` after each batch of ``n`` windows."""
+    plan, schedule, n_classes = job.plan, job.schedule, job.n_classes
     stats = EngineStats(windows_total=len(plan))
-    acc = ChunkAccumulator(plan, schedule, weight, n_classes, background_skips)
+    acc = ChunkAccumulator(plan, schedule, job.weight, n_classes, job.background_skips)
     stop = threading.Event()
-    reader = WindowReader(image, plan, [i for i in schedule.order if i not in known_empty])
+    order = [i for i in schedule.order if i not in job.known_empty]
+    reader = WindowReader(image, plan, order)
     batches = iter_batches(
-        reader, plan, schedule.order, batch_size, normalise, skip, stop, known_empty
-    )
+        reader, plan, schedule.order, job.batch_size, job.normalise, job.skip, stop,
+        job.known_empty,
+    )  # fmt: skip
     stream = prefetch(batches)
     try:
         for items, batch in stream:
@@ -325,7 +357,7 @@ def run_windows(
                         f"model gave {prob.shape[0]} output channels, expected {n_classes}"
                     )
                 for _, bsl, p, wsum, valid in acc.add(it.index, it.valid, prob):
-                    sink.write(reduce(p, wsum, valid), bsl)
+                    sink.write(job.reduce(p, wsum, valid), bsl)
             stats.windows_run += n_run
             stats.windows_skipped += len(items) - n_run
             if on_progress is not None:

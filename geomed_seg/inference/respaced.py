@@ -100,33 +100,38 @@ def label_image(
     return Image.from_array(lab[None], probs.grid, nodata=nodata, attrs=dict(probs.attrs))
 
 
-def segment_resampled(image: Image, model: Any, grid: VoxelGrid, *, output: str = "labels",
-                      **kw: Any):  # fmt: skip
+def segment_resampled(
+    image: Image, model: Any, grid: VoxelGrid, options: Any = None, **changes: Any
+):  # fmt: skip
     """Return :func:`~geomed_seg.inference.segment.segment`'s result computed on ``grid`` and
-    brought back onto ``image``'s grid (probabilities linear, then argmax; module docstring).
+    brought back onto ``image``'s grid (probabilities linear, then labels; module docstring).
 
-    ``output`` is ``"labels"`` or ``"probabilities"`` (float32 ``(class, z, y, x)``); the
-    result image is lazy, carries ``image.attrs`` (NIfTI header) and the card's classes.
-    ``kw`` go to ``segment`` (roi, overlap, device, ...; ``sink`` is not accepted: write
-    the returned image).
+    ``options`` is an :class:`~geomed_seg.inference.options.EngineOptions` (``changes`` by
+    name on top, as ``segment`` takes them); its ``output`` is ``"labels"`` or
+    ``"probabilities"`` (float32 ``(class, z, y, x)``). The result image is lazy, carries
+    ``image.attrs`` (NIfTI header) and the card's classes. There is no sink: write the
+    returned image.
     """
+    from geomed_seg.inference.options import EngineOptions
     from geomed_seg.inference.segment import segment
 
-    kw.pop("sink", None)
+    changes.pop("sink", None)
+    opts = EngineOptions.of(options, **changes)
     small = resample_image(image, grid, order=1, edge="constant", cval=0.0)
     small = replace(small, attrs={**small.attrs, "resampled_from": image.grid.describe()})
-    res = segment(small, model, output="probabilities", **kw)
+    res = segment(small, model, replace(opts, output="probabilities"))
     back = resample_image(res.image, image.grid, order=1, edge="nearest")
     attrs = {**dict(image.attrs), **{k: v for k, v in res.image.attrs.items() if k == "classes"}}
     back = replace(back, attrs=attrs)
-    if output == "probabilities":
+    if opts.output == "probabilities":
         res.image = back
     else:
         card = getattr(model, "card", None)
         lut = card.channel_to_label() if card is not None else np.arange(back.n_channels)
         nodata = getattr(card, "nodata_label", None)
         activation = getattr(card, "activation", "auto")
-        res.image = replace(label_image(back, lut, nodata, activation=activation), attrs=attrs)
+        labels = label_image(back, lut, nodata, threshold=opts.threshold, activation=activation)
+        res.image = replace(labels, attrs=attrs)
     sp = ", ".join(f"{s:g}" for s in grid.spacing_zyx)
     res.stats = {
         **res.stats,

@@ -1,8 +1,14 @@
 """``segment()``: the public entry point of the streaming engine.
 
-Resolves the model (a checkpoint's ``LoadedModel`` with its card, or a bare torch module),
-the window plan, the output chunking, skip rule, device and sink, then runs
-:func:`geomed_seg.inference.engine.run_windows`.
+Three steps, each a function of its own:
+
+1. :func:`resolve_run`: the model (a checkpoint's ``LoadedModel`` with its card, or a bare
+   torch module), the options resolved against the card
+   (:meth:`~geomed_seg.inference.options.EngineOptions.resolve`), the window plan and
+   weights, classes and label lookup, output spec, skip rule, device and sink;
+2. :func:`execute`: :func:`geomed_seg.inference.engine.run_windows` into the sink, with a
+   :class:`ProgressReporter`;
+3. :func:`run_stats`: the counters of the run.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import InvalidInputError, ModelError
 from geomed_seg.inference.blend import activate_numpy, label_format, reduce_chunk
-from geomed_seg.inference.engine import Predictor, empty_windows, run_windows
+from geomed_seg.inference.engine import Predictor, WindowJob, empty_windows, run_windows
+from geomed_seg.inference.options import EngineOptions
 from geomed_seg.inference.plan import importance_map, plan_windows, regular_chunks, schedule_chunks
 from geomed_seg.inference.sinks import OutputSpec, Sink, sink_for
 from geomed_seg.models.case_stats import case_normaliser
@@ -123,7 +130,7 @@ def _skip_rule(
     return volume_rule
 
 
-def _output_chunks(image: Image, sink: Sink, roi: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+def _output_chunks(image: Image, sink: Sink) -> tuple[tuple[int, ...], ...]:
     edge = sink.chunk or (512 if image.kind == "raster" else 128)
     return regular_chunks(image.spatial_shape, edge)
 
@@ -138,49 +145,209 @@ def _peak_rss_mib() -> float | None:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def _progress_bar(total: int, quiet: bool):
-    """Return ``(update(n), close())`` of a rich bar on a TTY, or no-ops."""
-    if quiet or not sys.stderr.isatty():
-        return None, lambda: None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+class ProgressReporter:
+    """Counts finished windows: a rich bar on a TTY (unless quiet) and an optional callback.
 
-    bar = Progress(
-        TextColumn("windows"), BarColumn(), MofNCompleteColumn(),
-        TaskProgressColumn(show_speed=True), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True,
+    Call it with the number of windows just finished; :meth:`close` removes the bar.
+    """
+
+    def __init__(
+        self, total: int, quiet: bool, callback: Callable[[int, int], None] | None = None
+    ) -> None:
+        self.total, self.done, self.callback = total, 0, callback
+        self._bar = None
+        if not quiet and sys.stderr.isatty():
+            self._bar = self._start_bar(total)
+
+    @staticmethod
+    def _start_bar(total: int) -> Any:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(
+            TextColumn("windows"), BarColumn(), MofNCompleteColumn(),
+            TaskProgressColumn(show_speed=True), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )  # fmt: skip
+        bar.add_task("segment", total=total)
+        bar.start()
+        return bar
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(self._bar.task_ids[0], advance=n)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+@dataclass
+class EngineRun:
+    """Everything one engine run needs, resolved (see :func:`resolve_run`)."""
+
+    image: Image
+    options: EngineOptions
+    device: torch.device
+    predictor: Predictor
+    job: WindowJob
+    spec: OutputSpec
+    sink: Sink
+
+
+def _prepare_input(image: Image, card: Any) -> tuple[Image, Callable[[np.ndarray], np.ndarray]]:
+    """Return ``(image, normalise)``: bands in card order, physical values if asked, and the
+    card's normaliser (pass 1 for per-case statistics); raw float32 without a card."""
+    if card is None:
+        return image, _as_float32
+    image = _match_bands(image, card)
+    if card.normalisation.apply_scale_offset:  # the card asks for physical values
+        image = physical_values(image)
+    normalise = case_normaliser(card, image)
+    _warn_spacing(image, card)
+    return image, normalise
+
+
+def _as_float32(batch: np.ndarray) -> np.ndarray:
+    return np.asarray(batch, dtype=np.float32)
+
+
+def _probe_classes(predictor: Predictor, image: Image, roi: tuple[int, ...]) -> list[ClassInfo]:
+    """Return ``class_0..class_{K-1}`` of a bare module: one zero window tells K."""
+    probe = np.zeros((1, image.n_channels, *roi), np.float32)
+    try:
+        n_out = predictor(probe).shape[1]
+    except RuntimeError as exc:  # shape/channel mismatch inside the module
+        raise ModelError(f"model failed on a {probe.shape} window: {exc}") from exc
+    return [ClassInfo(k, f"class_{k}") for k in range(n_out)]
+
+
+def _output(
+    image: Image, classes: list[ClassInfo], card: Any, opts: EngineOptions
+) -> tuple[OutputSpec, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]:
+    """Return the output spec and ``reduce(prob, wsum, valid)`` of a finished chunk."""
+    lut = np.array([c.index for c in classes], dtype=np.int64)
+    if opts.output == "labels":
+        dtype, nodata = label_format(lut, getattr(card, "nodata_label", None))
+        count, band_names = 1, ["labels"]
+    else:
+        dtype, nodata = np.dtype(np.float32), float("nan")
+        count, band_names = len(classes), [c.name for c in classes]
+    spec = OutputSpec(image.grid, count, dtype, nodata, classes, band_names, dict(image.attrs))
+    blend_logits = getattr(card, "blend", "probabilities") == "logits"
+    activation = getattr(card, "activation", "auto")
+    is_raster = isinstance(image.grid, GeoGrid)
+
+    def reduce(p: np.ndarray, wsum: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        if blend_logits:
+            p = activate_numpy(p, activation)
+        return reduce_chunk(
+            p, wsum, valid, output=opts.output, lut=lut, dtype=dtype, nodata=nodata,
+            mask_invalid=is_raster, threshold=opts.threshold, activation=activation,
+        )  # fmt: skip
+
+    return spec, reduce
+
+
+def resolve_run(
+    image: Image, model: Any, options: EngineOptions, sink: Sink | str | os.PathLike | None
+) -> EngineRun:
+    """Return the :class:`EngineRun` of ``model`` on ``image`` with ``options`` into ``sink``."""
+    module, card = _unpack_model(model)
+    opts = options.resolve(card)
+    image, normalise = _prepare_input(image, card)
+    dev = _resolve_device(opts.device)
+    if isinstance(module, torch.nn.Module):
+        module = module.eval().to(dev)
+    blend_logits = getattr(card, "blend", "probabilities") == "logits"
+    predictor = Predictor(
+        module, dev, opts.amp, opts.tta, activate=not blend_logits,
+        tta_axes=getattr(card, "mirror_axes", None),
+        activation=getattr(card, "activation", "auto"),
     )  # fmt: skip
-    task = bar.add_task("segment", total=total)
-    bar.start()
-    return (lambda n: bar.update(task, advance=n)), bar.stop
+    steps = "nnunet" if opts.mode == "nnunet" else "monai"
+    plan = plan_windows(image.spatial_shape, opts.roi_size, opts.overlap, steps=steps)
+    if card is not None:
+        classes = list(card.class_infos())
+    else:
+        classes = _probe_classes(predictor, image, plan.roi_size)
+    out_sink = sink_for(sink, overwrite=opts.overwrite)
+    spec, reduce = _output(image, classes, card, opts)
+    job = WindowJob(
+        plan=plan,
+        schedule=schedule_chunks(plan, _output_chunks(image, out_sink)),
+        normalise=normalise,
+        weight=importance_map(plan.roi_size, opts.mode, opts.sigma_scale),
+        n_classes=len(classes),
+        batch_size=opts.batch_size,
+        skip=_skip_rule(image, opts.skip, opts.foreground_threshold),
+        background_skips=not isinstance(image.grid, GeoGrid),
+        reduce=reduce,
+        known_empty=empty_windows(image, plan) if opts.skip == "auto" else frozenset(),
+    )
+    return EngineRun(image, opts, dev, predictor, job, spec, out_sink)
+
+
+def run_stats(stats: Any, seconds: float, device: torch.device) -> dict[str, Any]:
+    """Return the counters of a run: windows, seconds, device, peak GPU bytes and RSS (MiB)."""
+    return {
+        "windows_total": stats.windows_total,
+        "windows_run": stats.windows_run,
+        "windows_skipped": stats.windows_skipped,
+        "seconds": seconds,
+        "device": str(device),
+        "peak_gpu_bytes": (
+            torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        ),
+        "peak_rss_mib": _peak_rss_mib(),
+    }
+
+
+def execute(run: EngineRun) -> SegmentResult:
+    """Run the windows of ``run`` into its sink; return the result with its counters."""
+    plan, dev, opts = run.job.plan, run.device, run.options
+    log.info(
+        "segment %s on %s: %d windows of %s, overlap %s, %s blend, sink %s",
+        run.image.kind, dev, len(plan), plan.roi_size, opts.overlap, opts.mode,
+        type(run.sink).__name__,
+    )  # fmt: skip
+    reporter = ProgressReporter(len(plan), opts.quiet, opts.progress)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    run.sink.start(run.spec)
+    try:
+        stats = run_windows(run.image, run.job, run.predictor, run.sink, reporter)
+        result_image = run.sink.finish()
+    except BaseException:
+        run.sink.abort()
+        raise
+    finally:
+        reporter.close()
+    seconds = time.perf_counter() - t0
+    log.info(
+        "segmented %d windows (%d skipped) in %.1f s",
+        stats.windows_total, stats.windows_skipped, seconds,
+    )  # fmt: skip
+    return SegmentResult(result_image, run.sink.path, run_stats(stats, seconds, dev))
 
 
 def segment(
     image: Image,
     model: Any,
-    *,
-    roi_size: Any = None,
-    overlap: float | None = None,
-    mode: str | None = None,
-    sigma_scale: float = 0.125,
-    batch_size: int = 4,
-    device: str | torch.device = "auto",
-    amp: bool = True,
-    tta: bool = False,
-    output: str = "labels",
+    options: EngineOptions | None = None,
     sink: Sink | str | os.PathLike | None = None,
-    skip: str | Callable | None = "auto",
-    foreground_threshold: float | None = None,
-    overwrite: bool = False,
-    quiet: bool = True,
-    progress: Callable[[int, int], None] | None = None,
+    **changes: Any,
 ) -> SegmentResult:
     """Return the sliding-window segmentation of ``image``, streamed into ``sink``.
 
@@ -191,141 +358,26 @@ def segment(
     model : LoadedModel, torch.nn.Module or callable
         A checkpoint (card gives normalisation, classes, roi, overlap, mode) or a bare module
         fed raw float32 windows (then ``roi_size`` is required).
-    roi_size, overlap, mode, sigma_scale
-        Window size (array order, pixels), overlap fraction, blending ``"gaussian"`` /
-        ``"constant"`` (or ``"nnunet"``: nnU-Net's window steps and Gaussian) and Gaussian
-        sigma per roi; defaults from the card (overlap 0.25, gaussian).
-    batch_size : int
-        Windows per forward pass.
-    device, amp, tta
-        ``"auto"`` = CUDA when available; autocast (bf16/fp16) on CUDA only; average over the
-        ``2**ndim`` mirrorings of the spatial axes (of the card's ``mirror_axes`` only, when
-        it names them).
-    output : {"labels", "probabilities"}
-        Labels (uint8/uint16, class indices of the card, nodata where the input is invalid)
-        or float32 class probabilities ``(class, *spatial)`` (NaN where invalid).
+    options : EngineOptions, optional
+        How to run (:class:`~geomed_seg.inference.options.EngineOptions`: roi_size,
+        overlap, mode, sigma_scale, batch_size, device, amp, tta, threshold, output, skip,
+        foreground_threshold, overwrite, quiet, progress); None fields take the card's
+        values. Default: ``EngineOptions()``. ``mode="nnunet"``: nnU-Net's window steps
+        and Gaussian; TTA mirrors only the card's ``mirror_axes`` when it names them.
     sink : Sink, path or None
         None: in memory; a path by suffix (.tif/.tiff COG, .zarr, .nii/.nii.gz).
-    skip : "auto", "none" or callable
-        "auto": rasters skip windows without any valid pixel (output nodata); volumes skip
-        windows without a voxel above ``foreground_threshold`` inside ``image.mask`` (output
-        background class). A callable gets ``(data (C, *window), valid (*window))`` and
-        returns True to skip.
-    overwrite, quiet, progress
-        Replace an existing output; show a rich bar on a TTY when not quiet; ``progress`` is
-        called with ``(windows_done, windows_total)``.
+    **changes
+        Options given by name instead (``segment(img, model, roi_size=(256, 256))``),
+        applied on top of ``options``.
+
+    Notes
+    -----
+    ``output="labels"`` gives uint8/uint16 class values of the card (nodata where the input
+    is invalid); one-channel models threshold at ``threshold``, others take the argmax
+    (:func:`geomed_seg.inference.blend.labels_from_probabilities`). ``"probabilities"``
+    gives float32 ``(class, *spatial)`` (NaN where invalid). ``skip="auto"``: rasters skip
+    windows without any valid pixel (output nodata); volumes skip windows without a voxel
+    above ``foreground_threshold`` inside ``image.mask`` (output background class).
     """
-    if output not in ("labels", "probabilities"):
-        raise InvalidInputError(f"output must be 'labels' or 'probabilities', got {output!r}")
-    if batch_size < 1:
-        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
-    module, card = _unpack_model(model)
-    if card is not None:
-        image = _match_bands(image, card)
-        if card.normalisation.apply_scale_offset:  # the card asks for physical values
-            image = physical_values(image)
-        roi_size = roi_size if roi_size is not None else tuple(card.roi_size)
-        overlap = card.overlap if overlap is None else overlap
-        mode = mode or card.mode
-        normalise = case_normaliser(card, image)  # pass 1 for per-case statistics
-        _warn_spacing(image, card)
-        classes = list(card.class_infos())
-    else:
-        if roi_size is None:
-            raise InvalidInputError("roi_size is required for a model without a card")
-        classes = []
-
-        def normalise(batch: np.ndarray) -> np.ndarray:
-            return np.asarray(batch, dtype=np.float32)
-
-    overlap = 0.25 if overlap is None else overlap
-    mode = mode or "gaussian"
-    dev = _resolve_device(device)
-    if isinstance(module, torch.nn.Module):
-        module = module.eval().to(dev)
-    blend_logits = getattr(card, "blend", "probabilities") == "logits"
-    activation = getattr(card, "activation", "auto")
-    predictor = Predictor(
-        module, dev, amp, tta, activate=not blend_logits,
-        tta_axes=getattr(card, "mirror_axes", None), activation=activation,
-    )  # fmt: skip
-    steps = "nnunet" if mode == "nnunet" else "monai"
-    plan = plan_windows(image.spatial_shape, roi_size, overlap, steps=steps)
-    weight = importance_map(plan.roi_size, mode, sigma_scale)
-    if not classes:  # bare module: one probe window tells the number of output channels
-        probe = np.zeros((1, image.n_channels, *plan.roi_size), np.float32)
-        try:
-            n_out = predictor(probe).shape[1]
-        except RuntimeError as exc:  # shape/channel mismatch inside the module
-            raise ModelError(f"model failed on a {probe.shape} window: {exc}") from exc
-        classes = [ClassInfo(k, f"class_{k}") for k in range(n_out)]
-    n_classes = len(classes)
-    lut = np.array([c.index for c in classes], dtype=np.int64)
-
-    out_sink = sink_for(sink, overwrite=overwrite)
-    is_raster = isinstance(image.grid, GeoGrid)
-    if output == "labels":
-        dtype, nodata = label_format(
-            [c.index for c in classes], getattr(card, "nodata_label", None)
-        )
-        count, band_names = 1, ["labels"]
-    else:
-        dtype, nodata = np.dtype(np.float32), float("nan")
-        count, band_names = n_classes, [c.name for c in classes]
-    spec = OutputSpec(image.grid, count, dtype, nodata, classes, band_names, dict(image.attrs))
-    schedule = schedule_chunks(plan, _output_chunks(image, out_sink, plan.roi_size))
-
-    def reduce(p: np.ndarray, wsum: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        if blend_logits:
-            p = activate_numpy(p, activation)
-        return reduce_chunk(
-            p, wsum, valid, output=output, lut=lut, dtype=dtype, nodata=nodata,
-            mask_invalid=is_raster, activation=activation,
-        )  # fmt: skip
-
-    log.info(
-        "segment %s on %s: %d windows of %s, overlap %s, %s blend, sink %s",
-        image.kind, dev, len(plan), plan.roi_size, overlap, mode, type(out_sink).__name__,
-    )  # fmt: skip
-    update, close_bar = _progress_bar(len(plan), quiet)
-    done = [0]
-
-    def on_progress(n: int) -> None:
-        done[0] += n
-        if update is not None:
-            update(n)
-        if progress is not None:
-            progress(done[0], len(plan))
-
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    out_sink.start(spec)
-    try:
-        stats = run_windows(
-            image, plan, schedule, predictor, normalise, weight, n_classes, out_sink,
-            batch_size=batch_size, skip=_skip_rule(image, skip, foreground_threshold),
-            background_skips=not is_raster, reduce=reduce, on_progress=on_progress,
-            known_empty=empty_windows(image, plan) if skip == "auto" else frozenset(),
-        )  # fmt: skip
-        result_image = out_sink.finish()
-    except BaseException:
-        out_sink.abort()
-        raise
-    finally:
-        close_bar()
-    seconds = time.perf_counter() - t0
-    info = {
-        "windows_total": stats.windows_total,
-        "windows_run": stats.windows_run,
-        "windows_skipped": stats.windows_skipped,
-        "seconds": seconds,
-        "device": str(dev),
-        "peak_gpu_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
-        "peak_rss_mib": _peak_rss_mib(),
-    }
-    log.info(
-        "segmented %d windows (%d skipped) in %.1f s",
-        stats.windows_total, stats.windows_skipped, seconds,
-    )  # fmt: skip
-    return SegmentResult(result_image, out_sink.path, info)
+    opts = EngineOptions.of(options, **changes)
+    return execute(resolve_run(image, model, opts, sink))

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-import numpy as np
-
 from geomed_seg.classical.registry import MethodOptions, SceneThreshold, get_method
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
@@ -173,37 +171,31 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
     start = time.perf_counter()
     from geomed_seg.inference.segment import segment
 
-    kw = dict(
-        roi_size=e.roi_size,
-        overlap=e.overlap if e.overlap is not None else card.overlap,
-        mode=e.mode or card.mode,
-        batch_size=e.batch_size,
-        device=e.device,
-        amp=e.amp,
-        tta=e.tta,
-        foreground_threshold=0.0 if cfg.preprocess.foreground == "nonzero" else None,
-    )
+    foreground = 0.0 if cfg.preprocess.foreground == "nonzero" else None
+    opts = e.to_options(foreground_threshold=foreground)
     probs = None
     from geomed_seg.inference.respaced import label_image
+
+    def labels_of(probs: Image) -> Image:
+        lut = card.channel_to_label()
+        return label_image(
+            probs, lut, card.nodata_label, threshold=opts.threshold, activation=card.activation
+        )
 
     if grid is not None:
         from geomed_seg.inference.respaced import segment_resampled
 
-        res = segment_resampled(img, loaded, grid, output="probabilities", **kw)
+        res = segment_resampled(img, loaded, grid, opts, output="probabilities")
         probs = res.image
-        labels = label_image(
-            probs, card.channel_to_label(), card.nodata_label, activation=card.activation
-        )
+        labels = labels_of(probs)
         notes.append(_resampled_note(img, grid))
         probs = probs if cfg.outputs.probabilities else None
     elif cfg.outputs.probabilities:
-        res = segment(img, loaded, output="probabilities", **kw)
+        res = segment(img, loaded, opts, output="probabilities")
         probs = res.image
-        labels = label_image(
-            probs, card.channel_to_label(), card.nodata_label, activation=card.activation
-        )
+        labels = labels_of(probs)
     else:
-        res = segment(img, loaded, output="labels", **kw)
+        res = segment(img, loaded, opts, output="labels")
         labels = res.image
     stats = dict(res.stats)
     stats.setdefault("seconds", time.perf_counter() - start)

@@ -129,6 +129,18 @@ class EngineSpec(_Strict):
     amp: bool = True
     tta: bool = False
 
+    def to_options(self, **extra: Any) -> Any:
+        """Return these settings as an :class:`~geomed_seg.inference.options.EngineOptions`
+        (``None`` fields stay None: the engine resolves them against the card); ``extra``
+        sets the other options (output, quiet, foreground_threshold, ...)."""
+        from geomed_seg.inference.options import EngineOptions
+
+        roi = tuple(self.roi_size) if self.roi_size is not None else None
+        return EngineOptions(
+            roi_size=roi, overlap=self.overlap, mode=self.mode, batch_size=self.batch_size,
+            device=self.device, amp=self.amp, tta=self.tta, **extra,
+        )  # fmt: skip
+
 
 #: CLI option of each engine setting, for errors about command-line values.
 ENGINE_OPTIONS = {"roi_size": "--roi", "overlap": "--overlap", "mode": "--mode",

@@ -20,36 +20,40 @@ import numpy as np
 import torch
 
 from geomed_seg.core.image import Image
+from geomed_seg.inference.options import EngineOptions
 from geomed_seg.models.card import ModelCard
 
 logger = logging.getLogger(__name__)
+
+
+def validation_options(
+    overlap: float | None = None, batch_size: int = 4, device: str = "cpu"
+) -> EngineOptions:
+    """Return the engine options of validation: fp32, no test-time augmentation (reproducible),
+    the card's roi and mode, ``overlap`` (None = the card's)."""
+    return EngineOptions(overlap=overlap, batch_size=batch_size, device=str(device), amp=False)
 
 
 def predict_labels(
     module: torch.nn.Module,
     card: ModelCard,
     image: Image,
-    *,
-    roi_size: Sequence[int] | None = None,
-    overlap: float | None = None,
-    batch_size: int = 4,
-    device: str = "cpu",
+    options: EngineOptions | None = None,
 ) -> np.ndarray:
     """Return the predicted label array (spatial, array order, card label values) of ``image``.
 
-    Runs in fp32 without test-time augmentation, so validation is reproducible.
+    ``options`` default to :func:`validation_options`; card defaults are resolved by the
+    engine (:meth:`EngineOptions.resolve`).
     """
-    roi = tuple(roi_size or card.roi_size)
-    ov = card.overlap if overlap is None else float(overlap)
+    opts = options if options is not None else validation_options()
     was_training = module.training
     module.eval()
     try:
         from geomed_seg.inference.segment import segment
         from geomed_seg.models.checkpoint import LoadedModel
 
-        loaded = LoadedModel(module, card, Path("<training>"), str(device))
-        res = segment(image, loaded, roi_size=roi, overlap=ov, mode=card.mode,
-                      batch_size=batch_size, device=str(device), amp=False)  # fmt: skip
+        loaded = LoadedModel(module, card, Path("<training>"), opts.device)
+        res = segment(image, loaded, opts)  # card defaults resolved by the engine
         return np.asarray(res.image.compute()[0])
     finally:
         module.train(was_training)
@@ -85,11 +89,10 @@ def validate(
 
     labels = [c.index for c in card.classes]
     names = [c.name for c in card.classes]
+    opts = validation_options(overlap, batch_size, device)
     rows: list[dict[str, float]] = []
     for case in cases:
-        pred = predict_labels(
-            module, card, case.image, overlap=overlap, batch_size=batch_size, device=device
-        )
+        pred = predict_labels(module, card, case.image, opts)
         ref = np.asarray(case.label.compute()[0])
         valid = np.asarray(case.image.valid_mask().compute())
         if case.label.nodata is not None and np.isfinite(case.label.nodata):
@@ -115,4 +118,4 @@ def validate(
     return ValidationResult(score, metrics, rows)
 
 
-__all__ = ["ValidationResult", "predict_labels", "validate"]
+__all__ = ["ValidationResult", "predict_labels", "validate", "validation_options"]

@@ -111,7 +111,7 @@ def _bundle_reference(root):
 
 
 def test_bundle_equals_its_own_workflow(tmp_path):
-    from geomed_seg.commands.segment import segment_file
+    from geomed_seg.inference.segment_file import segment_file
 
     root = _make_bundle(tmp_path / "bundle")
     assert detect_format(root) == "monai-bundle"
@@ -140,7 +140,7 @@ def test_bundle_equals_its_own_workflow(tmp_path):
 
 def test_bundle_on_another_spacing_resamples_like_spacingd(tmp_path):
     """Input at 1 x 1 x 3 mm, model at 1.5 x 1.25 x 2 mm: Spacingd/Invertd vs our resampling."""
-    from geomed_seg.commands.segment import segment_file
+    from geomed_seg.inference.segment_file import segment_file
 
     root = _make_bundle(tmp_path / "bundle", shape=(60, 50, 20),
                         axcodes_affine=np.diag([1.0, 1.0, 3.0, 1.0]))  # fmt: skip
@@ -155,7 +155,7 @@ def test_bundle_on_another_spacing_resamples_like_spacingd(tmp_path):
 def test_bundle_zip_and_orientation_refused(tmp_path):
     import shutil
 
-    from geomed_seg.commands.segment import segment_file
+    from geomed_seg.inference.segment_file import segment_file
 
     lps = np.diag([-PIXDIM[0], -PIXDIM[1], PIXDIM[2], 1.0])
     root = _make_bundle(tmp_path / "b", axcodes_affine=lps)
