@@ -219,10 +219,25 @@ def merge_polygons(
         Tiles not on one CRS / pixel size / pixel grid, overlapping tiles, or a border
         vertex more than 1e-6 px from a pixel corner.
     """
-    import pyogrio.raw
-    import shapely
-    import shapely.affinity
+    layout, out_fields = _check_tiles(labels, gpkgs, path)
+    unit = "CRS units²" if out_fields == FIELDS_CRS_UNITS else "m²"
+    summary = VectorSummary(Path(path), area_unit=unit)
+    crs = layout.crs.to_wkt() if layout.crs is not None else None
+    with atomic_output(path, overwrite) as tmp:
+        out = _LayerWriter(tmp, out_fields, crs, summary)
+        border, names = _copy_inner(layout, gpkgs, batch, out)
+        _write_border(border, names, layout, out)
+        if not out.started:  # an empty layer still records the CRS and schema
+            out.write(np.array([], dtype=object),
+                      [np.array([], np.int32), np.array([], object), np.array([], float)])  # fmt: skip
+    log.info("%s: %d polygons merged from %d tiles", path, summary.n_features, len(gpkgs))
+    return summary
 
+
+def _check_tiles(
+    labels: Sequence[Path], gpkgs: Sequence[Path], path: str | os.PathLike
+) -> tuple[TileLayout, list[str]]:
+    """Return the tiles' layout and their common field names; refuse tiles that cannot merge."""
     if len(labels) != len(gpkgs):
         raise InvalidInputError(f"{path}: {len(labels)} label tiles but {len(gpkgs)} GeoPackages")
     layout = tile_layout(labels)
@@ -232,70 +247,92 @@ def merge_polygons(
             "GCP transformer) are not merged: use each tile's polygons.gpkg"
         )
     check_disjoint(layout)
-    sides = inner_sides(layout)
-    crs = layout.crs.to_wkt() if layout.crs is not None else None
-    t = layout.transform
     kinds = {tuple(_fields(Path(g))) for g in gpkgs}
     if len(kinds) > 1:
         raise GeometryError(f"{path}: tiles mix ground areas (m²) and CRS units²")
-    out_fields = list(kinds.pop()) if kinds else FIELDS
-    unit = "CRS units²" if out_fields == FIELDS_CRS_UNITS else "m²"
-    summary = VectorSummary(Path(path), area_unit=unit)
+    return layout, list(kinds.pop()) if kinds else FIELDS
+
+
+class _LayerWriter:
+    """Appends features to the output layer in batches and counts them into ``summary``."""
+
+    def __init__(self, tmp: Path, fields: list[str], crs: str | None, summary: VectorSummary):
+        self.tmp, self.fields, self.crs, self.summary = tmp, fields, crs, summary
+        self.started = False
+        self.buf: list[tuple[np.ndarray, list[np.ndarray]]] = []
+
+    def write(self, wkb: np.ndarray, fields: list[np.ndarray]) -> None:
+        import pyogrio.raw
+
+        pyogrio.raw.write(self.tmp, wkb, field_data=fields, fields=self.fields, layer=LAYER,
+                          driver="GPKG", geometry_type="Polygon", crs=self.crs,
+                          append=self.started)  # fmt: skip
+        self.started = True
+        s = self.summary
+        for v, a in zip(fields[0].tolist(), fields[2].tolist(), strict=True):
+            s.area_by_class[v] = s.area_by_class.get(v, 0.0) + float(a)
+            s.features_by_class[v] = s.features_by_class.get(v, 0) + 1
+        s.n_features += len(wkb)
+
+    def add(self, wkb: np.ndarray, fields: list[np.ndarray], batch: int) -> None:
+        """Buffer features; write the buffer once it holds ``batch`` of them."""
+        self.buf.append((wkb, fields))
+        if sum(len(b[0]) for b in self.buf) >= batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            self.write(np.concatenate([b[0] for b in self.buf]),
+                       [np.concatenate([b[1][k] for b in self.buf]) for k in range(3)])  # fmt: skip
+            self.buf.clear()
+
+
+def _copy_inner(
+    layout: TileLayout, gpkgs: Sequence[Path], batch: int, out: _LayerWriter
+) -> tuple[dict[int, list], dict[int, str]]:
+    """Copy every polygon that touches no inner tile edge; return the border pieces.
+
+    Returns ``({class: [(piece in mosaic pixels, area)]}, {class: name})``.
+    """
+    import shapely
+
     border: dict[int, list] = defaultdict(list)
     names: dict[int, str] = {}
+    chunks = (
+        (place, tile_sides, Path(gpkg), *chunk)
+        for place, tile_sides, gpkg in zip(layout.places, inner_sides(layout), gpkgs, strict=True)
+        for chunk in _read(Path(gpkg), batch)
+    )
+    for place, tile_sides, gpkg, wkb, fields in chunks:
+        cls = fields[0].astype(np.int32)
+        fields = [cls, fields[1].astype(object), fields[2].astype(np.float64)]
+        names.update(zip(cls.tolist(), fields[1].tolist(), strict=True))
+        px = _to_mosaic_pixels(shapely.from_wkb(wkb), layout)
+        inner = _touches_inner(px, place, tile_sides)
+        pieces = _snap(px[inner], gpkg)
+        for v, g, a in zip(cls[inner].tolist(), pieces, fields[2][inner].tolist(), strict=True):
+            border[v].append((g, a))
+        keep = ~inner
+        if keep.any():
+            out.add(wkb[keep], [f[keep] for f in fields], batch)
+    out.flush()
+    return border, names
 
-    with atomic_output(path, overwrite) as tmp:
-        started = False
-        buf: list[tuple[np.ndarray, list[np.ndarray]]] = []
 
-        def write(wkb: np.ndarray, fields: list[np.ndarray]) -> None:
-            nonlocal started
-            pyogrio.raw.write(tmp, wkb, field_data=fields, fields=out_fields, layer=LAYER,
-                              driver="GPKG", geometry_type="Polygon", crs=crs,
-                              append=started)  # fmt: skip
-            started = True
-            for v, a in zip(fields[0].tolist(), fields[2].tolist(), strict=True):
-                summary.area_by_class[v] = summary.area_by_class.get(v, 0.0) + float(a)
-                summary.features_by_class[v] = summary.features_by_class.get(v, 0) + 1
-            summary.n_features += len(wkb)
+def _write_border(
+    border: dict[int, list], names: dict[int, str], layout: TileLayout, out: _LayerWriter
+) -> None:
+    """Join the border pieces of each class, map them back to the CRS and write them."""
+    import shapely
+    import shapely.affinity
 
-        def flush() -> None:
-            if buf:
-                write(np.concatenate([b[0] for b in buf]),
-                      [np.concatenate([b[1][k] for b in buf]) for k in range(3)])  # fmt: skip
-                buf.clear()
-
-        chunks = (
-            (place, tile_sides, Path(gpkg), *chunk)
-            for place, tile_sides, gpkg in zip(layout.places, sides, gpkgs, strict=True)
-            for chunk in _read(Path(gpkg), batch)
-        )
-        for place, tile_sides, gpkg, wkb, fields in chunks:
-            cls = fields[0].astype(np.int32)
-            fields = [cls, fields[1].astype(object), fields[2].astype(np.float64)]
-            names.update(zip(cls.tolist(), fields[1].tolist(), strict=True))
-            px = _to_mosaic_pixels(shapely.from_wkb(wkb), layout)
-            inner = _touches_inner(px, place, tile_sides)
-            pieces = _snap(px[inner], gpkg)
-            for v, g, a in zip(cls[inner].tolist(), pieces, fields[2][inner].tolist(), strict=True):
-                border[v].append((g, a))
-            keep = ~inner
-            if keep.any():
-                buf.append((wkb[keep], [f[keep] for f in fields]))
-            if sum(len(b[0]) for b in buf) >= batch:
-                flush()
-        flush()
-        to_crs = [t.a, t.b, t.d, t.e, t.c, t.f]
-        for v, items in sorted(border.items()):
-            pieces = [g for g, _ in items]
-            parts = join_pieces(pieces)
-            areas = piece_areas(parts, pieces, [a for _, a in items])
-            geoms = np.array([shapely.affinity.affine_transform(p, to_crs) for p in parts])
-            write(shapely.to_wkb(geoms), [np.full(len(geoms), v, np.int32),
+    t = layout.transform
+    to_crs = [t.a, t.b, t.d, t.e, t.c, t.f]
+    for v, items in sorted(border.items()):
+        pieces = [g for g, _ in items]
+        parts = join_pieces(pieces)
+        areas = piece_areas(parts, pieces, [a for _, a in items])
+        geoms = np.array([shapely.affinity.affine_transform(p, to_crs) for p in parts])
+        out.write(shapely.to_wkb(geoms), [np.full(len(geoms), v, np.int32),
                                           np.array([names[v]] * len(geoms), object),
                                           areas])  # fmt: skip
-        if not started:  # an empty layer still records the CRS and schema
-            write(np.array([], dtype=object),
-                  [np.array([], np.int32), np.array([], object), np.array([], float)])  # fmt: skip
-    log.info("%s: %d polygons merged from %d tiles", path, summary.n_features, len(gpkgs))
-    return summary

@@ -59,49 +59,84 @@ def write_outputs(
     classes: list,
     folder: Path,
     overwrite: bool,
-    files: list[Path],
-    evaluation: Any = None,
 ) -> dict[str, Path]:
-    """Write the configured side outputs into ``folder``; return ``{what: path}``."""
-    from geomed_seg.pipelines import quicklook
+    """Write the configured side outputs into ``folder``; return ``{what: path}``.
 
-    o, written = cfg.outputs, {}
+    ``image`` is the model's input (the quicklook's background), ``source`` the input as
+    opened (its DICOM attributes give the SEG), ``out`` the model step's output.
+    """
+    written = _probabilities(cfg, out, folder, overwrite)
+    if image.kind == "raster":
+        written.update(_raster_outputs(cfg, image, out, classes, folder, overwrite))
+    else:
+        written.update(_volume_outputs(cfg, image, source, out, classes, folder, overwrite))
+    return written
+
+
+def _probabilities(cfg: PipelineConfig, out: Any, folder: Path, overwrite: bool) -> dict:
+    """``probabilities.zarr``/``.tif`` when asked for and the method made them (else a note)."""
+    o = cfg.outputs
     if o.probabilities and out.probabilities is not None:
         from geomed_seg.io.registry import write_image
 
         suffix = ".zarr" if o.probabilities == "zarr" else ".tif"
-        written["probabilities"] = write_image(
+        path = write_image(
             out.probabilities, folder / f"probabilities{suffix}", overwrite=overwrite
         )
-    elif o.probabilities:
+        return {"probabilities": path}
+    if o.probabilities:
         out.notes.append("probabilities: not produced by this method")
-    title = f"{cfg.name}: {out.method}"
-    if image.kind == "raster":
-        if o.polygons:
-            from geomed_seg.io.vector import write_polygons
+    return {}
 
-            summary = write_polygons(
-                out.labels,
-                folder / "polygons.gpkg",
-                classes=classes,
-                tile=o.polygon_tile,
-                overwrite=overwrite,
-            )
-            written["polygons"] = summary.path
-            out.stats["polygons"] = summary.n_features
-        if o.quicklook:
-            written["quicklook"] = quicklook.raster_quicklook(
-                image,
-                out.labels,
-                classes,
-                folder / "quicklook.png",
-                title=title,
-                overwrite=overwrite,
-            )
-        return written
+
+def _raster_outputs(
+    cfg: PipelineConfig, image: Image, out: Any, classes: list, folder: Path, overwrite: bool
+) -> dict[str, Path]:
+    """Polygons (GeoPackage) and the quicklook of a raster run."""
+    from geomed_seg.pipelines import quicklook
+
+    o, written = cfg.outputs, {}
+    if o.polygons:
+        from geomed_seg.io.vector import write_polygons
+
+        summary = write_polygons(
+            out.labels,
+            folder / "polygons.gpkg",
+            classes=classes,
+            tile=o.polygon_tile,
+            overwrite=overwrite,
+        )
+        written["polygons"] = summary.path
+        out.stats["polygons"] = summary.n_features
+    if o.quicklook:
+        written["quicklook"] = quicklook.raster_quicklook(
+            image,
+            out.labels,
+            classes,
+            folder / "quicklook.png",
+            title=f"{cfg.name}: {out.method}",
+            overwrite=overwrite,
+        )
+    return written
+
+
+def _volume_outputs(
+    cfg: PipelineConfig,
+    image: Image,
+    source: Image,
+    out: Any,
+    classes: list,
+    folder: Path,
+    overwrite: bool,
+) -> dict[str, Path]:
+    """The quicklook (T1c slice when there is one) and the DICOM SEG of a volume run."""
+    from geomed_seg.pipelines import quicklook
+
+    o, written = cfg.outputs, {}
     if o.quicklook:
         names = [n.lower() for n in image.channel_names or []]
         ch = names.index("t1c") if "t1c" in names else 0
+        title = f"{cfg.name}: {out.method}"
         if source.attrs.get("synthetic") or cfg.input.synthetic:
             title += " — SYNTHETIC phantom"
         written["quicklook"] = quicklook.volume_quicklook(
