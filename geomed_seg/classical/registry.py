@@ -34,8 +34,17 @@ log = logging.getLogger(__name__)
 #: Entry-point group through which other packages register classical methods.
 ENTRY_POINT_GROUP = "geomed_seg.classical_methods"
 
-#: Command-line flag of an option whose flag is not ``--`` + the name with dashes.
-FLAGS = {"db_input": "--db"}
+#: Options ``geomed-seg classical`` has a flag of their own for (``--`` + the name with
+#: dashes, or the flag given); every other option is ``--option NAME=VALUE``.
+FLAGS = {"band": "--band", "bands": "--bands", "threshold": "--threshold", "otsu": "--otsu",
+         "classes": "--classes", "sigma": "--sigma", "seed": "--seed", "box": "--box",
+         "tolerance": "--tolerance", "radius": "--radius", "n_segments": "--n-segments",
+         "db_input": "--db"}  # fmt: skip
+
+
+def flag(name: str) -> str:
+    """Return the command-line spelling of option ``name`` (``--seed``, ``--option halo=``)."""
+    return FLAGS.get(name, f"--option {name}=")
 
 
 class MethodOptions(BaseModel):
@@ -140,7 +149,7 @@ class ClassicalMethod:
         parts = []
         for name, f in self.options.model_fields.items():
             default = "required" if f.is_required() else f"default {f.default!r}"
-            parts.append(f"{name} ({FLAGS.get(name, '--' + name.replace('_', '-'))}, {default})")
+            parts.append(f"{name} ({flag(name)}, {default})")
         return f"its options: {', '.join(parts)}" if parts else "it takes no options"
 
     def class_table(self) -> list[ClassInfo] | None:
@@ -155,7 +164,7 @@ class ClassicalMethod:
 
 
 def _flagged(name: str) -> str:
-    return f"{name} ({FLAGS.get(name, '--' + name.replace('_', '-'))})"
+    return f"{name} ({flag(name)})"
 
 
 def _problems(exc: ValidationError) -> str:

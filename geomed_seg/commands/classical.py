@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from typer.core import TyperCommand
@@ -49,6 +50,31 @@ class _ClassicalCommand(TyperCommand):
         return super().format_help(ctx, formatter)
 
 
+#: Parameters of ``classical_file`` itself, not options of a method.
+_OWN_FLAGS = {"overwrite", "band_names", "table", "panoptic", "things"}
+
+
+def _with_options(given: dict[str, Any], option: list[str] | None) -> dict[str, Any]:
+    """Return the flags' values plus ``--option NAME=VALUE`` ones (YAML values: 64, 0.1, [1, 2])."""
+    import yaml
+
+    out = dict(given)
+    for text in option or ():
+        name, sep, value = text.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name.isidentifier():
+            raise InvalidInputError(f"--option {text!r}: expected NAME=VALUE, e.g. halo=64")
+        if name in _OWN_FLAGS:
+            raise InvalidInputError(f"--option {text!r}: use --{name.replace('_', '-')}")
+        if out.get(name) is not None:
+            raise InvalidInputError(f"--option {text!r}: {name} is given twice")
+        try:
+            out[name] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise InvalidInputError(f"--option {text!r}: value is not YAML ({exc})") from exc
+    return out
+
+
 @app.command(cls=_ClassicalCommand)
 def classical(
     method: str = typer.Argument(..., metavar="METHOD", help="A registered method (listed below)."),
@@ -92,6 +118,12 @@ def classical(
     things: str | None = typer.Option(
         None, "--things", help="instances: classes with instances, e.g. 1,2 (default: all)."
     ),
+    option: list[str] | None = typer.Option(
+        None,
+        "--option",
+        help="Any other option of the method as NAME=VALUE (repeatable), "
+        "e.g. halo=64, low=0.1, iterations=50, label=2; errors list each method's options.",
+    ),  # fmt: skip
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Run a classical segmentation method and write a label/index image on the input grid.
@@ -103,17 +135,7 @@ def classical(
     status(f"{method}: opening {input_path}")
     from geomed_seg.classical.api import classical_file
 
-    result = classical_file(
-        method,
-        input_path,
-        output,
-        overwrite=overwrite,
-        band_names=band_names,
-        table=table,
-        panoptic=panoptic,
-        things=None
-        if things is None
-        else [int(v) for v in _floats(things, tuple(range(1, 256)), "--things")],
+    given = dict(
         band=band,
         bands=_mapping(bands),
         threshold=threshold,
@@ -126,6 +148,19 @@ def classical(
         radius=radius,
         n_segments=n_segments,
         db_input=db_input or None,
+    )
+    result = classical_file(
+        method,
+        input_path,
+        output,
+        overwrite=overwrite,
+        band_names=band_names,
+        table=table,
+        panoptic=panoptic,
+        things=None
+        if things is None
+        else [int(v) for v in _floats(things, tuple(range(1, 256)), "--things")],
+        **_with_options(given, option),
     )
     if is_quiet():
         return

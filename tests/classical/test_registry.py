@@ -178,3 +178,28 @@ def test_training_does_not_import_the_demo():
             "assert 'geomed_seg.demo' not in sys.modules")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_cli_option_reaches_any_method_option(tmp_path, capsys):
+    """``--option NAME=VALUE`` sets options without a flag of their own (Canny's hysteresis
+    thresholds here, against scikit-image); unknown, doubled or malformed ones are refused."""
+    from skimage.feature import canny as sk_canny
+
+    rng = np.random.default_rng(5)
+    a = np.zeros((40, 50), np.float32)
+    a[10:30, 12:40] = 1.0
+    a += rng.normal(0, 0.05, a.shape).astype(np.float32)
+    src = _raster(tmp_path, a)
+    out = tmp_path / "edges.tif"
+    args = ["classical", "canny", str(src), "-o", str(out), "--sigma", "1.5"]
+    assert main([*args, "--option", "low=0.02", "--option", "high=0.05"]) == 0
+    with rasterio.open(out) as ds:
+        ours = ds.read(1).astype(bool)
+    ref = sk_canny(a, 1.5, 0.02, 0.05)
+    assert ref.sum() > 50 and (ours == ref).mean() > 0.999
+    assert not np.array_equal(ref, sk_canny(a, 1.5))  # the thresholds matter here
+    for bad, msg in (("nope=1", "takes no option nope (--option nope=)"),
+                     ("sigma=2", "sigma is given twice"), ("low", "expected NAME=VALUE"),
+                     ("overwrite=true", "use --overwrite")):  # fmt: skip
+        assert main([*args, "--option", bad, "-o", str(tmp_path / "x.tif")]) == 2
+        assert msg in capsys.readouterr().err, bad
