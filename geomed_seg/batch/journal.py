@@ -33,7 +33,7 @@ from geomed_seg.pipelines.schema import PipelineConfig
 JOURNAL = "journal.jsonl"
 #: Batch-level outputs beside the journal (removed with it by ``--restart``).
 MOSAIC_OUTPUTS = ("mosaic.vrt", "mosaic.qml", "mosaic.tif", "mosaic.tif.aux.xml",
-                  "polygons.gpkg", "summary.json", "summary.md")  # fmt: skip
+                  "polygons.gpkg", "summary.json", "summary.md", "item.json")  # fmt: skip
 
 
 def config_hash(cfg: PipelineConfig) -> str:

@@ -7,6 +7,7 @@ memory come from the journal. The mosaics themselves are :mod:`geomed_seg.batch.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ class _Tally:
     processed_volumes: int = 0
     labels: list[Path] = field(default_factory=list)
     gpkgs: list[Path | None] = field(default_factory=list)
+    items: list[Path] = field(default_factory=list)
     volume_tiles: int = 0
 
 
@@ -72,6 +74,8 @@ def _tally(out: Path, journal: Any, stems: Sequence[str], result: Any) -> _Tally
             row[key] = amount
             if stem in result.done and not is_volume:
                 t.processed_km2 += amount
+        if done and "item.json" in files:
+            t.items.append(out / files["item.json"]["path"])
         if done and is_volume:
             t.volume_tiles += 1
             t.processed_volumes += stem in result.done
@@ -124,7 +128,9 @@ def write_summary(
     threshold(s) were used, their scope and separability; with scope ``tile`` each tile's
     own threshold is listed (from its report) and tiles whose histogram is not bimodal
     get a note (``thresholds`` is updated in place with them).
-    Returns ``({"mosaic"|"polygons"|"cog"|"summary"|"summary_md": path}, notes)``.
+    ``item.json`` is the batch's STAC Item linking every done tile's item
+    (:func:`geomed_seg.pipelines.stac.write_batch_item`).
+    Returns ``({"mosaic"|"polygons"|"cog"|"summary"|"summary_md"|"stac": path}, notes)``.
     """
     t = _tally(out, journal, stems, result)
     if t.volume_tiles:
@@ -176,6 +182,12 @@ def write_summary(
     with atomic_output(out / "summary.md", overwrite=True) as tmp:
         tmp.write_text(_markdown(summary), encoding="utf-8")
     outputs["summary_md"] = out / "summary.md"
+    from geomed_seg.pipelines.stac import write_batch_item
+
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=result.seconds or 0.0)
+    item = write_batch_item(out, t.items, outputs, started)
+    if item is not None:
+        outputs["stac"] = item
     return outputs, notes
 
 

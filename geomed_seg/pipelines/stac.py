@@ -31,6 +31,7 @@ import numpy as np
 
 from geomed_seg.core.grid import GeoGrid
 from geomed_seg.core.image import Image
+from geomed_seg.io.atomic import data_stem
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +326,14 @@ def _asset_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+def _item_stem(files: Sequence[str | os.PathLike], folder: Path) -> str:
+    """The input's name without suffixes (a batch tile runs in a temporary folder), else the
+    output folder's name."""
+    if files:
+        return data_stem(Path(files[0]).name) or Path(files[0]).name
+    return folder.resolve().name
+
+
 def write_run_item(
     cfg: Any,
     source: Image,
@@ -349,9 +358,87 @@ def write_run_item(
     props = {"geomed_seg:pipeline": cfg.name, "title": f"{cfg.name} on {stem}"}
     path = folder / "item.json"
     item = build_item(
-        f"{cfg.name}-{folder.resolve().name}", source.grid, assets, path,
+        f"{cfg.name}-{_item_stem(files, folder)}", source.grid, assets, path,
         when=acquisition_datetime(source, files),
         span=(started, dt.datetime.now(dt.UTC)), sources=files, properties=props,
         classes=classes,
     )  # fmt: skip
     return write_item(item, path, overwrite)
+
+
+def _item_times(item: Mapping[str, Any]) -> list[dt.datetime]:
+    p = item.get("properties", {})
+    values = [p.get("datetime")] if p.get("datetime") else [p.get("start_datetime"),
+                                                            p.get("end_datetime")]  # fmt: skip
+    return [t for t in (_parse_time(v) for v in values if v) if t is not None]
+
+
+def write_batch_item(
+    out: Path, tile_items: Sequence[Path], outputs: Mapping[str, Path], started: dt.datetime
+) -> Path | None:
+    """Write ``out/item.json``: the batch's STAC Item (mosaics, polygons, summary) linking
+    every done tile's own item (``rel: item``); return its path (None without tile items).
+
+    Geometry: the tiles' footprints (a MultiPolygon; bbox their union); the projection
+    fields are the mosaic VRT's when there is one. ``datetime`` is the tiles' common
+    acquisition time, else null with ``start/end_datetime`` spanning the tiles' times.
+    """
+    import json
+
+    import pystac
+
+    items = [(p, json.loads(p.read_text(encoding="utf-8"))) for p in tile_items if p.is_file()]
+    if not items:
+        return None
+    polys = [i["geometry"]["coordinates"] for _, i in items if i.get("geometry")]
+    boxes = np.asarray([i["bbox"] for _, i in items if i.get("bbox")], dtype=float)
+    geometry = {"type": "MultiPolygon", "coordinates": polys} if polys else None
+    bbox = ([float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()),
+             float(boxes[:, 3].max())] if len(boxes) else None)  # fmt: skip
+    acquired = {i["properties"].get("datetime") for _, i in items}
+    times = [t for _, i in items for t in _item_times(i)]
+    props: dict[str, Any] = {"created": _iso(dt.datetime.now(dt.UTC)),
+                             "title": f"batch of {len(items)} tiles"}  # fmt: skip
+    when = (
+        _parse_time(next(iter(acquired))) if len(acquired) == 1 and None not in acquired else None
+    )
+    if when is not None:
+        props["geomed_seg:datetime_source"] = "the tiles' common acquisition time"
+    else:
+        span = (min(times), max(times)) if times else (started, dt.datetime.now(dt.UTC))
+        props["start_datetime"], props["end_datetime"] = _iso(span[0]), _iso(span[1])
+        props["geomed_seg:datetime_source"] = (
+            "datetime is null: start/end_datetime span the tiles' times" if times
+            else "no tile has a time: start/end_datetime are when this batch ran"
+        )  # fmt: skip
+    item = pystac.Item(f"batch-{out.resolve().name}", geometry, bbox, when, props)
+    assets = dict(outputs)
+    vrt = outputs.get("mosaic")
+    if vrt is not None:
+        from geomed_seg.io.atomic import companion_path
+        from geomed_seg.io.sidecars import QML
+
+        if companion_path(vrt, QML).exists():
+            assets["QGIS style"] = companion_path(vrt, QML)
+        if Path(f"{out / 'mosaic.tif'}.aux.xml").exists() and "cog" in outputs:
+            assets["mosaic COG category names"] = Path(f"{out / 'mosaic.tif'}.aux.xml")
+    for title, path in assets.items():
+        item.add_asset(_asset_key(title), pystac.Asset(
+            _rel(Path(path), out), title=title, media_type=_media_type(Path(path)),
+            roles=ROLES.get(title, ["metadata"])))  # fmt: skip
+    if vrt is not None:
+        import rasterio
+
+        from geomed_seg.io.georef import read_grid
+
+        with rasterio.open(vrt) as src:
+            proj = projection_fields(read_grid(src))
+        if proj:
+            from pystac.extensions.projection import ProjectionExtension
+
+            ProjectionExtension.add_to(item)
+            item.properties.update(proj)
+    for path, tile in items:
+        item.add_link(pystac.Link("item", _rel(path, out), media_type="application/geo+json",
+                                  title=tile.get("id")))  # fmt: skip
+    return write_item(item, out / "item.json", overwrite=True)
