@@ -45,7 +45,8 @@ def test_batch_item_links_tiles_and_mosaic(tiles, tmp_path, fast):
         assert item.properties["proj:shape"] == list(m.shape)
         assert item.properties["proj:transform"] == pytest.approx(list(m.transform)[:6])
         assert item.properties["proj:code"] == f"EPSG:{m.crs.to_epsg()}"
-    assert item.datetime is None and item.properties["start_datetime"] <= item.properties[
-        "end_datetime"
-    ]  # the sample records no acquisition time: the tiles' run times
+    assert (
+        item.datetime is None
+        and item.properties["start_datetime"] <= item.properties["end_datetime"]
+    )  # the sample records no acquisition time: the tiles' run times
     assert np.isfinite(item.bbox).all()
