@@ -31,6 +31,7 @@ from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import InvalidInputError, ModelError
 from geomed_seg.inference.blend import activate_numpy, label_format, reduce_chunk
+from geomed_seg.inference.crop import CroppedSink, nonzero_box
 from geomed_seg.inference.engine import Predictor, WindowJob, empty_windows, run_windows
 from geomed_seg.inference.options import EngineOptions
 from geomed_seg.inference.plan import importance_map, plan_windows, regular_chunks, schedule_chunks
@@ -218,6 +219,30 @@ def _prepare_input(image: Image, card: Any) -> tuple[Image, Callable[[np.ndarray
     return image, normalise
 
 
+def _crop_box(image: Image, card: Any) -> tuple[slice, ...] | None:
+    """Return the non-zero box to run (cards with ``crop_to_nonzero``, volumes), or None."""
+    if not getattr(card, "crop_to_nonzero", False) or image.kind != "volume":
+        return None
+    box = nonzero_box(image)
+    if box is not None:
+        log.info(
+            "%s: running the non-zero box %s of %s (crop_to_nonzero); background outside",
+            image.attrs.get("source") or "input",
+            [(s.start, s.stop) for s in box], image.spatial_shape,
+        )  # fmt: skip
+    return box
+
+
+def _outside_fill(output: str, n_classes: int, activation: str) -> np.ndarray:
+    """Return the per-band value outside a cropped box: label 0, or background probabilities."""
+    if output == "labels":
+        return np.zeros(1)
+    fill = np.zeros(n_classes)
+    if activation != "sigmoid" and n_classes > 1:
+        fill[0] = 1.0  # softmax: certain background, as nnU-Net's revert_cropping_on_probabilities
+    return fill
+
+
 def _as_float32(batch: np.ndarray) -> np.ndarray:
     return np.asarray(batch, dtype=np.float32)
 
@@ -265,6 +290,10 @@ def resolve_run(
     """Return the :class:`EngineRun` of ``model`` on ``image`` with ``options`` into ``sink``."""
     module, card = _unpack_model(model)
     opts = options.resolve(card)
+    full = image = _match_bands(image, card) if card is not None else image
+    box = _crop_box(image, card)
+    if box is not None:  # nnU-Net: run the non-zero box only (inference/crop.py)
+        image = image.sel_window(box)
     image, normalise = _prepare_input(image, card)
     dev = _resolve_device(opts.device)
     if isinstance(module, torch.nn.Module):
@@ -282,7 +311,10 @@ def resolve_run(
     else:
         classes = _probe_classes(predictor, image, plan.roi_size)
     out_sink = sink_for(sink, overwrite=opts.overwrite)
-    spec, reduce = _output(image, classes, card, opts)
+    spec, reduce = _output(full, classes, card, opts)
+    if box is not None:
+        fill = _outside_fill(opts.output, len(classes), getattr(card, "activation", "auto"))
+        out_sink = CroppedSink(out_sink, box, fill)
     job = WindowJob(
         plan=plan,
         schedule=schedule_chunks(plan, _output_chunks(image, out_sink)),

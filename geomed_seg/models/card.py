@@ -238,6 +238,8 @@ class ModelCard(_Strict):
     ``"sigmoid"`` (every channel is a region with its own sigmoid; a sample gets the label of
     the *last* channel, in class order, whose probability exceeds 0.5, else 0, as nnU-Net's
     ``regions_class_order``; class indices may then be in any order).
+    ``crop_to_nonzero`` (volumes): run the bounding box of the non-zero voxels only and
+    write background outside it, as nnU-Net does (:mod:`geomed_seg.inference.crop`).
     """
 
     format_version: Literal[1] = 1
@@ -261,6 +263,7 @@ class ModelCard(_Strict):
     blend: Literal["probabilities", "logits"] = "probabilities"
     mirror_axes: list[int] | None = None
     activation: Literal["auto", "sigmoid"] = "auto"
+    crop_to_nonzero: bool = False
     training: TrainingInfo = Field(default_factory=TrainingInfo)
     licence: str | None = None
     provenance: Provenance | None = None

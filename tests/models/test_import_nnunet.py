@@ -118,6 +118,21 @@ def test_parity_with_nnunet_predictor_two_folds(tmp_path):
     assert card.mode == "nnunet" and card.overlap == 0.5 and card.blend == "logits"
 
 
+def test_parity_with_a_zero_background_cropped_like_nnunet(tmp_path):
+    """BraTS-like zeros around the case: nnU-Net runs the non-zero box, background outside."""
+    pytest.importorskip("nnunetv2")
+    folder = make_results_folder(tmp_path, _plans(), dataset_dict(), folds=(0,))
+    data = _volume((26, 50, 44), seed=1, zero_border=3)
+    data[0, :, :4, :] = 0  # asymmetric box
+    _, probs, labels = _ours(folder, tmp_path, data)
+    seg, ref = nnunet_reference(folder, data, SPACING, (0,), tta=False)
+    assert np.abs(probs - ref).max() < 1e-3
+    assert np.mean(labels == seg) >= 0.999
+    outside = ~(data != 0).any(axis=0)
+    assert (labels[:3] == 0).all() and outside[:3].all()
+    assert np.all(probs[0][:3] == 1.0)
+
+
 @pytest.mark.slow
 def test_parity_regions_transposed_mirrored(tmp_path):
     """Region outputs (sigmoid, regions_class_order), transpose_forward and mirror axes."""
@@ -170,7 +185,8 @@ def test_card_carries_plans_dataset_and_checkpoint(tmp_path):
     prov = card.provenance
     assert set(prov.source_sha256) == {"plans.json", "dataset.json", "fold_0/checkpoint_final.pth",
                                        "fold_2/checkpoint_final.pth"}  # fmt: skip
-    assert prov.licence == "CC-BY-4.0" and any("crop" in n for n in prov.notes)
+    assert prov.licence == "CC-BY-4.0" and any("spline" in n for n in prov.notes)
+    assert card.crop_to_nonzero
     import hashlib
 
     want = hashlib.sha256((folder / "plans.json").read_bytes()).hexdigest()

@@ -19,16 +19,18 @@ name, else ``3d_fullres``):
   (test-time flips with ``--tta``);
 * labels from ``dataset.json``; region-based training (labels given as lists, with
   ``regions_class_order``) becomes sigmoid outputs painted in nnU-Net's order;
-* ``NibabelIOWithReorient`` plans become ``axcodes: RAS``.
+* ``NibabelIOWithReorient`` plans become ``axcodes: RAS``;
+* nnU-Net's crop to the non-zero bounding box (card ``crop_to_nonzero``): windows are placed
+  inside the box and background is written outside it.
 
 Refused by name: cascade configurations (``previous_stage``), 2D configurations, other
 normalisation schemes, other preprocessors, label managers and image readers, networks
 outside the allowlist, and checkpoints whose weights do not fit the plans' network (custom
 trainers that change the architecture). Checkpoints are read with
 ``torch.load(weights_only=True)``; the numpy scalars of nnU-Net's training log are allowed
-as data. Not translated (noted in the provenance): nnU-Net's crop to the non-zero box and
-its spline resampling (the pipeline resamples trilinearly), and post-processing
-(``postprocessing.pkl`` is a pickle and never read).
+as data. Not translated (noted in the provenance): nnU-Net's spline resampling (the
+pipeline resamples trilinearly) and post-processing (``postprocessing.pkl`` is a pickle and
+never read).
 """
 
 from __future__ import annotations
@@ -292,6 +294,7 @@ def run(src: Path, options: ImportOptions) -> ImportedModel:
         "blend": "logits",
         "mirror_axes": mirror_axes,
         "activation": activation,
+        "crop_to_nonzero": True,
         "licence": dataset.get("licence") or dataset.get("license"),
     }
     card = ModelCard.from_dict(fields, source=plans_path)
@@ -304,15 +307,14 @@ def run(src: Path, options: ImportOptions) -> ImportedModel:
         f"inference_allowed_mirroring_axes {list(mirror) if mirror else []} -> mirror_axes "
         f"{mirror_axes} (z, y, x)",
         "sliding window: overlap 0.5, nnU-Net's window steps and Gaussian, logits blended",
+        "crop to the non-zero bounding box, background outside it (crop_to_nonzero)",
         *carried,
         f"trainer {', '.join(trainers)}",
     ]
     notes = [
-        "nnU-Net crops each case to its non-zero bounding box before predicting and writes "
-        "background outside it; geomed-seg runs the whole volume (statistics are still taken "
-        "over the box), so labels outside the box and window placement near it may differ",
-        "nnU-Net resamples with third-order splines (separate z for anisotropic data); "
-        "geomed-seg resamples trilinearly, and only when the spacing differs by > 10 %",
+        "nnU-Net resamples with third-order splines (separate z for anisotropic data) after "
+        "cropping to the non-zero box; geomed-seg resamples trilinearly, only when the spacing "
+        "differs by > 10 %, and crops on the resampled grid",
         "postprocessing (postprocessing.pkl, a pickle) is not read or applied",
         "a trainer that changes the network's forward pass without changing its weights "
         "cannot be detected; the weights fit the plans' network strictly",
