@@ -6,6 +6,7 @@ hand to writers (COG colour tables and category names, DICOM SEG segment descrip
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -40,6 +41,23 @@ class ClassInfo:
                     f"class {self.name!r}: colour {self.color} is not RGB(A) 0..255"
                 )
             object.__setattr__(self, "color", c)
+
+
+def machine_name(c: ClassInfo) -> str:
+    """Return the class's name as STAC's classification extension (v2) wants it:
+    ``[0-9A-Za-z-_]+`` (other characters become ``_``; ``class_<index>`` if none is left)."""
+    return re.sub(r"[^0-9A-Za-z_-]+", "_", c.name).strip("_") or f"class_{c.index}"
+
+
+def stac_class(c: ClassInfo) -> dict:
+    """Return a classification-extension class object: ``value``, machine ``name``, the
+    human name as ``title`` when they differ, ``color_hint`` (``RRGGBB``) when coloured."""
+    entry: dict = {"value": int(c.index), "name": machine_name(c)}
+    if entry["name"] != c.name:
+        entry["title"] = c.name
+    if c.color is not None:
+        entry["color_hint"] = "".join(f"{v:02X}" for v in c.color[:3])
+    return entry
 
 
 def parse_classes(spec: str | Iterable | Mapping | None) -> list[ClassInfo]:

@@ -590,12 +590,10 @@ def _stac_item(
             framework_version = None
     spatial = ["height", "width"] if card.spatial_dims == 2 else ["depth", "height", "width"]
     bands = list(card.band_names or [])  # MLM: [] when the bands are not named
-    classes = []
-    for c in card.classes:
-        entry: dict[str, Any] = {"value": c.index, "name": c.name}
-        if c.color is not None:
-            entry["color_hint"] = "".join(f"{v:02X}" for v in c.color[:3])
-        classes.append(entry)
+    from geomed_seg.core.labels import stac_class
+
+    # classification v2: machine-readable name, the card's name as title when it differs
+    classes = [stac_class(c) for c in card.class_infos()]
     props: dict[str, Any] = {
         "datetime": None,
         "description": card.description,

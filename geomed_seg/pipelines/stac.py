@@ -275,13 +275,9 @@ def build_item(
 
 
 def _class_entries(classes: Sequence[Any]) -> list[dict[str, Any]]:
-    out = []
-    for c in sorted(classes, key=lambda c: c.index):
-        entry: dict[str, Any] = {"value": int(c.index), "name": c.name}
-        if c.color is not None:
-            entry["color_hint"] = "".join(f"{v:02X}" for v in c.color[:3])
-        out.append(entry)
-    return out
+    from geomed_seg.core.labels import stac_class
+
+    return [stac_class(c) for c in sorted(classes, key=lambda c: c.index)]
 
 
 def _iso(value: dt.datetime) -> str:

@@ -93,12 +93,61 @@ def test_run_item_datetime_is_the_acquisition_date(flood_run):
     assert "Landsat product id" in item.properties["geomed_seg:datetime_source"]
 
 
-def test_run_item_validates_against_the_stac_item_schema(flood_run):
-    """pystac's bundled core schema validates offline; extension schemas are fetched from
-    the network, so only the core schema is checked here (proj:* are checked above)."""
+SCHEMAS = ROOT / "tests" / "data" / "stac_schemas"
+PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+
+
+def validate_offline(data: dict) -> None:
+    """Validate an item against STAC's item schema (bundled with pystac) and the projection
+    extension v2.0.0 (vendored, tests/data/stac_schemas), and its classification:classes
+    against the classification extension's class object (main branch = the v2 rules: a
+    machine-readable ``name``). pystac's own ``validate()`` fetches extension schemas over
+    the network, which tests do not have."""
+    import jsonschema
+    from pystac import STACObjectType
+    from pystac.validation.stac_validator import JsonSchemaSTACValidator
+
+    validator = JsonSchemaSTACValidator()
+    validator.schema_cache[PROJECTION] = json.loads(
+        (SCHEMAS / "projection-v2.0.0.json").read_text()
+    )
+    version = data["stac_version"]
+    validator.validate_core(data, STACObjectType.ITEM, version)
+    if PROJECTION in data["stac_extensions"]:
+        validator.validate_extension(data, STACObjectType.ITEM, version, PROJECTION)
+    cls_schema = json.loads((SCHEMAS / "classification-main-a1e7139.json").read_text())
+    class_object = {**cls_schema["definitions"]["class_object"], "definitions": {}}
+    for asset in data["assets"].values():
+        for entry in asset.get("classification:classes", []):
+            jsonschema.validate(entry, class_object)
+
+
+def test_run_item_validates_against_the_schemas(flood_run):
+    validate_offline(json.loads(flood_run[0].outputs["STAC item"].read_text()))
+
+
+def test_schema_check_fails_on_a_broken_item(flood_run):
+    import jsonschema
+
     data = json.loads(flood_run[0].outputs["STAC item"].read_text())
-    data["stac_extensions"] = []
-    assert pystac.Item.from_dict(data).validate()
+    bad = {**data, "properties": {**data["properties"], "proj:shape": [352]}}
+    with pytest.raises(pystac.errors.STACValidationError):
+        validate_offline(bad)
+    classes = [{"value": 0, "name": "open water"}]  # v2: names are machine-readable
+    bad = {**data, "assets": {"labels": {**data["assets"]["labels"],
+                                         "classification:classes": classes}}}  # fmt: skip
+    with pytest.raises(jsonschema.ValidationError):
+        validate_offline(bad)
+
+
+def test_class_names_are_machine_readable_with_the_title_kept():
+    from geomed_seg.core.labels import ClassInfo, stac_class
+
+    assert stac_class(ClassInfo(3, "flooded vegetation", (1, 2, 3))) == {
+        "value": 3, "name": "flooded_vegetation", "title": "flooded vegetation",
+        "color_hint": "010203",
+    }  # fmt: skip
+    assert stac_class(ClassInfo(5, "é")) == {"value": 5, "name": "class_5", "title": "é"}
 
 
 def _raster(tags: dict[str, str], name: str = "scene.tif") -> Image:
