@@ -64,7 +64,6 @@ ALLOWED: dict[str, str] = {
     "geomed_seg.io.geotiff:open_geotiff": "81 lines; being edited for the format registry",
     "geomed_seg.io.nifti:open_nifti": "82 lines: header codes, scaling, orientation checks in order",
     "geomed_seg.io.nifti:write_nifti": "84 lines: reference header reuse + checks; split with the registry",
-    "geomed_seg.io.vector:write_polygons": "streamed polygonise + areas + atomic GPKG in one pass",
     # metrics (evaluate.py is being edited for the format registry)
     "geomed_seg.metrics.evaluate:evaluate": "public API mirroring the CLI; an options value pending",
     "geomed_seg.metrics.overlap:overlap_metrics": "streamed confusion-matrix options (public API)",

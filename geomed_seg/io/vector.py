@@ -30,9 +30,10 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -152,98 +153,101 @@ def write_polygons(
     batch : int
         Finished polygons buffered before each append to the GeoPackage.
     """
-    import pyogrio.raw
     import shapely
 
     if not isinstance(labels.grid, GeoGrid) or labels.n_channels != 1:
         raise InvalidInputError(f"{path}: polygons need a single-band raster label image")
-    grid = labels.grid
     names = {c.index: c.name for c in classes or []}
     wanted = np.array(sorted(names), dtype=np.int64) if classes else None
-    gu = grid.ground
-    fields = ["class", "name", f"area_{gu.area_key}"]
-    to_map = pixel_to_map(grid)  # affine, or GDAL's GCP / RPC transformer
-    # GCP/RPC mappings bend straight pixel edges: map every pixel corner of the boundary
-    densify = not is_affine(grid)
-    crs = map_crs(grid).to_wkt() if map_crs(grid) is not None else None
-    height, width = grid.shape
-    summary = VectorSummary(Path(path), area_unit=gu.area_unit)
+    summary = VectorSummary(Path(path), area_unit=labels.grid.ground.area_unit)
     border: dict[int, list] = defaultdict(list)
-    arr = labels.darray[0]
-    valid = labels.valid_mask()
-
     with atomic_output(path, overwrite) as tmp:
-        started = False
-        done: list = []
-        done_v: list[int] = []
-        done_a: list[float] = []
-
-        def flush(polys: list, values: list[int], areas: Sequence[float]) -> None:
-            nonlocal started
-            if not polys:
-                return
-            pix = np.empty(len(polys), dtype=object)
-            pix[:] = polys
-            if densify:
-                pix = shapely.segmentize(pix, 1.0)
-            geoms = list(shapely.transform(pix, to_map))
-            area = np.asarray(areas, dtype=np.float64)
-            vals = np.asarray(values, dtype=np.int32)
-            pyogrio.raw.write(
-                tmp,
-                shapely.to_wkb(np.array(geoms, dtype=object)),
-                field_data=[vals, np.array([names.get(v, str(v)) for v in values], object), area],
-                fields=fields,
-                layer=LAYER,
-                driver="GPKG",
-                geometry_type="Polygon",
-                crs=crs,
-                append=started,
-            )
-            started = True
-            for v, a in zip(values, area, strict=True):
-                summary.area_by_class[v] = summary.area_by_class.get(v, 0.0) + float(a)
-                summary.features_by_class[v] = summary.features_by_class.get(v, 0) + 1
-            summary.n_features += len(values)
-
-        for r0, r1, c0, c1 in _tile_slices((height, width), tile):
-            block, keep = (
-                np.asarray(x) for x in da.compute(arr[r0:r1, c0:c1], valid[r0:r1, c0:c1])
-            )
-            keep = keep & ~np.isin(block, background)
-            if wanted is not None:
-                keep &= np.isin(block, wanted)
-            if not keep.any():
-                continue
-            for poly, value, area in _pixel_polygons(block, keep, r0, c0, gu):
-                x0, y0, x1, y1 = poly.bounds
-                inner = (x0 == c0 and c0 > 0) or (y0 == r0 and r0 > 0)
-                inner |= (x1 == c1 and c1 < width) or (y1 == r1 and r1 < height)
-                if inner:
-                    border[value].append((poly, area))
-                else:
-                    done.append(poly)
-                    done_v.append(value)
-                    done_a.append(area)
+        out = _PolygonWriter(tmp, labels.grid, names, summary)
+        done: list[tuple[Any, int, float]] = []
+        for poly, value, area, inner in _tile_polygons(labels, tile, background, wanted):
+            if inner:  # a piece of a region cut by a tile edge: joined below
+                border[value].append((poly, area))
+            else:
+                done.append((poly, value, area))
             if len(done) >= batch:
-                flush(done, done_v, done_a)
-                done, done_v, done_a = [], [], []
-        flush(done, done_v, done_a)
+                out.write(*zip(*done, strict=True))
+                done = []
+        if done:
+            out.write(*zip(*done, strict=True))
         for value, items in sorted(border.items()):
             pieces = [p for p, _ in items]
             merged = list(shapely.get_parts(shapely.union_all(pieces)))
             areas = piece_areas(merged, pieces, [a for _, a in items])
-            flush(merged, [value] * len(merged), areas)
-        if not started:  # an empty layer still records the CRS and schema
-            pyogrio.raw.write(
-                tmp,
-                np.array([], dtype=object),
-                field_data=[np.array([], np.int32), np.array([], object), np.array([], float)],
-                fields=fields,
-                layer=LAYER,
-                driver="GPKG",
-                geometry_type="Polygon",
-                crs=crs,
-            )
+            out.write(merged, [value] * len(merged), areas)
+        if not out.started:  # an empty layer still records the CRS and schema
+            out.write_empty()
     log.info("%s: %d polygons", path, summary.n_features)
     return summary
+
+
+def _tile_polygons(
+    labels: Image, tile: int, background: Sequence[int], wanted: np.ndarray | None
+) -> Iterator[tuple[Any, int, float, bool]]:
+    """Yield ``(polygon in pixels, class, area, touches an inner tile edge)`` tile by tile."""
+    grid = labels.grid
+    height, width = grid.shape
+    arr, valid = labels.darray[0], labels.valid_mask()
+    for r0, r1, c0, c1 in _tile_slices((height, width), tile):
+        block, keep = (np.asarray(x) for x in da.compute(arr[r0:r1, c0:c1], valid[r0:r1, c0:c1]))
+        keep = keep & ~np.isin(block, background)
+        if wanted is not None:
+            keep &= np.isin(block, wanted)
+        if not keep.any():
+            continue
+        for poly, value, area in _pixel_polygons(block, keep, r0, c0, grid.ground):
+            x0, y0, x1, y1 = poly.bounds
+            inner = (x0 == c0 and c0 > 0) or (y0 == r0 and r0 > 0)
+            inner |= (x1 == c1 and c1 < width) or (y1 == r1 and r1 < height)
+            yield poly, value, area, inner
+
+
+class _PolygonWriter:
+    """Maps pixel polygons to the grid's map CRS and appends them to the layer at ``tmp``."""
+
+    def __init__(self, tmp: Path, grid: GeoGrid, names: dict[int, str], summary: VectorSummary):
+        self.tmp, self.names, self.summary = tmp, names, summary
+        self.fields = ["class", "name", f"area_{grid.ground.area_key}"]
+        self.to_map = pixel_to_map(grid)  # affine, or GDAL's GCP / RPC transformer
+        # GCP/RPC mappings bend straight pixel edges: map every pixel corner of the boundary
+        self.densify = not is_affine(grid)
+        self.crs = map_crs(grid).to_wkt() if map_crs(grid) is not None else None
+        self.started = False
+
+    def _append(self, wkb: np.ndarray, field_data: list[np.ndarray]) -> None:
+        import pyogrio.raw
+
+        pyogrio.raw.write(self.tmp, wkb, field_data=field_data, fields=self.fields, layer=LAYER,
+                          driver="GPKG", geometry_type="Polygon", crs=self.crs,
+                          append=self.started)  # fmt: skip
+        self.started = True
+
+    def write(self, polys: Sequence, values: Sequence[int], areas: Sequence[float]) -> None:
+        """Append ``polys`` (pixel coordinates) with their classes and areas."""
+        import shapely
+
+        if not polys:
+            return
+        pix = np.empty(len(polys), dtype=object)
+        pix[:] = list(polys)
+        if self.densify:
+            pix = shapely.segmentize(pix, 1.0)
+        geoms = list(shapely.transform(pix, self.to_map))
+        area = np.asarray(areas, dtype=np.float64)
+        vals = np.asarray(values, dtype=np.int32)
+        names = np.array([self.names.get(v, str(v)) for v in values], object)
+        self._append(shapely.to_wkb(np.array(geoms, dtype=object)), [vals, names, area])
+        s = self.summary
+        for v, a in zip(values, area, strict=True):
+            s.area_by_class[v] = s.area_by_class.get(v, 0.0) + float(a)
+            s.features_by_class[v] = s.features_by_class.get(v, 0) + 1
+        s.n_features += len(values)
+
+    def write_empty(self) -> None:
+        """Create the layer with no features (CRS and schema recorded)."""
+        self._append(np.array([], dtype=object),
+                     [np.array([], np.int32), np.array([], object), np.array([], float)])  # fmt: skip
