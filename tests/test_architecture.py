@@ -69,6 +69,7 @@ ALLOWED: dict[str, str] = {
     "geomed_seg.metrics.overlap:overlap_metrics": "streamed confusion-matrix options (public API)",
     "geomed_seg.metrics.brats:brats_metrics": "BraTS convention options (public API)",
     # others
+    "geomed_seg.batch.summary:write_summary": "85 lines after the batch STAC item (out-sidecars)",
     "geomed_seg.batch.thresholds:stats_task": "dask task: plain arguments pickle to workers",
     "geomed_seg.instances.maskrcnn:detect_tiled": "tiled detection settings (public API)",
     "geomed_seg.instances.maskrcnn:maskrcnn_file": "file front end mirroring the CLI options",
