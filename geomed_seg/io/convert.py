@@ -47,11 +47,18 @@ def convert_image(
     Rasters go to ``.tif`` (COG) or ``.zarr``; volumes to ``.nii``/``.nii.gz`` or ``.zarr``.
     The output is written atomically and never replaces an existing file unless ``overwrite``.
     The input's payload is verified first (gzip CRC, DICOM pixel data), so a corrupt input
-    raises :class:`~geomed_seg.errors.ReadError` and nothing is written.
+    raises :class:`~geomed_seg.errors.ReadError` and nothing is written. Band descriptions
+    are the input's; a single-band Landsat / Sentinel-2 L2A product file without one gets
+    its band's common name from the matching sensor card
+    (:func:`geomed_seg.pipelines.cards.with_matched_sensor_bands`); none is invented.
     """
     from geomed_seg.io.registry import write_image
 
     if Path(src).resolve() == Path(dst).resolve():
         raise InvalidInputError(f"{dst}: output is the input; choose another name")
+    from geomed_seg.pipelines.cards import with_matched_sensor_bands
+
     image = open_input(src, series=series, resample=resample)
+    if image.kind == "raster":  # a Landsat/Sentinel-2 band file: its band's name from the card
+        image = with_matched_sensor_bands(image, src)
     return write_image(image, dst, overwrite=overwrite)

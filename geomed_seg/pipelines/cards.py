@@ -8,7 +8,9 @@ Pipelines use it to pick bands by name and to rescale digital numbers.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geomed_seg.catalog import CATALOG_DIR, DatasetCard, card_path, load_card
 from geomed_seg.errors import ConfigError, validation_problems
+
+log = logging.getLogger(__name__)
 
 
 class Band(BaseModel):
@@ -80,6 +84,64 @@ def with_sensor_bands(image: Any, card: SensorCard | str, bands: Sequence[str]) 
     )
     return replace(image, data=data,
                    attrs={**image.attrs, "band_names": names, "sensor": sensor.name})  # fmt: skip
+
+
+#: Single-band product files whose names say sensor and band: ``(pattern, {id: card})``.
+#: Landsat Collection 1/2 ids (``LC08_L2SP_217065_20200101_20200113_02_T1_SR_B5.TIF``,
+#: ``LE07_..._B6_VCID_1.TIF``) and Sentinel-2 L2A ``IMG_DATA`` granules
+#: (``T32TQM_20220612T101559_B8A_20m.jp2``) or names carrying ``MSIL2A``.
+_BAND_FILE_PATTERNS = (
+    (re.compile(r"^(L[CO]0[89]|LE07)_\w+?_B(\d{1,2})(?:_VCID_\d)?\.\w+$", re.IGNORECASE),
+     {"LC08": "landsat89_oli", "LO08": "landsat89_oli", "LC09": "landsat89_oli",
+      "LO09": "landsat89_oli", "LE07": "landsat7_etm"}),
+    (re.compile(r"^(T\d{2}[A-Z]{3})_\d{8}T\d{6}_B(\d{2}|8A)_\d{2}m\.\w+$", re.IGNORECASE),
+     {"*": "sentinel2_l2a"}),
+    (re.compile(r"^(S2[ABCD]_MSIL2A)_.*_B(\d{2}|8A)(?:_\d{2}m)?\.\w+$", re.IGNORECASE),
+     {"*": "sentinel2_l2a"}),
+)  # fmt: skip
+
+
+def sensor_band_of_file(path: str | os.PathLike) -> tuple[str, str] | None:
+    """Return ``(sensor card, band name)`` a single-band product file's name states, or None.
+
+    Only the documented product naming of Landsat (Collection 1/2 product ids, bands ``B1``..
+    ``B11``) and Sentinel-2 L2A granules is recognised; anything else (``my_B4.tif``) is not
+    guessed at.
+    """
+    name = Path(path).name
+    for pattern, cards in _BAND_FILE_PATTERNS:
+        m = pattern.match(name)
+        if m is None:
+            continue
+        card = cards.get(m[1][:4].upper(), cards.get("*"))
+        if card is None:
+            return None
+        band = m[2].upper()
+        if card.startswith("landsat"):
+            return card, f"B{int(band)}"
+        return card, "B8A" if band == "8A" else f"B{int(band):02d}"
+    return None
+
+
+def with_matched_sensor_bands(image: Any, path: str | os.PathLike) -> Any:
+    """Return ``image`` with its band named from a sensor card when its file name says which.
+
+    Applies to a one-band image without a description of its own whose name
+    :func:`sensor_band_of_file` recognises (the description becomes the card's common name,
+    e.g. ``nir`` for ``..._SR_B5.TIF`` of Landsat 8); any other image is returned unchanged.
+    """
+    meta = image.data.coords
+    if image.n_channels != 1 or ("description" in meta and any(meta["description"].values)):
+        return image
+    found = sensor_band_of_file(path)
+    if found is None:
+        return image
+    card, band = found
+    try:
+        return with_sensor_bands(image, card, [band])
+    except ConfigError:  # e.g. B10 of a Sentinel-2 L1C name: the L2A card has no such band
+        log.info("%s: band %s not in sensor card %s; left unnamed", path, band, card)
+        return image
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

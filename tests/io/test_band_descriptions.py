@@ -48,3 +48,30 @@ def test_sensor_card_names_the_bands(make_tif, tmp_path) -> None:
         with_sensor_bands(img, "landsat7_etm", ["blue"] * 5 + ["thermal"])
     with pytest.raises(ConfigError, match="5 band names for 6 bands"):
         with_sensor_bands(img, "landsat7_etm", ["blue"] * 5)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("LC08_L2SP_217065_20200101_20200113_02_T1_SR_B5.TIF", "nir"),  # OLI B5
+        ("LC09_L1TP_217065_20220101_20220102_02_T1_B10.TIF", "lwir11"),
+        ("LE07_L2SP_214066_20011018_20200917_02_T1_SR_B4.TIF", "nir"),  # ETM+ B4
+        ("LE07_L1TP_214066_20011018_20200917_02_T1_B6_VCID_1.TIF", "lwir"),
+        ("T32TQM_20220612T101559_B8A_20m.tif", "nir08"),
+        ("T32TQM_20220612T101559_B04_10m.tif", "red"),
+        ("S2B_MSIL2A_20220612T101559_N0400_R065_T32TQM_B11.tif", "swir1"),
+        ("LT05_L2SP_214066_19950101_20200917_02_T1_SR_B4.TIF", None),  # no TM card
+        ("T32TQM_20220612T101559_B10.tif", None),  # L1C naming: not the L2A card
+        ("T32TQM_20220612T101559_SCL_20m.tif", None),
+        ("my_scene_B4.tif", None),
+    ],
+)  # fmt: skip
+def test_convert_names_a_band_file_from_its_sensor_card(make_tif, tmp_path, name, expected):
+    src = make_tif(name, ramp(1, 20, 30))
+    out = convert_image(src, tmp_path / "out.tif")
+    assert _descriptions(out) == (expected,)
+
+
+def test_a_stack_with_a_product_name_is_not_guessed(make_tif, tmp_path):
+    src = make_tif("LC08_L2SP_217065_20200101_20200113_02_T1_SR_B5.TIF", ramp(2, 20, 30))
+    assert _descriptions(convert_image(src, tmp_path / "out.tif")) == (None, None)
