@@ -333,3 +333,23 @@ def test_normalisation_equals_nnunet_schemes_with_crop(tmp_path, caplog):
     hole[tuple(i - s.start for i, s in zip((10, 12, 11), stats.bbox, strict=True))] = True
     np.testing.assert_allclose(ours[:, ~hole], ref[:, ~hole], rtol=1e-4, atol=1e-4)
     assert ours[0][hole] == 0 and ref[0][hole] != 0  # the warned difference
+
+
+@pytest.mark.slow
+def test_cli_segment_of_nifti_case_folder_equals_nnunet(tmp_path):
+    """import-model then segment on a NIfTI case folder (one file per channel, by name)."""
+    nib = pytest.importorskip("nibabel")
+    pytest.importorskip("nnunetv2")
+    folder = make_results_folder(tmp_path, _plans(), dataset_dict(), folds=(0,))
+    data = _volume((24, 48, 40), seed=1, zero_border=2)
+    case = tmp_path / "case"
+    case.mkdir()
+    affine = np.diag([SPACING[2], SPACING[1], SPACING[0], 1.0])
+    for c, name in enumerate(["T1", "T2", "CT", "mask"]):  # NIfTI (i, j, k) = our (x, y, z)
+        nib.save(nib.Nifti1Image(data[c].transpose(2, 1, 0), affine), case / f"X-{name}.nii.gz")
+    assert main(["import-model", str(folder), "-o", str(tmp_path / "ck")]) == 0
+    out = tmp_path / "labels.nii.gz"
+    assert main(["segment", str(case), "-m", str(tmp_path / "ck"), "-o", str(out)]) == 0
+    labels = np.asarray(nib.load(out).dataobj).transpose(2, 1, 0)
+    seg, _ = nnunet_reference(folder, data, SPACING, (0,), tta=False)
+    assert np.mean(labels == seg) >= 0.999
