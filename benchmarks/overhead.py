@@ -164,6 +164,10 @@ def run_floor(path: Path, out: Path, module, card) -> dict:
     return {"seconds": decode + encode, "decode_s": decode, "encode_s": encode}
 
 
+#: Extra keyword arguments of ``segment`` for "ours" (set from the command line).
+OURS_KW: dict = {}
+
+
 def run_ours(path: Path, out: Path, module, card, device: str, batch: int) -> dict:
     from types import SimpleNamespace
 
@@ -174,7 +178,7 @@ def run_ours(path: Path, out: Path, module, card, device: str, batch: int) -> di
     image = open_image(path)
     res = segment(
         image, SimpleNamespace(module=module, card=card), batch_size=batch, device=device,
-        sink=out, overwrite=True,
+        sink=out, overwrite=True, **OURS_KW,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, **{k: res.stats[k] for k in ("windows_total", "windows_run")}}
@@ -252,7 +256,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="cProfile 'ours' and print the top N functions")  # fmt: skip
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    ap.add_argument("--host-blend", action="store_true", help="ours: blend in numpy on the host")
+    ap.add_argument("--no-channels-last", action="store_true", help="ours: NCHW input")
+    ap.add_argument("--amp", default=None, help="ours: auto, fp16, bf16 or off")
+    ap.add_argument("--compile", action="store_true", help="ours: torch.compile the model")
     args = ap.parse_args(argv)
+    if args.host_blend:
+        OURS_KW["device_blend"] = False
+    if args.no_channels_last:
+        OURS_KW["channels_last"] = False
+    if args.amp:
+        OURS_KW["amp"] = args.amp
+    if args.compile:
+        OURS_KW["compile"] = True
 
     import torch
 
@@ -301,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         head = (
             f"## Engine overhead (`benchmarks/overhead.py`)\n\n"
             f"Run: `python benchmarks/overhead.py --size {args.size}` on "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, device {args.device}.\n"
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, device {args.device}, "
+            f"segment options {OURS_KW or 'default'}.\n"
             f"Machine: {machine}.\n"
             f"Near-free model (1×1 conv 4→2), {args.size}² 4-band uint16 DEFLATE-tiled GeoTIFF → "
             f"uint8 label COG, roi {ROI}, overlap {OVERLAP}, batch {args.batch}, {n_win} windows.\n"

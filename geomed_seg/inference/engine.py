@@ -25,7 +25,6 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 import torch
@@ -37,6 +36,7 @@ from geomed_seg.inference.blend import (  # noqa: F401 - re-exported for older i
     activate_numpy,
     reduce_chunk,
 )
+from geomed_seg.inference.device import DeviceModel, mirror_axes, one_tensor  # noqa: F401
 from geomed_seg.inference.plan import ChunkSchedule, WindowPlan
 from geomed_seg.inference.reader import WindowReader
 from geomed_seg.inference.sinks import Sink
@@ -86,6 +86,7 @@ def iter_batches(
     skip: SkipRule | None,
     stop: threading.Event,
     known_empty: frozenset[int] = frozenset(),
+    keep_dtype: bool = False,
 ) -> Iterator[tuple[list[WindowItem], np.ndarray | None]]:
     """Yield ``(items, batch)``: up to ``batch_size`` runnable windows (skipped ones ride along).
 
@@ -94,7 +95,8 @@ def iter_batches(
     one buffer and normalised once per batch. Where the plan pads (image smaller than the
     roi), each window is normalised on its own and padded with 0 afterwards, as MONAI pads
     the normalised image. Windows in ``known_empty`` (no valid pixel, known from the mask
-    alone) are skipped unread.
+    alone) are skipped unread. ``keep_dtype``: the batch keeps the dtype ``normalise``
+    returns (raw windows for a normalisation on the device) instead of float32.
     """
     padded = any(b or a for b, a in plan.pad)
     items: list[WindowItem] = []
@@ -106,10 +108,13 @@ def iter_batches(
         if n == 0:
             return items, None
         batch = np.stack(rows) if padded else normalise(raw[:n])  # type: ignore[index]
-        batch = np.ascontiguousarray(batch, dtype=np.float32)  # a fresh buffer per batch
-        finite = np.isfinite(batch)
-        if not finite.all():  # NaN nodata would turn every output of its windows into NaN
-            batch[~finite] = 0.0
+        if keep_dtype:  # raw windows for a normalisation on the device, cleaned there
+            batch = np.ascontiguousarray(batch)
+        else:
+            batch = np.ascontiguousarray(batch, dtype=np.float32)  # a fresh buffer per batch
+            finite = np.isfinite(batch)
+            if not finite.all():  # NaN nodata would turn every output of its windows into NaN
+                batch[~finite] = 0.0
         k = 0
         for it in items:
             if it.data is not None:
@@ -205,87 +210,41 @@ def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
 # -- model ---------------------------------------------------------------------------------
 
 
-def mirror_axes(ndim: int, allowed: Sequence[int] | None = None) -> list[tuple[int, ...]]:
-    """Return every subset of the spatial axes to flip, as tensor dims (the identity first).
-
-    ``allowed``: the spatial axes (0 = first spatial axis) that may be flipped, e.g. an
-    nnU-Net model's ``inference_allowed_mirroring_axes``; None = all ``ndim`` axes.
-    """
-    axes = range(ndim) if allowed is None else sorted(set(allowed))
-    dims = [a + 2 for a in axes]
-    return [c for k in range(len(dims) + 1) for c in combinations(dims, k)]
-
-
-def one_tensor(out: object, what: str = "model") -> torch.Tensor:
-    """Return ``out`` if it is one tensor; raise :class:`ModelError` for tuple/dict outputs.
-
-    Deep-supervision and multi-head models return several tensors; which one is the
-    segmentation is the user's choice (wrap the model: ``lambda x: model(x)[0]``).
-    """
-    if isinstance(out, torch.Tensor):
-        return out
-    kind = type(out).__name__
-    keys = f" with keys {sorted(map(str, out))}" if isinstance(out, dict) else ""
-    size = f" of {len(out)}" if isinstance(out, tuple | list) else ""
-    raise ModelError(
-        f"{what} returned a {kind}{size}{keys}, not one tensor (N, C, *roi); tuple/dict "
-        "outputs are not supported yet: wrap the model to return the segmentation tensor "
-        "(e.g. lambda x: model(x)[0])"
-    )
-
-
 class Predictor:
-    """Run a torch module on numpy batches: device, AMP, TTA and activation in one place."""
+    """Run a torch module on numpy batches and return numpy probabilities (the host path).
+
+    A thin host-side wrapper of :class:`~geomed_seg.inference.device.DeviceModel` (device
+    transfer, memory format, AMP, TTA and activation in one place); the device path
+    (:mod:`geomed_seg.inference.device_engine`) keeps the outputs on the device instead.
+    """
 
     def __init__(
         self,
         module: Callable,
         device: torch.device,
-        amp: bool,
+        amp: bool | str,
         tta: bool,
         activate: bool = True,
         *,
         tta_axes: Sequence[int] | None = None,
         activation: str = "auto",
+        channels_last: bool | str = "auto",
+        compile: bool = False,
+        nan_to_zero: bool = False,
     ) -> None:
-        self.module, self.device, self.tta = module, device, tta
-        self.apply_activation = activate  # False: return logits (blended, activated at flush)
-        self.tta_axes, self.activation = tta_axes, activation
-        self.amp_dtype = None
-        if amp and device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.amp_dtype is not None:
-            with torch.autocast("cuda", dtype=self.amp_dtype):
-                return one_tensor(self.module(x)).float()
-        return one_tensor(self.module(x)).float()
-
-    def activate(self, logits: torch.Tensor) -> torch.Tensor:
-        """Return probabilities: softmax over channels, sigmoid for one output channel or
-        for every channel of a region (``activation="sigmoid"``) model."""
-        if logits.shape[1] == 1 or self.activation == "sigmoid":
-            return torch.sigmoid(logits)
-        return torch.softmax(logits, dim=1)
+        self.model = DeviceModel(
+            module, device, amp=amp, tta=tta, activate=activate, tta_axes=tta_axes,
+            activation=activation, channels_last=channels_last, compile=compile,
+            nan_to_zero=nan_to_zero,
+        )  # fmt: skip
+        self.device, self.tta, self.amp_dtype = device, tta, self.model.amp_dtype
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Return float32 probabilities ``(N, K, *roi)`` of a normalised ``(N, C, *roi)`` batch."""
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
-        with torch.inference_mode():
-            flips = mirror_axes(x.ndim - 2, self.tta_axes) if self.tta else [()]
-            prob = None
-            for axes in flips:
-                xi = torch.flip(x, axes) if axes else x
-                p = self._forward(xi)
-                p = self.activate(p) if self.apply_activation else p
-                p = torch.flip(p, axes) if axes else p
-                prob = p if prob is None else prob + p
-            assert prob is not None
-            if len(flips) > 1:
-                prob = prob / len(flips)
-            return prob.cpu().numpy().astype(np.float32, copy=False)
+        return self.model.predict(x).cpu().numpy().astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ DEFAULT_OVERLAP = 0.25
 DEFAULT_MODE = "gaussian"
 
 OUTPUTS = ("labels", "probabilities")
+AMP_CHOICES = ("auto", "fp16", "bf16", "off")
 SKIPS = ("auto", "none")
 
 
@@ -44,14 +45,24 @@ class EngineOptions:
         card's (``"gaussian"`` without a card).
     sigma_scale : float
         Gaussian sigma per roi (MONAI's 0.125).
-    batch_size : int
-        Windows per forward pass (>= 1).
+    batch_size : int or None
+        Windows per forward pass (>= 1); None: chosen from free device memory on CUDA
+        (:func:`geomed_seg.inference.device.auto_batch_size`), 4 on CPU.
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-    amp : bool
-        Autocast (bf16/fp16) on CUDA; ignored on CPU.
+    amp : bool or {"auto", "fp16", "bf16", "off"}
+        Autocast: True/``"auto"`` = bf16 (fp16 where bf16 is unsupported) on CUDA and
+        float32 on CPU; ``"fp16"``/``"bf16"`` force a dtype (fp16 needs CUDA).
     tta : bool
         Average over the ``2**ndim`` mirrorings of the spatial axes.
+    channels_last : bool or "auto"
+        ``channels_last`` memory format for the model input ("auto": for torch modules;
+        on CUDA the module's weights too).
+    compile : bool
+        ``torch.compile`` the module (slow first batches while it compiles).
+    device_blend : bool or "auto"
+        Normalise, blend and reduce to labels on the device (torch tensors), copying back
+        only labels; "auto": on CUDA. False: numpy on the host (faster on CPU).
     threshold : float
         Foreground probability of one-channel (sigmoid) models, in ``(0, 1)``.
     output : {"labels", "probabilities"}
@@ -60,7 +71,8 @@ class EngineOptions:
         Window skip rule (see ``segment``); a callable gets ``(data (C, *window), valid
         (*window))`` and returns True to skip.
     foreground_threshold : float or None
-        Volumes with ``skip="auto"``: a window without a voxel above it is background.
+        Volumes with ``skip="auto"``: a window without a voxel above it is background
+        (None: without a non-zero voxel, the zero background of skull-stripped MRI).
     overwrite : bool
         Replace an existing output file.
     quiet : bool
@@ -73,10 +85,13 @@ class EngineOptions:
     overlap: float | None = None
     mode: str | None = None
     sigma_scale: float = 0.125
-    batch_size: int = 4
+    batch_size: int | None = 4
     device: str = "auto"
-    amp: bool = True
+    amp: bool | str = True
     tta: bool = False
+    channels_last: bool | str = "auto"
+    compile: bool = False
+    device_blend: bool | str = "auto"
     threshold: float = DEFAULT_THRESHOLD
     output: str = "labels"
     skip: str | Callable | None = "auto"
@@ -92,8 +107,15 @@ class EngineOptions:
             raise InvalidInputError(f"overlap must be >= 0 and < 1, got {self.overlap}")
         if self.mode is not None and self.mode not in BLEND_MODES:
             raise InvalidInputError(f"unknown blend mode {self.mode!r}; use one of {BLEND_MODES}")
-        if int(self.batch_size) < 1:
+        if self.batch_size is not None and int(self.batch_size) < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.amp not in (True, False, *AMP_CHOICES):
+            raise InvalidInputError(f"amp must be a bool or one of {AMP_CHOICES}, got {self.amp!r}")
+        for name in ("channels_last", "device_blend"):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise InvalidInputError(
+                    f"{name} must be True, False or 'auto', got {getattr(self, name)!r}"
+                )
         if self.output not in OUTPUTS:
             raise InvalidInputError(
                 f"output must be 'labels' or 'probabilities', got {self.output!r}"

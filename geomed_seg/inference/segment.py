@@ -32,6 +32,8 @@ from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import InvalidInputError, ModelError
 from geomed_seg.inference.blend import activate_numpy, label_format, reduce_chunk
 from geomed_seg.inference.crop import CroppedSink, nonzero_box
+from geomed_seg.inference.device import DeviceModel, auto_batch_size, torch_normaliser
+from geomed_seg.inference.device_engine import run_windows_on_device
 from geomed_seg.inference.engine import Predictor, WindowJob, empty_windows, run_windows
 from geomed_seg.inference.options import EngineOptions
 from geomed_seg.inference.plan import importance_map, plan_windows, regular_chunks, schedule_chunks
@@ -120,13 +122,12 @@ def _skip_rule(
         raise InvalidInputError(f"skip must be 'auto', 'none' or a callable, got {skip!r}")
     if image.kind == "raster":
         return lambda data, valid: not valid.any()
-    if threshold is None and image.mask is None:
-        return None
     t = threshold
 
     def volume_rule(data: np.ndarray, valid: np.ndarray) -> bool:
-        fg = valid if t is None else valid & (data > t).any(axis=0)
-        return not fg.any()
+        # zero background (skull-stripped MRI, masked CT): a window of zeros is background
+        above = (data != 0) if t is None else (data > t)
+        return not (valid & above.any(axis=0)).any()
 
     return volume_rule
 
@@ -204,6 +205,10 @@ class EngineRun:
     job: WindowJob
     spec: OutputSpec
     sink: Sink
+    #: The device path (:mod:`geomed_seg.inference.device_engine`) when it is used.
+    device_model: DeviceModel | None = None
+    #: Keyword arguments of :func:`~geomed_seg.inference.device_blend.reduce_chunk_device`.
+    device_reduce: dict[str, Any] | None = None
 
 
 def _prepare_input(image: Image, card: Any) -> tuple[Image, Callable[[np.ndarray], np.ndarray]]:
@@ -259,8 +264,9 @@ def _probe_classes(predictor: Predictor, image: Image, roi: tuple[int, ...]) -> 
 
 def _output(
     image: Image, classes: list[ClassInfo], card: Any, opts: EngineOptions
-) -> tuple[OutputSpec, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]:
-    """Return the output spec and ``reduce(prob, wsum, valid)`` of a finished chunk."""
+) -> tuple[OutputSpec, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], dict]:
+    """Return the output spec, ``reduce(prob, wsum, valid)`` of a finished chunk on the host
+    and the same rules as keyword arguments of the device reduction."""
     lut = np.array([c.index for c in classes], dtype=np.int64)
     if opts.output == "labels":
         dtype, nodata = label_format(lut, getattr(card, "nodata_label", None))
@@ -281,7 +287,11 @@ def _output(
             mask_invalid=is_raster, threshold=opts.threshold, activation=activation,
         )  # fmt: skip
 
-    return spec, reduce
+    device_reduce = dict(
+        output=opts.output, lut=lut, dtype=dtype, nodata=nodata, mask_invalid=is_raster,
+        blend_logits=blend_logits, threshold=opts.threshold, activation=activation,
+    )  # fmt: skip
+    return spec, reduce, device_reduce
 
 
 def resolve_run(
@@ -299,11 +309,14 @@ def resolve_run(
     if isinstance(module, torch.nn.Module):
         module = module.eval().to(dev)
     blend_logits = getattr(card, "blend", "probabilities") == "logits"
-    predictor = Predictor(
-        module, dev, opts.amp, opts.tta, activate=not blend_logits,
+    model_kw = dict(
+        amp=opts.amp, tta=opts.tta, activate=not blend_logits,
         tta_axes=getattr(card, "mirror_axes", None),
-        activation=getattr(card, "activation", "auto"),
+        activation=getattr(card, "activation", "auto"), channels_last=opts.channels_last,
+        compile=opts.compile,
     )  # fmt: skip
+    # host batches are cleaned of non-finite samples by iter_batches
+    predictor = Predictor(module, dev, nan_to_zero=False, **model_kw)
     steps = "nnunet" if opts.mode == "nnunet" else "monai"
     plan = plan_windows(image.spatial_shape, opts.roi_size, opts.overlap, steps=steps)
     if card is not None:
@@ -311,23 +324,38 @@ def resolve_run(
     else:
         classes = _probe_classes(predictor, image, plan.roi_size)
     out_sink = sink_for(sink, overwrite=opts.overwrite)
-    spec, reduce = _output(full, classes, card, opts)
+    spec, reduce, device_reduce = _output(full, classes, card, opts)
     if box is not None:
         fill = _outside_fill(opts.output, len(classes), getattr(card, "activation", "auto"))
         out_sink = CroppedSink(out_sink, box, fill)
+    weight = importance_map(plan.roi_size, opts.mode, opts.sigma_scale)
+    device_model = None
+    if opts.device_blend is True or (opts.device_blend == "auto" and dev.type == "cuda"):
+        # raw windows travel and are normalised on the device, unless the plan pads (each
+        # window normalised on its own, then 0-padded) or the card's rule is host-only
+        padded = any(b or a for b, a in plan.pad)
+        tnorm = None if padded else torch_normaliser(card, getattr(normalise, "stats", None))
+        device_model = DeviceModel(
+            module, dev, normalise=tnorm, weight=weight,
+            nan_to_zero=bool(np.issubdtype(image.dtype, np.floating)), **model_kw,
+        )  # fmt: skip
+    batch_size = opts.batch_size
+    if batch_size is None:
+        batch_size = auto_batch_size(device_model or predictor.model, image.n_channels,
+                                     plan.roi_size)  # fmt: skip
     job = WindowJob(
         plan=plan,
         schedule=schedule_chunks(plan, _output_chunks(image, out_sink)),
         normalise=normalise,
-        weight=importance_map(plan.roi_size, opts.mode, opts.sigma_scale),
+        weight=weight,
         n_classes=len(classes),
-        batch_size=opts.batch_size,
+        batch_size=batch_size,
         skip=_skip_rule(image, opts.skip, opts.foreground_threshold),
         background_skips=not isinstance(image.grid, GeoGrid),
         reduce=reduce,
         known_empty=empty_windows(image, plan) if opts.skip == "auto" else frozenset(),
     )
-    return EngineRun(image, opts, dev, predictor, job, spec, out_sink)
+    return EngineRun(image, opts, dev, predictor, job, spec, out_sink, device_model, device_reduce)
 
 
 def run_stats(stats: Any, seconds: float, device: torch.device) -> dict[str, Any]:
@@ -359,7 +387,13 @@ def execute(run: EngineRun) -> SegmentResult:
     t0 = time.perf_counter()
     run.sink.start(run.spec)
     try:
-        stats = run_windows(run.image, run.job, run.predictor, run.sink, reporter)
+        if run.device_model is not None:
+            stats = run_windows_on_device(
+                run.image, run.job, run.device_model, run.sink, run.device_reduce or {},
+                reporter,
+            )  # fmt: skip
+        else:
+            stats = run_windows(run.image, run.job, run.predictor, run.sink, reporter)
         result_image = run.sink.finish()
     except BaseException:
         run.sink.abort()
@@ -371,7 +405,10 @@ def execute(run: EngineRun) -> SegmentResult:
         "segmented %d windows (%d skipped) in %.1f s",
         stats.windows_total, stats.windows_skipped, seconds,
     )  # fmt: skip
-    return SegmentResult(result_image, run.sink.path, run_stats(stats, seconds, dev))
+    info = run_stats(stats, seconds, dev)
+    info["batch_size"] = run.job.batch_size
+    info["device_blend"] = run.device_model is not None
+    return SegmentResult(result_image, run.sink.path, info)
 
 
 def segment(
@@ -408,8 +445,10 @@ def segment(
     is invalid); one-channel models threshold at ``threshold``, others take the argmax
     (:func:`geomed_seg.inference.blend.labels_from_probabilities`). ``"probabilities"``
     gives float32 ``(class, *spatial)`` (NaN where invalid). ``skip="auto"``: rasters skip
-    windows without any valid pixel (output nodata); volumes skip windows without a voxel
-    above ``foreground_threshold`` inside ``image.mask`` (output background class).
+    windows without any valid pixel (output nodata); volumes skip windows without a
+    foreground voxel (output background class, channel 0): a voxel is foreground when it
+    is valid (inside ``image.mask``) and any channel is non-zero (zero background, as
+    skull-stripped MRI) or, with ``foreground_threshold``, above it.
     """
     opts = EngineOptions.of(options, **changes)
     return execute(resolve_run(image, model, opts, sink))
