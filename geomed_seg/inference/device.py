@@ -209,6 +209,44 @@ class BatchStager:
 # -- model ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """How :class:`DeviceModel` runs a module (one value instead of a long argument list).
+
+    Attributes
+    ----------
+    amp : bool or str
+        See :func:`amp_dtype`.
+    tta : bool
+        Average over the mirrorings of the spatial axes (``tta_axes`` only, when given).
+    activate : bool
+        Softmax (sigmoid for one channel, or for every channel when ``activation ==
+        "sigmoid"``: region models) per window; False returns logits (cards that blend
+        logits).
+    tta_axes : tuple of int, optional
+        Spatial axes TTA may flip (0 = first spatial axis); None: all.
+    activation : {"auto", "sigmoid"}
+        A card's activation: "sigmoid" for region outputs (one sigmoid per channel).
+    channels_last : bool or "auto"
+        ``channels_last`` / ``channels_last_3d`` memory format of the input ("auto": for
+        torch modules); on CUDA the module's convolution weights are converted too.
+    compile : bool
+        Wrap the module with ``torch.compile`` (first batches are slow while it compiles).
+    nan_to_zero : bool
+        Replace non-finite input samples by 0 (float inputs; integer inputs cannot hold
+        NaN, so callers pass False for them and save a pass over the batch).
+    """
+
+    amp: bool | str = "auto"
+    tta: bool = False
+    activate: bool = True
+    tta_axes: tuple[int, ...] | None = None
+    activation: str = "auto"
+    channels_last: bool | str = "auto"
+    compile: bool = False
+    nan_to_zero: bool = True
+
+
 class DeviceModel:
     """Run a module on device batches: normalise, memory format, autocast, TTA, activation, weight.
 
@@ -217,60 +255,35 @@ class DeviceModel:
     module : callable
         ``(N, C, *roi)`` float32 → ``(N, K, *roi)`` logits.
     device : torch.device
-    amp : bool or str
-        See :func:`amp_dtype`.
-    tta : bool
-        Average over the ``2**ndim`` mirrorings of the spatial axes.
-    activate : bool
-        Softmax (sigmoid for one channel, or for every channel when ``activation ==
-        "sigmoid"``: region models) per window; False returns logits (cards that blend
-        logits).
-    channels_last : bool or "auto"
-        ``channels_last`` / ``channels_last_3d`` memory format for module and input
-        ("auto": on, for torch modules).
-    compile : bool
-        Wrap the module with ``torch.compile`` (first batches are slow while it compiles).
+    options : ModelOptions
+        AMP, TTA, activation, memory format, compile, NaN handling.
     normalise : callable, optional
         Device normalisation (:func:`torch_normaliser`); None: batches arrive normalised.
     weight : numpy.ndarray, optional
         Importance map ``roi_size``; when given, outputs are multiplied by it (blending).
-    tta_axes : sequence of int, optional
-        Spatial axes TTA may flip (0 = first spatial axis); None: all.
-    activation : {"auto", "sigmoid"}
-        A card's activation: "sigmoid" for region outputs (one sigmoid per channel).
-    nan_to_zero : bool
-        Replace non-finite input samples by 0 (float inputs; integer inputs cannot hold NaN, so
-        callers pass False for them and save a pass over the batch).
     """
 
     def __init__(
         self,
         module: Callable,
         device: torch.device,
-        *,
-        amp: bool | str = "auto",
-        tta: bool = False,
-        activate: bool = True,
-        channels_last: bool | str = "auto",
-        compile: bool = False,
+        options: ModelOptions = ModelOptions(),  # noqa: B008 - frozen value
         normalise: Callable[[torch.Tensor], torch.Tensor] | None = None,
         weight: np.ndarray | None = None,
-        nan_to_zero: bool = True,
-        tta_axes: Sequence[int] | None = None,
-        activation: str = "auto",
     ) -> None:
-        self.device, self.tta, self.apply_activation = device, tta, activate
-        self.nan_to_zero, self.tta_axes, self.activation = nan_to_zero, tta_axes, activation
-        self.amp_dtype = amp_dtype(amp, device)
+        o = options
+        self.device, self.options, self.tta, self.apply_activation = device, o, o.tta, o.activate
+        self.nan_to_zero, self.tta_axes, self.activation = o.nan_to_zero, o.tta_axes, o.activation
+        self.amp_dtype = amp_dtype(o.amp, device)
         is_module = isinstance(module, torch.nn.Module)
-        self.channels_last = is_module if channels_last == "auto" else bool(channels_last)
+        self.channels_last = is_module if o.channels_last == "auto" else bool(o.channels_last)
         self.normalise = normalise
         self.weight = (
             None if weight is None else torch.as_tensor(np.asarray(weight, np.float32)).to(device)
         )
         if self.channels_last and is_module and device.type == "cuda":
             self._format_module(module)
-        self.module = torch.compile(module) if compile else module
+        self.module = torch.compile(module) if o.compile else module
 
     def _memory_format(self, ndim: int) -> torch.memory_format | None:
         if not self.channels_last:
@@ -383,6 +396,7 @@ __all__ = [
     "AMP_CHOICES",
     "BatchStager",
     "DeviceModel",
+    "ModelOptions",
     "StagedBatch",
     "amp_dtype",
     "auto_batch_size",

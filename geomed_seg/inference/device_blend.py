@@ -18,6 +18,7 @@ only at flush time.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -151,19 +152,45 @@ def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
     return torch.softmax(x, dim=0)
 
 
+@dataclass(frozen=True)
+class ReduceRules:
+    """How a finished chunk becomes output (the rules of the host's ``reduce_chunk``).
+
+    Attributes
+    ----------
+    output : {"labels", "probabilities"}
+    lut : numpy.ndarray
+        Label value of each channel (int64, length K).
+    dtype : numpy.dtype
+        Label dtype (uint8/uint16) or float32 for probabilities.
+    nodata : float or None
+        Label of pixels without an answer (NaN for probabilities).
+    mask_invalid : bool
+        Invalid input pixels get nodata (rasters).
+    blend_logits : bool
+        Blended values are logits: activate once after blending.
+    threshold : float
+        Foreground probability of one-channel and region (sigmoid) models.
+    activation : {"auto", "sigmoid"}
+        "sigmoid": region channels, painted in channel order.
+    """
+
+    output: str
+    lut: np.ndarray
+    dtype: np.dtype
+    nodata: float | None
+    mask_invalid: bool
+    blend_logits: bool = False
+    threshold: float = DEFAULT_THRESHOLD
+    activation: str = "auto"
+
+
 def reduce_chunk_device(
     acc: torch.Tensor,
     wsum: torch.Tensor,
     valid: np.ndarray,
-    *,
-    output: str,
-    lut: torch.Tensor,
-    dtype: np.dtype,
-    nodata: float | None,
-    mask_invalid: bool,
-    blend_logits: bool = False,
-    threshold: float = DEFAULT_THRESHOLD,
-    activation: str = "auto",
+    rules: ReduceRules,
+    lut: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Return the chunk to write, computed on the device: labels ``(1, *chunk)`` or probabilities.
 
@@ -171,34 +198,37 @@ def reduce_chunk_device(
     ``wsum > 0``; activated once for cards that blend logits; one channel thresholds
     (``lut[0]`` above ``threshold``, else 0), several take ``lut[argmax]`` (NaN never wins),
     region models (``activation="sigmoid"``) paint ``lut[k]`` where channel k is above
-    ``threshold``, in channel order;
-    ``nodata`` (labels) or NaN (probabilities) where no run window covered the pixel, where
-    a channel is NaN and, when ``mask_invalid``, where the input is invalid.
-    ``lut`` is the int64 label of each channel, on the device.
+    ``threshold``, in channel order; ``nodata`` (labels) or NaN (probabilities) where no
+    run window covered the pixel, where a channel is NaN and, when ``mask_invalid``, where
+    the input is invalid. ``lut``: ``rules.lut`` already on the device (saves a copy per
+    chunk).
     """
+    r = rules
+    if lut is None:
+        lut = torch.as_tensor(np.asarray(r.lut, np.int64)).to(acc.device)
     covered = wsum > 0
     prob = torch.where(covered, acc / torch.where(covered, wsum, 1.0), acc)
-    if blend_logits:
-        prob = _activate(prob, activation)
+    if r.blend_logits:
+        prob = _activate(prob, r.activation)
     bad = ~covered
-    if mask_invalid:
+    if r.mask_invalid:
         bad |= ~torch.from_numpy(np.ascontiguousarray(valid)).to(prob.device, non_blocking=True)
-    if output == "probabilities":
+    if r.output == "probabilities":
         prob = prob.masked_fill(bad, float("nan"))
         return prob.cpu().numpy().astype(np.float32, copy=False)
     nan = torch.isnan(prob).any(dim=0)
     if prob.shape[0] == 1:
-        labels = torch.where(prob[0] > threshold, lut[0], torch.zeros_like(lut[0]))
-    elif activation == "sigmoid":  # regions: painted in channel order, the last one wins
+        labels = torch.where(prob[0] > r.threshold, lut[0], torch.zeros_like(lut[0]))
+    elif r.activation == "sigmoid":  # regions: painted in channel order, the last one wins
         labels = torch.zeros(prob.shape[1:], dtype=lut.dtype, device=prob.device)
         for k in range(prob.shape[0]):
-            labels.masked_fill_(prob[k] > threshold, lut[k])
+            labels.masked_fill_(prob[k] > r.threshold, lut[k])
     else:
         labels = lut[channel_argmax(prob.masked_fill(torch.isnan(prob), float("-inf")))]
-    if nodata is not None:
-        labels = labels.masked_fill(bad | nan, int(nodata))
-    small = torch.uint8 if np.dtype(dtype) == np.uint8 else torch.int32
-    return labels.to(small).cpu().numpy().astype(dtype, copy=False)[None]
+    if r.nodata is not None:
+        labels = labels.masked_fill(bad | nan, int(r.nodata))
+    small = torch.uint8 if np.dtype(r.dtype) == np.uint8 else torch.int32
+    return labels.to(small).cpu().numpy().astype(r.dtype, copy=False)[None]
 
 
-__all__ = ["DeviceChunkAccumulator", "reduce_chunk_device"]
+__all__ = ["DeviceChunkAccumulator", "ReduceRules", "channel_argmax", "reduce_chunk_device"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +29,11 @@ import torch
 from geomed_seg.core.image import Image
 from geomed_seg.errors import ModelError
 from geomed_seg.inference.device import BatchStager, DeviceModel, StagedBatch
-from geomed_seg.inference.device_blend import DeviceChunkAccumulator, reduce_chunk_device
+from geomed_seg.inference.device_blend import (
+    DeviceChunkAccumulator,
+    ReduceRules,
+    reduce_chunk_device,
+)
 from geomed_seg.inference.engine import (
     EngineStats,
     WindowItem,
@@ -51,41 +54,34 @@ def _staged(
         yield items, (None if batch is None else stager(batch))
 
 
-def _raw(batch: np.ndarray) -> np.ndarray:
-    return batch
-
-
 def run_windows_on_device(
     image: Image,
     job: WindowJob,
     model: DeviceModel,
     sink: Sink,
-    reduce: dict[str, Any],
+    rules: ReduceRules,
     on_progress: Callable[[int], None] | None = None,
 ) -> EngineStats:
     """Run every window of ``job.plan`` on ``model.device``; stream finished chunks to ``sink``.
 
     When ``model`` normalises on the device (``model.normalise``), raw windows travel and
     ``job.normalise`` is not used; otherwise batches are normalised on the host first.
-    ``reduce``: keyword arguments of
-    :func:`~geomed_seg.inference.device_blend.reduce_chunk_device` besides the chunk arrays
-    (``output``, ``lut`` (numpy), ``dtype``, ``nodata``, ``mask_invalid``, ``blend_logits``,
-    ``threshold``, ``activation``).
+    ``rules``: how a finished chunk becomes output
+    (:class:`~geomed_seg.inference.device_blend.ReduceRules`).
     """
     plan, schedule, n_classes = job.plan, job.schedule, job.n_classes
     dev = model.device
     if model.weight is None:
         model.weight = torch.as_tensor(np.asarray(job.weight, np.float32)).to(dev)
     acc = DeviceChunkAccumulator(plan, schedule, model.weight, n_classes, job.background_skips)
-    kw = dict(reduce)
-    kw["lut"] = torch.as_tensor(np.asarray(kw["lut"], np.int64)).to(dev)
+    lut = torch.as_tensor(np.asarray(rules.lut, np.int64)).to(dev)
     stats = EngineStats(windows_total=len(plan))
     stop = threading.Event()
     reader = WindowReader(image, plan, [i for i in schedule.order if i not in job.known_empty])
     on_device = model.normalise is not None
     batches = iter_batches(
-        reader, plan, schedule.order, job.batch_size, _raw if on_device else job.normalise,
-        job.skip, stop, job.known_empty, keep_dtype=on_device,
+        reader, plan, schedule.order, job.batch_size, None if on_device else job.normalise,
+        job.skip, stop, job.known_empty,
     )  # fmt: skip
     stream = prefetch(_staged(batches, BatchStager(dev)))
     try:
@@ -102,7 +98,7 @@ def run_windows_on_device(
                     wprob = probs[k]  # type: ignore[index]
                     k += 1
                 for _, bsl, a, w, valid in acc.add(it.index, it.valid, wprob):
-                    sink.write(reduce_chunk_device(a, w, valid, **kw), bsl)
+                    sink.write(reduce_chunk_device(a, w, valid, rules, lut), bsl)
                     acc.release(a, w)
             stats.windows_run += k
             stats.windows_skipped += len(items) - k

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +36,12 @@ from geomed_seg.inference.blend import (  # noqa: F401 - re-exported for older i
     activate_numpy,
     reduce_chunk,
 )
-from geomed_seg.inference.device import DeviceModel, mirror_axes, one_tensor  # noqa: F401
+from geomed_seg.inference.device import (  # noqa: F401 - mirror_axes, one_tensor re-exported
+    DeviceModel,
+    ModelOptions,
+    mirror_axes,
+    one_tensor,
+)
 from geomed_seg.inference.plan import ChunkSchedule, WindowPlan
 from geomed_seg.inference.reader import WindowReader
 from geomed_seg.inference.sinks import Sink
@@ -82,11 +87,10 @@ def iter_batches(
     plan: WindowPlan,
     order: tuple[int, ...],
     batch_size: int,
-    normalise: Callable[[np.ndarray], np.ndarray],
+    normalise: Callable[[np.ndarray], np.ndarray] | None,
     skip: SkipRule | None,
     stop: threading.Event,
     known_empty: frozenset[int] = frozenset(),
-    keep_dtype: bool = False,
 ) -> Iterator[tuple[list[WindowItem], np.ndarray | None]]:
     """Yield ``(items, batch)``: up to ``batch_size`` runnable windows (skipped ones ride along).
 
@@ -95,9 +99,10 @@ def iter_batches(
     one buffer and normalised once per batch. Where the plan pads (image smaller than the
     roi), each window is normalised on its own and padded with 0 afterwards, as MONAI pads
     the normalised image. Windows in ``known_empty`` (no valid pixel, known from the mask
-    alone) are skipped unread. ``keep_dtype``: the batch keeps the dtype ``normalise``
-    returns (raw windows for a normalisation on the device) instead of float32.
+    alone) are skipped unread. ``normalise=None``: the batch holds the raw windows in their
+    own dtype (for a normalisation on the device).
     """
+    keep_dtype = normalise is None
     padded = any(b or a for b, a in plan.pad)
     items: list[WindowItem] = []
     rows: list[np.ndarray] = []  # padded plans: normalised windows
@@ -107,7 +112,10 @@ def iter_batches(
         n = len(rows) if padded else sum(it.data is not None for it in items)
         if n == 0:
             return items, None
-        batch = np.stack(rows) if padded else normalise(raw[:n])  # type: ignore[index]
+        if padded:
+            batch = np.stack(rows)
+        else:
+            batch = raw[:n] if normalise is None else normalise(raw[:n])  # type: ignore[index]
         if keep_dtype:  # raw windows for a normalisation on the device, cleaned there
             batch = np.ascontiguousarray(batch)
         else:
@@ -222,22 +230,10 @@ class Predictor:
         self,
         module: Callable,
         device: torch.device,
-        amp: bool | str,
-        tta: bool,
-        activate: bool = True,
-        *,
-        tta_axes: Sequence[int] | None = None,
-        activation: str = "auto",
-        channels_last: bool | str = "auto",
-        compile: bool = False,
-        nan_to_zero: bool = False,
+        options: ModelOptions = ModelOptions(nan_to_zero=False),  # noqa: B008 - frozen value
     ) -> None:
-        self.model = DeviceModel(
-            module, device, amp=amp, tta=tta, activate=activate, tta_axes=tta_axes,
-            activation=activation, channels_last=channels_last, compile=compile,
-            nan_to_zero=nan_to_zero,
-        )  # fmt: skip
-        self.device, self.tta, self.amp_dtype = device, tta, self.model.amp_dtype
+        self.model = DeviceModel(module, device, options)
+        self.device, self.tta, self.amp_dtype = device, options.tta, self.model.amp_dtype
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Return float32 probabilities ``(N, K, *roi)`` of a normalised ``(N, C, *roi)`` batch."""

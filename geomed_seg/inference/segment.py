@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,13 @@ from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import InvalidInputError, ModelError
 from geomed_seg.inference.blend import activate_numpy, label_format, reduce_chunk
 from geomed_seg.inference.crop import CroppedSink, nonzero_box
-from geomed_seg.inference.device import DeviceModel, auto_batch_size, torch_normaliser
+from geomed_seg.inference.device import (
+    DeviceModel,
+    ModelOptions,
+    auto_batch_size,
+    torch_normaliser,
+)
+from geomed_seg.inference.device_blend import ReduceRules
 from geomed_seg.inference.device_engine import run_windows_on_device
 from geomed_seg.inference.engine import Predictor, WindowJob, empty_windows, run_windows
 from geomed_seg.inference.options import EngineOptions
@@ -207,8 +213,8 @@ class EngineRun:
     sink: Sink
     #: The device path (:mod:`geomed_seg.inference.device_engine`) when it is used.
     device_model: DeviceModel | None = None
-    #: Keyword arguments of :func:`~geomed_seg.inference.device_blend.reduce_chunk_device`.
-    device_reduce: dict[str, Any] | None = None
+    #: How the device path turns a finished chunk into output.
+    device_reduce: ReduceRules | None = None
 
 
 def _prepare_input(image: Image, card: Any) -> tuple[Image, Callable[[np.ndarray], np.ndarray]]:
@@ -264,7 +270,7 @@ def _probe_classes(predictor: Predictor, image: Image, roi: tuple[int, ...]) -> 
 
 def _output(
     image: Image, classes: list[ClassInfo], card: Any, opts: EngineOptions
-) -> tuple[OutputSpec, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], dict]:
+) -> tuple[OutputSpec, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], ReduceRules]:
     """Return the output spec, ``reduce(prob, wsum, valid)`` of a finished chunk on the host
     and the same rules as keyword arguments of the device reduction."""
     lut = np.array([c.index for c in classes], dtype=np.int64)
@@ -287,7 +293,7 @@ def _output(
             mask_invalid=is_raster, threshold=opts.threshold, activation=activation,
         )  # fmt: skip
 
-    device_reduce = dict(
+    device_reduce = ReduceRules(
         output=opts.output, lut=lut, dtype=dtype, nodata=nodata, mask_invalid=is_raster,
         blend_logits=blend_logits, threshold=opts.threshold, activation=activation,
     )  # fmt: skip
@@ -309,14 +315,14 @@ def resolve_run(
     if isinstance(module, torch.nn.Module):
         module = module.eval().to(dev)
     blend_logits = getattr(card, "blend", "probabilities") == "logits"
-    model_kw = dict(
+    axes = getattr(card, "mirror_axes", None)
+    model_opts = ModelOptions(
         amp=opts.amp, tta=opts.tta, activate=not blend_logits,
-        tta_axes=getattr(card, "mirror_axes", None),
+        tta_axes=None if axes is None else tuple(axes),
         activation=getattr(card, "activation", "auto"), channels_last=opts.channels_last,
-        compile=opts.compile,
+        compile=opts.compile, nan_to_zero=False,  # host batches: cleaned by iter_batches
     )  # fmt: skip
-    # host batches are cleaned of non-finite samples by iter_batches
-    predictor = Predictor(module, dev, nan_to_zero=False, **model_kw)
+    predictor = Predictor(module, dev, model_opts)
     steps = "nnunet" if opts.mode == "nnunet" else "monai"
     plan = plan_windows(image.spatial_shape, opts.roi_size, opts.overlap, steps=steps)
     if card is not None:
@@ -335,10 +341,10 @@ def resolve_run(
         # window normalised on its own, then 0-padded) or the card's rule is host-only
         padded = any(b or a for b, a in plan.pad)
         tnorm = None if padded else torch_normaliser(card, getattr(normalise, "stats", None))
+        nan = bool(np.issubdtype(image.dtype, np.floating))  # raw windows: cleaned there
         device_model = DeviceModel(
-            module, dev, normalise=tnorm, weight=weight,
-            nan_to_zero=bool(np.issubdtype(image.dtype, np.floating)), **model_kw,
-        )  # fmt: skip
+            module, dev, replace(model_opts, nan_to_zero=nan), normalise=tnorm, weight=weight
+        )
     batch_size = opts.batch_size
     if batch_size is None:
         batch_size = auto_batch_size(device_model or predictor.model, image.n_channels,
@@ -389,7 +395,7 @@ def execute(run: EngineRun) -> SegmentResult:
     try:
         if run.device_model is not None:
             stats = run_windows_on_device(
-                run.image, run.job, run.device_model, run.sink, run.device_reduce or {},
+                run.image, run.job, run.device_model, run.sink, run.device_reduce,
                 reporter,
             )  # fmt: skip
         else:
