@@ -70,7 +70,6 @@ ALLOWED: dict[str, str] = {
     "geomed_seg.metrics.brats:brats_metrics": "BraTS convention options (public API)",
     # others
     "geomed_seg.batch.summary:write_summary": "85 lines after the batch STAC item (out-sidecars)",
-    "geomed_seg.batch.thresholds:stats_task": "dask task: plain arguments pickle to workers",
     "geomed_seg.instances.maskrcnn:detect_tiled": "tiled detection settings (public API)",
     "geomed_seg.instances.maskrcnn:maskrcnn_file": "file front end mirroring the CLI options",
     "geomed_seg.models.card:ModelCard.to_stac_mlm": "STAC MLM fields (out-sidecars is editing)",
@@ -78,7 +77,6 @@ ALLOWED: dict[str, str] = {
     "geomed_seg.models.importers.monai_bundle:_run": "87 lines: bundle translation in one pass",
     "geomed_seg.models.importers.nnunet:run": "114 lines: nnU-Net results-folder import, just landed (nnunet)",
     "geomed_seg.pipelines.stac:build_item": "STAC item fields (out-sidecars is editing)",
-    "geomed_seg.train.mixing:mix_batch": "MixUp/CutMix probabilities and alphas",
     "geomed_seg.train.sampling:PatchSampler.__init__": "sampler settings (MONAI-like options)",
 }  # fmt: skip
 

@@ -72,9 +72,7 @@ def task_values(cfg: PipelineConfig, src: Path, block: Block | None) -> Image:
 
 
 def stats_task(
-    config_ref: str,
-    overrides: tuple[str, ...],
-    chash: str,
+    worker: tuple[str, tuple[str, ...], str],
     path: str,
     block: Block | None,
     step: str,
@@ -84,7 +82,8 @@ def stats_task(
 ) -> dict[str, Any]:
     """Pass-1 task: the min/max (``step="range"``) or histogram (``"hist"``) of one job.
 
-    Returns ``{"status": "done", "result": ..., **input identity}`` or a failed record
+    ``worker`` is ``(config reference, overrides, config hash)``
+    (:func:`~geomed_seg.batch.tasks.worker_config`). Returns ``{"status": "done", "result": ..., **input identity}`` or a failed record
     with the error; never raises for the input's own problem.
     """
     from geomed_seg.classical.thresholds import image_histogram, value_range_of
@@ -94,7 +93,7 @@ def stats_task(
     rec: dict[str, Any] = {"status": "failed", "error": None}
 
     def attempt() -> None:
-        values = task_values(worker_config(config_ref, overrides, chash), src, block)
+        values = task_values(worker_config(*worker), src, block)
         if step == "range":
             r = value_range_of(values)
             rec["result"] = {"lo": r.lo, "hi": r.hi}
@@ -195,7 +194,7 @@ def run_pass1(
     def submitter(step: str, value_range: tuple[float, float] | None) -> Callable[[Job], Any]:
         def submit(j: Job) -> Any:
             client = get_client()
-            return client.submit(stats_task, *task_args, str(j.path), j.block, step,
+            return client.submit(stats_task, task_args, str(j.path), j.block, step,
                                  value_range, src.bins, retries,
                                  key=f"pass1-{step}-{j.stem}-{uuid.uuid4().hex[:6]}",
                                  pure=False)  # fmt: skip

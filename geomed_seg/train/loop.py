@@ -46,7 +46,7 @@ from geomed_seg.train.augment import build_augment
 from geomed_seg.train.config import TrainConfig
 from geomed_seg.train.data import PatchDataset, Split, load_split, make_loader, mean_std
 from geomed_seg.train.losses import build_loss
-from geomed_seg.train.mixing import mix_batch
+from geomed_seg.train.mixing import MixOptions, mix_batch
 from geomed_seg.train.sampling import PatchSampler
 from geomed_seg.train.transfer import (
     encoder_eval,
@@ -308,6 +308,7 @@ def _train_epoch(run: _Run, epoch: int, progress: Any, task: Any) -> dict[str, A
     cfg, module, device = run.cfg, run.module, run.device
     a, o = cfg.augment, cfg.optim
     mixing = a.mixup_prob > 0 or a.cutmix_prob > 0
+    mix = MixOptions(a.mixup_prob, a.mixup_alpha, a.cutmix_prob, a.cutmix_alpha)
     module.train()
     if cfg.model.freeze_encoder:
         encoder_eval(module)
@@ -317,11 +318,8 @@ def _train_epoch(run: _Run, epoch: int, progress: Any, task: Any) -> dict[str, A
         x = batch["image"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
         if mixing:
-            x, y = mix_batch(
-                x, y, run.mix_rng, num_classes=run.card.num_classes,
-                ignore_index=cfg.loss.ignore_index, mixup_prob=a.mixup_prob,
-                mixup_alpha=a.mixup_alpha, cutmix_prob=a.cutmix_prob, cutmix_alpha=a.cutmix_alpha,
-            )  # fmt: skip
+            x, y = mix_batch(x, y, run.mix_rng, mix, num_classes=run.card.num_classes,
+                             ignore_index=cfg.loss.ignore_index)  # fmt: skip
         run.opt.zero_grad(set_to_none=True)
         with _autocast(device, cfg.amp):
             logits = module(x)

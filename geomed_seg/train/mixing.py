@@ -18,6 +18,8 @@ that mixes the mask consistently, hence this small module.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -63,34 +65,43 @@ def cutmix(
     return x, y
 
 
+@dataclass(frozen=True)
+class MixOptions:
+    """Batch mixing of a training run: CutMix with ``cutmix_prob``, else MixUp with
+    ``mixup_prob``; mixing weights drawn from Beta(alpha, alpha)."""
+
+    mixup_prob: float = 0.0
+    mixup_alpha: float = 0.4
+    cutmix_prob: float = 0.0
+    cutmix_alpha: float = 1.0
+
+
 def mix_batch(
     x: torch.Tensor,
     y: torch.Tensor,
     rng: np.random.Generator,
+    options: MixOptions,
     *,
     num_classes: int,
     ignore_index: int | None,
-    mixup_prob: float,
-    mixup_alpha: float,
-    cutmix_prob: float,
-    cutmix_alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply CutMix (probability ``cutmix_prob``) or else MixUp (``mixup_prob``) to a batch.
 
     Returns images ``(N, C, *roi)`` and integer labels ``(N, *roi)`` (unchanged or CutMix) or
     soft targets ``(N, K, *roi)`` (MixUp). A batch of one patch is returned unchanged.
     """
+    o = options
     if x.shape[0] < 2:
         return x, y
     u = rng.random()
     perm = torch.as_tensor(rng.permutation(x.shape[0]), device=x.device)
-    if u < cutmix_prob:
-        lam = float(rng.beta(cutmix_alpha, cutmix_alpha))
+    if u < o.cutmix_prob:
+        lam = float(rng.beta(o.cutmix_alpha, o.cutmix_alpha))
         return cutmix(x, y, cutmix_box(tuple(y.shape[1:]), lam, rng), perm)
-    if u < cutmix_prob + mixup_prob:
-        lam = float(rng.beta(mixup_alpha, mixup_alpha))
+    if u < o.cutmix_prob + o.mixup_prob:
+        lam = float(rng.beta(o.mixup_alpha, o.mixup_alpha))
         return mixup(x, y, lam, perm, num_classes, ignore_index)
     return x, y
 
 
-__all__ = ["cutmix", "cutmix_box", "mix_batch", "mixup", "one_hot_valid"]
+__all__ = ["MixOptions", "cutmix", "cutmix_box", "mix_batch", "mixup", "one_hot_valid"]

@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from geomed_seg.errors import ConfigError, ModelError
 from geomed_seg.train.config import config_from_dict
 from geomed_seg.train.losses import LOSSES, build_loss
-from geomed_seg.train.mixing import cutmix, cutmix_box, mix_batch, mixup, one_hot_valid
+from geomed_seg.train.mixing import (
+    MixOptions,
+    cutmix,
+    cutmix_box,
+    mix_batch,
+    mixup,
+    one_hot_valid,
+)
 from geomed_seg.train.transfer import freeze_encoder, load_encoder_weights
 
 from .conftest import tiny_config
@@ -83,8 +90,8 @@ def test_cutmix_cuts_image_and_mask_in_the_same_box():
         assert (yc[i][inside] == perm[i]).all() and (yc[i][~inside] == i).all()
         assert torch.equal(xc[i, 0][inside], x[perm[i], 0][inside])
         assert torch.equal(xc[i, 0][~inside], x[i, 0][~inside])
-    xs, ys = mix_batch(x, y, rng, num_classes=4, ignore_index=None, mixup_prob=0.0,
-                       mixup_alpha=0.4, cutmix_prob=0.0, cutmix_alpha=1.0)  # fmt: skip
+    off = MixOptions(mixup_prob=0.0, mixup_alpha=0.4, cutmix_prob=0.0, cutmix_alpha=1.0)
+    xs, ys = mix_batch(x, y, rng, off, num_classes=4, ignore_index=None)
     assert xs is x and ys is y
 
 
