@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup sysdeps demo test test-all lint bench clean
+.PHONY: setup sysdeps demo test test-all test-readme lint bench clean
 
 setup: $(STAMP)
 
@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PIP) install -q -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
 
+# the demo's runs, then the inputs the README's other commands use (tiles, tiny untrained models)
 demo: $(STAMP)
 	$(VENV)/bin/geomed-seg demo --output demo-output
+	$(PY) scripts/make_demo_inputs.py demo-output
 
 # dicom3tools (dciodvfy) validates DICOM SEG outputs in the tests; best effort, never fatal:
 # where apt is unavailable the SEG validation test skips with its reason.
@@ -31,6 +33,10 @@ test: $(STAMP) sysdeps
 
 test-all: $(STAMP) sysdeps
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# the README's shell blocks, top to bottom, in a copy of the repo (after the demo's steps)
+test-readme: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_readme.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check geomed_seg tests benchmarks
