@@ -39,17 +39,11 @@ DEFERRED_CYCLES: dict[frozenset[str], str] = {
         "which take GeoGrid; moving the GDAL transformers out of io/ is a separate change",
     frozenset({"geomed_seg.classical.builtin", "geomed_seg.classical.registry"}):
         "plugin registry pattern: the registry imports its built-in entries on first lookup",
-    frozenset({"geomed_seg.inference.respaced", "geomed_seg.inference.segment"}):
-        "segment() resamples volumes to the card's spacing through respaced, which runs "
-        "segment() on the resampled grid (arch-engine's run resolution owns this split)",
 }  # fmt: skip
 
 #: ``"module:qualified.name": reason`` of the functions allowed over the limits for now.
 ALLOWED: dict[str, str] = {
     # engine options (issue #16 item 1, arch-engine): EngineOptions replaces these lists
-    "geomed_seg.batch.runner:_pass2": "engine/batch settings travel loose until EngineOptions",
-    "geomed_seg.batch.runner:run_batch": "public batch API; its engine settings become EngineOptions",
-    "geomed_seg.batch.runner:run_tile": "per-tile task arguments; shrinks with EngineOptions",
     "geomed_seg.inference.blend:reduce_chunk": "moved as is from engine.py by arch-engine (blend.py)",
     "geomed_seg.inference.sliding:sliding_window_inference":
         "MONAI drop-in: MONAI's own signature, kept for parity (perf-monai)",

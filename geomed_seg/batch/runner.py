@@ -37,6 +37,7 @@ import dask
 from geomed_seg.batch.blocks import Block, aligned_block_size, plan_blocks
 from geomed_seg.batch.journal import Journal, config_hash, file_sha256
 from geomed_seg.batch.manifest import Job, build_jobs, default_halo
+from geomed_seg.batch.options import BatchOptions
 from geomed_seg.batch.tasks import run_attempts
 from geomed_seg.batch.tasks import worker_config as _worker_config
 from geomed_seg.errors import ConfigError, InvalidInputError
@@ -92,29 +93,40 @@ def _run_block(cfg: PipelineConfig, src: Path, block: Block, folder: Path) -> No
     run_pipeline(cfg, image=sub, output=folder, core=block.core_in_read)
 
 
-def run_tile(
-    config_ref: str,
-    overrides: tuple[str, ...],
-    chash: str,
-    path: str,
-    out: str,
-    retries: int,
-    block: Block | None = None,
-    stem: str | None = None,
-    batch_threshold: float | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TileTask:
+    """The arguments of one pass-2 task (picklable: sent to a dask worker).
+
+    ``config_ref``, ``overrides`` and ``config_hash`` rebuild the config on the worker
+    (:func:`geomed_seg.batch.tasks.worker_config`); ``path`` is the tile, ``out`` the batch
+    folder, ``block`` the part of the tile to run (None: all of it), ``stem`` the tile's
+    folder name, ``batch_threshold`` pass 1's threshold (becomes ``model.batch_threshold``).
+    """
+
+    config_ref: str
+    overrides: tuple[str, ...]
+    config_hash: str
+    path: str
+    out: str
+    retries: int
+    block: Block | None = None
+    stem: str | None = None
+    batch_threshold: float | None = None
+
+
+def run_tile(task: TileTask) -> dict[str, Any]:
     """Run the pipeline on one tile (or one ``block`` of it) into ``out/tiles/<stem>``.
 
-    ``batch_threshold`` (pass 1 of :mod:`geomed_seg.batch.thresholds`) becomes the config's
-    ``model.batch_threshold``. Returns the tile's journal record, with the worker's peak and
-    current RSS (MiB) at the end of the task. Never raises for a tile's own failure: the
-    record has ``status="failed"`` and the error.
+    Returns the tile's journal record, with the worker's peak and current RSS (MiB) at the
+    end of the task. Never raises for a tile's own failure: the record has
+    ``status="failed"`` and the error.
     """
     from geomed_seg.pipelines.runner import run_pipeline
 
     dask.config.set(scheduler="synchronous")  # see the module docstring
-    src, root = Path(path), Path(out)
-    stem = stem or src.stem
+    src, root = Path(task.path), Path(task.out)
+    block, batch_threshold = task.block, task.batch_threshold
+    stem = task.stem or src.stem
     tiles = root / "tiles"
     tiles.mkdir(parents=True, exist_ok=True)
     final = tiles / stem
@@ -125,7 +137,7 @@ def run_tile(
         rec["block"] = {"index": list(block.index), **block.offsets()}
 
     def attempt() -> None:
-        cfg = _worker_config(config_ref, overrides, chash)
+        cfg = _worker_config(task.config_ref, task.overrides, task.config_hash)
         if batch_threshold is not None:
             model = cfg.model.model_copy(update={"batch_threshold": batch_threshold})
             cfg = cfg.model_copy(update={"model": model})
@@ -143,7 +155,7 @@ def run_tile(
             for p in files
         }
 
-    run_attempts(rec, src, retries, attempt)
+    run_attempts(rec, src, task.retries, attempt)
     rec["worker_peak_rss_mb"], rec["worker_rss_mb"] = _rss_mb()
     return rec
 
@@ -196,26 +208,24 @@ def _config_ref(config: str | os.PathLike) -> str:
     return str(p.resolve()) if p.exists() else str(config)
 
 
+@dataclass
+class _BatchRun:
+    """One batch while it runs: what pass 2 needs besides the jobs."""
+
+    journal: Journal
+    get_client: Callable[[], Any]
+    task_args: tuple[str, tuple[str, ...], str]  # (config_ref, overrides, config hash)
+    root: Path
+    options: BatchOptions
+    result: BatchResult
+
+
 def run_batch(
     config: str | os.PathLike,
     paths: Sequence[Path],
     out: str | os.PathLike,
-    *,
-    overrides: Sequence[str] = (),
-    workers: int | None = None,
-    threads: int | None = None,
-    memory_limit: str | None = None,
-    scheduler: str | None = None,
-    jobqueue: str | None = None,
-    processes: bool = True,
-    retries: int = 1,
-    restart: bool = False,
-    on_start: Callable[[int, int, str | None], None] | None = None,
-    on_tile: Callable[[dict[str, Any]], None] | None = None,
-    block_size: int | Sequence[int] | None = None,
-    halo: int | None = None,
-    cog: bool = False,
-    threshold_scope: str = "batch",
+    options: BatchOptions | None = None,
+    **changes: Any,
 ) -> BatchResult:
     """Run ``config`` on every tile of ``paths`` into ``out``; skip tiles already done.
 
@@ -227,82 +237,70 @@ def run_batch(
         Input tiles (see :func:`geomed_seg.batch.manifest.build_manifest`); unique stems.
     out : path
         Output folder: ``tiles/<stem>/``, ``journal.jsonl``, ``mosaic.vrt``, ``summary.*``.
-    overrides : sequence of str
-        ``key.sub=value`` config edits (part of the config hash).
-    workers, threads, memory_limit, processes :
-        The cluster started when no ``scheduler`` is given: ``None`` sizes a
-        ``LocalCluster`` to the machine, or takes the ``jobqueue.yaml`` values (see
-        :func:`geomed_seg.batch.cluster.open_client`); ``memory_limit`` per worker, e.g.
-        ``"2GB"``; with ``jobqueue`` ``workers`` is the number of jobs.
-    scheduler : str, optional
-        Address of an existing scheduler (``tcp://host:port``) to use instead.
-    jobqueue : {"slurm", "pbs"}, optional
-        Start the workers as batch jobs through dask-jobqueue.
-    retries : int
-        Extra attempts for a failing tile before it is recorded as failed.
-    restart : bool
-        Discard the journal and tile outputs (needed when the config hash changed).
-    on_start, on_tile : callables, optional
-        ``on_start(total, todo, dashboard_link)`` once; ``on_tile(record)`` per finished tile.
-    block_size : int or (rows, cols), optional
-        Split every raster larger than this (pixels) into blocks, one task each (see
-        :func:`geomed_seg.batch.manifest.build_jobs`); rasters only, on the input grid.
-    halo : int, optional
-        Context pixels read around each block core; default ``max(engine.roi_size)``.
-    cog : bool
-        Also build ``OUT/mosaic.tif``, one Cloud-Optimised GeoTIFF of all label tiles.
-    threshold_scope : {"batch", "tile"}
-        ``"batch"``: a method that derives its threshold from the data (Otsu) gets one
-        threshold from the histograms of all tiles/blocks, merged in a journalled pass 1
-        (:mod:`geomed_seg.batch.thresholds`); ``"tile"``: each task decides its own. A
-        ``model.threshold`` in the config always wins (no pass 1).
+    options : BatchOptions, optional
+        How and where the batch runs (:class:`~geomed_seg.batch.options.BatchOptions`:
+        overrides, retries, restart, block_size, halo, cog, threshold_scope, the cluster,
+        progress callbacks).
+    **changes
+        Options by name instead (``overrides=[...]``, ``processes=False``, ``workers=2``...),
+        applied on top of ``options`` (:meth:`BatchOptions.of`).
     """
     from geomed_seg.batch.summary import write_summary
-    from geomed_seg.batch.thresholds import SCOPES, batch_pass1, summary_section
+    from geomed_seg.batch.thresholds import summary_section
 
-    if threshold_scope not in SCOPES:
-        raise InvalidInputError(
-            f"--threshold-scope {threshold_scope!r}: choose one of {', '.join(SCOPES)}"
-        )
+    opts = BatchOptions.of(options, **changes)
     start = time.perf_counter()
     root = Path(out).resolve()
     ref = _config_ref(config)
-    ovr = tuple(overrides)
-    cfg = load_config(ref, ovr)
+    cfg = load_config(ref, opts.overrides)
     chash = config_hash(cfg)
-    jobs, layout = _plan_jobs(cfg, paths, block_size, halo)
+    jobs, layout = _plan_jobs(cfg, paths, opts.block_size, opts.halo)
     journal = Journal(root)
-    journal.open(_layout_hash(chash, layout), restart)
+    journal.open(_layout_hash(chash, layout), opts.restart)
     for stale in (root / "tiles").glob(".*.tmp-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     result = BatchResult(root)
+    pass1 = _run_passes(cfg, jobs, (ref, opts.overrides, chash), journal, opts, result)
+    result.seconds = time.perf_counter() - start
+    stems = [j.stem for j in jobs]
+    result.thresholds = summary_section(cfg, pass1)
+    result.outputs, notes = write_summary(root, journal, stems, result, cog=opts.cog,
+                                          thresholds=result.thresholds)  # fmt: skip
+    result.notes = [*result.notes, *notes]
+    return result
+
+
+def _run_passes(
+    cfg: PipelineConfig,
+    jobs: Sequence[Job],
+    task_args: tuple[str, tuple[str, ...], str],
+    journal: Journal,
+    opts: BatchOptions,
+    result: BatchResult,
+) -> Any:
+    """Run pass 1 (batch thresholds) and pass 2 (the tiles) on one cluster, opened lazily;
+    return pass 1's result (None without one)."""
+    from geomed_seg.batch.thresholds import batch_pass1
+
     saved = dask.config.get("scheduler", None)
     try:
         with contextlib.ExitStack() as stack:
-            get_client = _lazy_client(stack, result, scheduler=scheduler, jobqueue=jobqueue,
-                                      workers=workers, threads=threads,
-                                      memory_limit=memory_limit, processes=processes)  # fmt: skip
+            get_client = _lazy_client(stack, result, **opts.cluster.client_kwargs())
             pass1, batch_threshold, notes = batch_pass1(
-                cfg, jobs, journal, get_client, (ref, ovr, chash), retries, threshold_scope
+                cfg, jobs, journal, get_client, task_args, opts.retries, opts.threshold_scope
             )
             result.notes.extend(notes)
-            _pass2(jobs, journal, get_client, (ref, ovr, chash), str(root), retries,
-                   batch_threshold, pass1, result, on_start, on_tile)  # fmt: skip
+            run = _BatchRun(journal, get_client, task_args, result.out, opts, result)
+            _pass2(run, jobs, batch_threshold, pass1)
     except BaseException:
         # Ctrl-C/SIGTERM/SIGHUP or a failure: the workers are stopped by now (the client
         # closed with the stack); a worker killed mid-tile could not remove its staged folder
-        for left in sweep_stages(root / "tiles"):
+        for left in sweep_stages(result.out / "tiles"):
             log.debug("batch: removed %s left by a stopped worker", left)
         raise
     finally:
         dask.config.set(scheduler=saved)
-    result.seconds = time.perf_counter() - start
-    stems = [j.stem for j in jobs]
-    result.thresholds = summary_section(cfg, pass1)
-    result.outputs, notes = write_summary(root, journal, stems, result, cog=cog,
-                                          thresholds=result.thresholds)  # fmt: skip
-    result.notes = [*result.notes, *notes]
-    return result
+    return pass1
 
 
 def _lazy_client(stack: contextlib.ExitStack, result: BatchResult, **kw: Any) -> Callable[[], Any]:
@@ -330,52 +328,29 @@ def _lazy_client(stack: contextlib.ExitStack, result: BatchResult, **kw: Any) ->
     return get_client
 
 
-def _pass2(
-    jobs: Sequence[Job],
-    journal: Journal,
-    get_client: Callable[[], Any],
-    task_args: tuple[str, tuple[str, ...], str],
-    root: str,
-    retries: int,
-    batch_threshold: float | None,
-    pass1: Any,
-    result: BatchResult,
-    on_start: Callable[[int, int, str | None], None] | None,
-    on_tile: Callable[[dict[str, Any]], None] | None,
-) -> None:
+def _pass2(run: _BatchRun, jobs: Sequence[Job], batch_threshold: float | None, pass1: Any) -> None:
     """Run the pipeline on every job not done yet (with ``batch_threshold``); journal each."""
     from distributed import as_completed
 
-    todo = []
-    failed_pass1 = pass1.failed if pass1 is not None else {}
-    for j in jobs:
-        if j.stem in failed_pass1:
-            rec = {"stem": j.stem, "input": str(j.path), "status": "failed", "outputs": {},
-                   "error": failed_pass1[j.stem], "attempts": pass1.attempts.get(j.stem),
-                   "seconds": None}  # fmt: skip
-            journal.record(rec)
-            result.failed[j.stem] = rec["error"]
-        elif journal.is_done(j.stem, j.path, batch_threshold):
-            result.skipped.append(j.stem)
-        else:
-            todo.append(j)
+    journal, result, opts = run.journal, run.result, run.options
+    todo = _todo(run, jobs, batch_threshold, pass1)
     log.info(
         "batch: %d tiles, %d done before, %d to run", len(jobs), len(result.skipped), len(todo)
     )
     if not todo:
-        if on_start:
-            on_start(len(jobs), 0, None)
+        if opts.on_start:
+            opts.on_start(len(jobs), 0, None)
         return
-    client = get_client()
-    if on_start:
-        on_start(len(jobs), len(todo), result.dashboard)
-    ref, ovr, chash = task_args
-    futures = {
-        client.submit(run_tile, ref, ovr, chash, str(j.path), root, retries, j.block, j.stem,
-                      batch_threshold, key=f"tile-{j.stem}-{uuid.uuid4().hex[:6]}",
-                      pure=False): j
-        for j in todo
-    }  # fmt: skip
+    client = run.get_client()
+    if opts.on_start:
+        opts.on_start(len(jobs), len(todo), result.dashboard)
+    ref, ovr, chash = run.task_args
+    futures = {}
+    for j in todo:
+        task = TileTask(ref, ovr, chash, str(j.path), str(run.root), opts.retries, j.block,
+                        j.stem, batch_threshold)  # fmt: skip
+        key = f"tile-{j.stem}-{uuid.uuid4().hex[:6]}"
+        futures[client.submit(run_tile, task, key=key, pure=False)] = j
     for fut in as_completed(list(futures), loop=client.loop):
         rec = _result(fut, futures.pop(fut))
         # drop the finished task's result from the cluster: a result still held
@@ -386,5 +361,25 @@ def _pass2(
             result.done.append(rec["stem"])
         else:
             result.failed[rec["stem"]] = rec["error"]
-        if on_tile:
-            on_tile(rec)
+        if opts.on_tile:
+            opts.on_tile(rec)
+
+
+def _todo(
+    run: _BatchRun, jobs: Sequence[Job], batch_threshold: float | None, pass1: Any
+) -> list[Job]:
+    """Return the jobs pass 2 must run; record pass-1 failures and count tiles done before."""
+    todo = []
+    failed_pass1 = pass1.failed if pass1 is not None else {}
+    for j in jobs:
+        if j.stem in failed_pass1:
+            rec = {"stem": j.stem, "input": str(j.path), "status": "failed", "outputs": {},
+                   "error": failed_pass1[j.stem], "attempts": pass1.attempts.get(j.stem),
+                   "seconds": None}  # fmt: skip
+            run.journal.record(rec)
+            run.result.failed[j.stem] = rec["error"]
+        elif run.journal.is_done(j.stem, j.path, batch_threshold):
+            run.result.skipped.append(j.stem)
+        else:
+            todo.append(j)
+    return todo

@@ -35,6 +35,7 @@ import dask
 from geomed_seg.batch.blocks import Block
 from geomed_seg.batch.journal import Journal
 from geomed_seg.batch.manifest import Job
+from geomed_seg.batch.options import THRESHOLD_SCOPES
 from geomed_seg.batch.tasks import run_attempts, worker_config
 from geomed_seg.classical.histogram import (
     Histogram,
@@ -49,7 +50,7 @@ from geomed_seg.pipelines.schema import PipelineConfig
 log = logging.getLogger(__name__)
 
 #: ``--threshold-scope`` values.
-SCOPES = ("batch", "tile")
+SCOPES = THRESHOLD_SCOPES
 
 
 def task_values(cfg: PipelineConfig, src: Path, block: Block | None) -> Image:

@@ -101,6 +101,7 @@ def batch(
     quiet = is_quiet()
     status("starting the batch")
     from geomed_seg.batch.manifest import build_manifest
+    from geomed_seg.batch.options import BatchOptions, ClusterOptions
     from geomed_seg.batch.runner import run_batch
 
     paths = build_manifest(
@@ -108,13 +109,15 @@ def batch(
     )
     status(f"opening {len(paths)} input(s) and starting dask workers")
     show = not quiet and sys.stdout.isatty()
+    cluster = ClusterOptions(workers=workers, threads=threads, memory_limit=memory_limit,
+                             scheduler=scheduler, jobqueue=jobqueue)  # fmt: skip
     with BatchProgress(enabled=show, quiet=quiet) as prog:
-        result = run_batch(config, paths, output, overrides=set_, workers=workers,
-                           threads=threads, memory_limit=memory_limit, scheduler=scheduler,
-                           jobqueue=jobqueue,
-                           retries=retries, restart=restart, on_start=prog.start,
-                           on_tile=prog.advance, block_size=block_size, halo=halo,
-                           cog=cog_mosaic, threshold_scope=threshold_scope)  # fmt: skip
+        options = BatchOptions(
+            overrides=tuple(set_ or ()), retries=retries, restart=restart,
+            block_size=block_size, halo=halo, cog=cog_mosaic, threshold_scope=threshold_scope,
+            cluster=cluster, on_start=prog.start, on_tile=prog.advance,
+        )  # fmt: skip
+        result = run_batch(config, paths, output, options)
     if not quiet:
         total = len(result.done) + len(result.skipped) + len(result.failed)
         print(

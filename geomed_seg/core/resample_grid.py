@@ -6,7 +6,8 @@ the geometric questions only, from the two grids' affines (numpy, no I/O, no arr
 
 * :func:`grid_for_spacing`: the grid of the same field of view at another spacing;
 * :func:`index_mapping`: the affine map from output array indices to input array indices;
-* :func:`source_window`: the input window an output chunk needs (for chunk-wise resampling).
+* :func:`source_window`: the input window an output chunk needs (for chunk-wise resampling);
+* :func:`spacing_differs`: whether two spacings differ by more than 10 % on some axis.
 
 All indices are in array order ``(z, y, x)``, voxel centres (nibabel convention).
 """
@@ -19,6 +20,17 @@ import numpy as np
 
 from geomed_seg.core.grid import VoxelGrid
 from geomed_seg.errors import GeometryError
+
+#: Relative spacing difference above which a card's spacing "differs" from the input's.
+SPACING_TOLERANCE = 0.1
+
+
+def spacing_differs(have: Sequence[float], want: Sequence[float]) -> bool:
+    """True when any axis of ``have`` differs from ``want`` by more than 10 % (same order,
+    same unit)."""
+    return len(have) == len(want) and any(
+        abs(h - w) > SPACING_TOLERANCE * w for h, w in zip(have, want, strict=True)
+    )
 
 
 def grid_for_spacing(grid: VoxelGrid, spacing_zyx: Sequence[float]) -> VoxelGrid:

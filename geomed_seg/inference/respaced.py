@@ -26,20 +26,14 @@ import numpy as np
 from geomed_seg.core.grid import VoxelGrid
 from geomed_seg.core.image import Image
 from geomed_seg.core.resample import resample_image
-from geomed_seg.core.resample_grid import grid_for_spacing
+from geomed_seg.core.resample_grid import (  # noqa: F401 - spacing_differs re-exported
+    SPACING_TOLERANCE,
+    grid_for_spacing,
+    spacing_differs,
+)
 from geomed_seg.inference.blend import DEFAULT_THRESHOLD, label_format, labels_from_probabilities
 
 log = logging.getLogger(__name__)
-
-#: Relative spacing difference above which a card's spacing "differs" from the input's.
-SPACING_TOLERANCE = 0.1
-
-
-def spacing_differs(have: tuple[float, ...], want: tuple[float, ...]) -> bool:
-    """True when any axis of ``have`` differs from ``want`` by more than 10 % (same order)."""
-    return len(have) == len(want) and any(
-        abs(h - w) > SPACING_TOLERANCE * w for h, w in zip(have, want, strict=True)
-    )
 
 
 def model_grid(

@@ -29,6 +29,7 @@ from geomed_seg.core.bands import physical_values
 from geomed_seg.core.grid import GeoGrid
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
+from geomed_seg.core.resample_grid import spacing_differs
 from geomed_seg.errors import InvalidInputError, ModelError
 from geomed_seg.inference.blend import activate_numpy, label_format, reduce_chunk
 from geomed_seg.inference.crop import CroppedSink, nonzero_box
@@ -103,8 +104,6 @@ def _warn_spacing(image: Image, card: Any) -> None:
     spacing = getattr(card, "spacing", None)
     if image.kind != "volume" or not spacing:
         return
-    from geomed_seg.inference.respaced import spacing_differs
-
     have = tuple(image.grid.spacing_zyx)
     if spacing_differs(have, tuple(spacing)):
         log.warning(

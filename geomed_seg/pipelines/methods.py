@@ -234,7 +234,7 @@ def _spacing_mismatch(img: Image, card) -> str | None:
 
     Rasters compare ground metres (degrees or Web Mercator units are not metres).
     """
-    from geomed_seg.inference.respaced import spacing_differs
+    from geomed_seg.core.resample_grid import spacing_differs
 
     if not card.spacing:
         return None

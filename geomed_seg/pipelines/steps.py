@@ -164,8 +164,10 @@ class ModelStep:
             from geomed_seg.models.checkpoint import read_card
 
             path = cfg.resolve(cfg.model.checkpoint)
-            try:
-                return max(int(r) for r in read_card(path).roi_size)
+            try:  # the card's roi, as the engine resolves it (EngineOptions.resolve)
+                return max(
+                    int(r) for r in cfg.engine.to_options().resolve(read_card(path)).roi_size
+                )
             except ModelError as exc:
                 log.warning("%s: no card roi_size for the default halo (%s)", path, exc)
         return 0

@@ -136,17 +136,20 @@ def test_existing_scheduler_and_worker_processes(tiles, tmp_path, fast):
 
 def test_config_loaded_once_per_worker(tiles, tmp_path, fast):
     from geomed_seg.batch.journal import config_hash
-    from geomed_seg.batch.runner import _worker_config, run_tile
+    from geomed_seg.batch.runner import TileTask, _worker_config, run_tile
     from geomed_seg.pipelines.schema import load_config
 
     chash = config_hash(load_config("flood", fast))
     _worker_config.cache_clear()
     with dask.config.set(scheduler="threads"):  # run_tile sets "synchronous" process-wide
-        recs = [run_tile("flood", fast, chash, str(p), str(tmp_path / "o"), 0) for p in tiles[:3]]
+        recs = [
+            run_tile(TileTask("flood", tuple(fast), chash, str(p), str(tmp_path / "o"), 0))
+            for p in tiles[:3]
+        ]
     assert [r["status"] for r in recs] == ["done"] * 3
     info = _worker_config.cache_info()
     assert (info.misses, info.hits) == (1, 2)
-    bad = run_tile("flood", fast, "0" * 64, str(tiles[3]), str(tmp_path / "o"), 0)
+    bad = run_tile(TileTask("flood", tuple(fast), "0" * 64, str(tiles[3]), str(tmp_path / "o"), 0))
     assert bad["status"] == "failed" and "config changed" in bad["error"]
 
 
