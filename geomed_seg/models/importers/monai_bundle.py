@@ -298,10 +298,9 @@ def run(src: Path, options: ImportOptions) -> ImportedModel:
         return _run(src, _bundle_root(src, Path(tmp)), options)
 
 
-def _run(src: Path, root: Path, options: ImportOptions) -> ImportedModel:
+def _parse(root: Path, options: ImportOptions) -> tuple[Path, dict, Path, Any, _Resolver]:
+    """Read ``metadata.json`` and the inference config; return them, the parser and resolver."""
     from monai.bundle import ConfigParser
-
-    from geomed_seg.models.card import ModelCard
 
     meta_path = root / "configs" / "metadata.json"
     meta = read_json(meta_path)
@@ -313,8 +312,17 @@ def _run(src: Path, root: Path, options: ImportOptions) -> ImportedModel:
         parser.parse()  # macros and relative ids only; nothing is evaluated or instantiated
     except (ValueError, OSError, KeyError) as exc:
         raise ModelError(f"{cfg}: unreadable bundle config ({exc})") from exc
-    resolve = _Resolver(parser, cfg, options.trust_code)
-    net_name, net_kwargs = _network(parser, resolve, cfg)
+    return meta_path, meta, cfg, parser, _Resolver(parser, cfg, options.trust_code)
+
+
+def _channels(
+    src: Path, meta: dict, net_kwargs: dict, options: ImportOptions
+) -> tuple[int, int, list, bool]:
+    """Return ``(in_channels, out_channels, classes, classes from channel_def)``.
+
+    ``in_channels``/``out_channels`` are taken out of ``net_kwargs`` (else from the
+    metadata's data format).
+    """
     fmt = meta.get("network_data_format", {})
     inp = fmt.get("inputs", {}).get("image", {})
     out = next(iter(fmt.get("outputs", {}).values()), {})
@@ -326,23 +334,31 @@ def _run(src: Path, root: Path, options: ImportOptions) -> ImportedModel:
     )
     if len(classes) != n_out:
         raise ModelError(f"{src}: {len(classes)} classes for {n_out} output channels")
+    return in_channels, n_out, classes, bool(channel_def)
+
+
+def _run(src: Path, root: Path, options: ImportOptions) -> ImportedModel:
+    from geomed_seg.models.card import ModelCard
+    from geomed_seg.models.registry import get_spec
+
+    meta_path, meta, cfg, parser, resolve = _parse(root, options)
+    net_name, net_kwargs = _network(parser, resolve, cfg)
+    in_channels, n_out, classes, from_channel_def = _channels(src, meta, net_kwargs, options)
     pre = _transforms(parser, resolve, "preprocessing")
     post = _transforms(parser, resolve, "postprocessing")
     fields, carried, notes = _card_from_transforms(pre, post, cfg)
     inferer, inferer_note = _inferer(parser, resolve, cfg)
     carried = [f"network_def {net_name} (MONAI, spatial axes reversed)", *carried, inferer_note]
     if "roi_size" not in inferer and options.roi_size is None:
-        shape = inp.get("spatial_shape")
+        shape = meta.get("network_data_format", {}).get("inputs", {}).get("image", {})
+        shape = shape.get("spatial_shape")
         if not shape or not all(isinstance(v, int) for v in shape):
             raise ModelError(f"{meta_path}: no inferer roi_size and no numeric spatial_shape")
         inferer["roi_size"] = [int(v) for v in shape][::-1]
-    if channel_def:
+    if from_channel_def:
         carried.append("classes from metadata.json channel_def")
     tensors, weights, trusted = _weights(root, options.trust_code)
-    from geomed_seg.models.registry import get_spec
-
-    inner = get_spec(f"monai.{net_name}").name
-    kwargs = {"inner": inner, "inner_kwargs": net_kwargs}
+    kwargs = {"inner": get_spec(f"monai.{net_name}").name, "inner_kwargs": net_kwargs}
     module = build_with_weights(
         "reversed_axes", in_channels, n_out, kwargs, {f"net.{k}": v for k, v in tensors.items()},
         weights,
@@ -351,7 +367,6 @@ def _run(src: Path, root: Path, options: ImportOptions) -> ImportedModel:
     if dims != 3:
         raise ModelError(f"{cfg}: only 3D bundles are imported (spatial_dims={dims})")
     licence = meta.get("license") or meta.get("licence")
-    authors = meta.get("authors", [])
     card = ModelCard.from_dict(
         {
             "name": options.name or str(meta.get("name") or src.stem),
@@ -368,16 +383,13 @@ def _run(src: Path, root: Path, options: ImportOptions) -> ImportedModel:
         },
         source=cfg,
     )
-    files = [meta_path, cfg, weights]
-    if not src.is_dir():
-        files = [src]  # the zip itself identifies the bundle
-    copyright_ = meta.get("copyright")
-    if copyright_:
-        notes.append(f"copyright: {copyright_}")
+    if meta.get("copyright"):
+        notes.append(f"copyright: {meta['copyright']}")
+    authors = meta.get("authors", [])
     return ImportedModel(
         module,
         card,
-        files,
+        [meta_path, cfg, weights] if src.is_dir() else [src],  # a zip identifies the bundle
         licence=licence,
         authors=[str(a) for a in (authors if isinstance(authors, list) else [authors])],
         version=str(meta["version"]) if "version" in meta else None,
