@@ -157,14 +157,18 @@ class StagedBatch:
 
     tensor: torch.Tensor
     event: Any = None  # torch.cuda.Event on CUDA
+    unsigned16: bool = False  # uint16 data travelled as int16 bits
 
     def wait(self) -> torch.Tensor:
-        """Make the current stream wait for the copy; return the tensor."""
+        """Make the current stream wait for the copy; return the tensor (uint16 as int32)."""
+        t = self.tensor
         if self.event is not None:
-            stream = torch.cuda.current_stream(self.tensor.device)
+            stream = torch.cuda.current_stream(t.device)
             stream.wait_event(self.event)
-            self.tensor.record_stream(stream)  # the allocator must not reuse it early
-        return self.tensor
+            t.record_stream(stream)  # the allocator must not reuse it early
+        if self.unsigned16:
+            t = t.to(torch.int32).bitwise_and_(0xFFFF)
+        return t
 
 
 class BatchStager:
@@ -185,9 +189,16 @@ class BatchStager:
 
     def __call__(self, batch: np.ndarray) -> StagedBatch:
         arr = np.ascontiguousarray(batch)
-        host = torch.from_numpy(arr)
         if not self.cuda:
-            return StagedBatch(host)
+            return StagedBatch(torch.from_numpy(arr))
+        # CUDA kernels for uint16/uint32 are sparse: send uint16 as its int16 bits (same
+        # bytes, widened on the device), uint32 widened to int64 here
+        unsigned16 = arr.dtype == np.uint16
+        if unsigned16:
+            arr = arr.view(np.int16)
+        elif arr.dtype == np.uint32:
+            arr = arr.astype(np.int64)
+        host = torch.from_numpy(arr)
         with self.lock:
             k = self.next
             self.next = (k + 1) % len(self.slots)
@@ -203,7 +214,7 @@ class BatchStager:
                 event = torch.cuda.Event()
                 event.record(self.stream)
             self.slots[k] = (buf, event)
-        return StagedBatch(dev, event)
+        return StagedBatch(dev, event, unsigned16)
 
 
 # -- model ------------------------------------------------------------------------------------
