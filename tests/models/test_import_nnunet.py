@@ -353,3 +353,28 @@ def test_cli_segment_of_nifti_case_folder_equals_nnunet(tmp_path):
     labels = np.asarray(nib.load(out).dataobj).transpose(2, 1, 0)
     seg, _ = nnunet_reference(folder, data, SPACING, (0,), tta=False)
     assert np.mean(labels == seg) >= 0.999
+
+
+def test_residual_encoder_unet_from_plans_fits_dynamic_network_architectures():
+    """A ResEnc plans entry builds the same network as dynamic-network-architectures does."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    from geomed_seg.models.nnunet_net import build_nnunet
+
+    kw = {"n_stages": 3, "features_per_stage": [4, 8, 16],
+          "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * 3,
+          "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "n_blocks_per_stage": [1, 2, 2],
+          "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
+          "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+          "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+          "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+          "nonlin_kwargs": {"inplace": True}}  # fmt: skip
+    name = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    ours = build_nnunet(2, 3, name, kw, ["conv_op", "norm_op", "dropout_op", "nonlin"])
+    direct = dict(kw, conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d,
+                  nonlin=torch.nn.LeakyReLU)  # fmt: skip
+    ref = ResidualEncoderUNet(input_channels=2, num_classes=3, deep_supervision=False, **direct)
+    ours.folds[0].load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(1, 2, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), ref.eval()(x))
