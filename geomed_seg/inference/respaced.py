@@ -109,6 +109,10 @@ def segment_resampled(
     from geomed_seg.inference.options import EngineOptions
     from geomed_seg.inference.segment import segment
 
+    if getattr(getattr(model, "card", None), "resampling", None) is not None:
+        from geomed_seg.inference.nnunet_resample import segment_nnunet_resampled
+
+        return segment_nnunet_resampled(image, model, options, **changes)  # nnU-Net's recipe
     changes.pop("sink", None)
     opts = EngineOptions.of(options, **changes)
     small = resample_image(image, grid, order=1, edge="constant", cval=0.0)

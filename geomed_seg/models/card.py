@@ -172,6 +172,23 @@ Normalisation = Annotated[
 ]
 
 
+class NnUNetResampling(_Strict):
+    """nnU-Net's ``resample_data_or_seg_to_shape`` settings of an imported model.
+
+    ``data_*``: the image to the model's spacing (order 3, nearest along a > 3x anisotropic
+    axis by default); ``prob_*``: the logits back to the input's spacing (order 1). A card
+    with this field is run by :mod:`geomed_seg.inference.nnunet_resample` whenever the
+    pipeline resamples.
+    """
+
+    data_order: int = Field(3, ge=0, le=5)
+    data_order_z: int = Field(0, ge=0, le=5)
+    data_force_separate_z: bool | None = None
+    prob_order: int = Field(1, ge=0, le=5)
+    prob_order_z: int = Field(0, ge=0, le=5)
+    prob_force_separate_z: bool | None = None
+
+
 class ClassSpec(_Strict):
     """One output class: label value, name and display colour ``(r, g, b[, a])`` 0..255."""
 
@@ -240,6 +257,8 @@ class ModelCard(_Strict):
     ``regions_class_order``; class indices may then be in any order).
     ``crop_to_nonzero`` (volumes): run the bounding box of the non-zero voxels only and
     write background outside it, as nnU-Net does (:mod:`geomed_seg.inference.crop`).
+    ``resampling``: resample as nnU-Net does (:class:`NnUNetResampling`) instead of
+    trilinearly when an input's spacing is not the card's.
     """
 
     format_version: Literal[1] = 1
@@ -264,6 +283,7 @@ class ModelCard(_Strict):
     mirror_axes: list[int] | None = None
     activation: Literal["auto", "sigmoid"] = "auto"
     crop_to_nonzero: bool = False
+    resampling: NnUNetResampling | None = None
     training: TrainingInfo = Field(default_factory=TrainingInfo)
     licence: str | None = None
     provenance: Provenance | None = None
@@ -680,6 +700,7 @@ __all__ = [
     "NoNormalisation",
     "NnUNetChannel",
     "NnUNetNormalisation",
+    "NnUNetResampling",
     "NonZeroZScore",
     "Normalisation",
     "Percentile",

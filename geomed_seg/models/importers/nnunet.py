@@ -28,9 +28,9 @@ normalisation schemes, other preprocessors, label managers and image readers, ne
 outside the allowlist, and checkpoints whose weights do not fit the plans' network (custom
 trainers that change the architecture). Checkpoints are read with
 ``torch.load(weights_only=True)``; the numpy scalars of nnU-Net's training log are allowed
-as data. Not translated (noted in the provenance): nnU-Net's spline resampling (the
-pipeline resamples trilinearly) and post-processing (``postprocessing.pkl`` is a pickle and
-never read).
+as data. nnU-Net's ``resample_data_or_seg_to_shape`` settings become the card's
+``resampling`` (:mod:`geomed_seg.inference.nnunet_resample`). Not translated (noted in the
+provenance): post-processing (``postprocessing.pkl`` is a pickle and never read).
 """
 
 from __future__ import annotations
@@ -151,6 +151,25 @@ def _normalisation(conf: dict, plans: dict, n_in: int, where: Path) -> dict[str,
     return {"type": "nnunet", "channels": channels}
 
 
+def _resampling(conf: dict) -> tuple[dict[str, Any] | None, str]:
+    """Return the card's ``resampling`` (nnU-Net's default functions) and a note."""
+    names = (conf.get("resampling_fn_data"), conf.get("resampling_fn_probabilities"))
+    if any(n not in (None, "resample_data_or_seg_to_shape") for n in names):
+        return None, (
+            f"resampling functions {names} are not translated; inputs at another spacing are "
+            "resampled trilinearly"
+        )
+    data = conf.get("resampling_fn_data_kwargs") or {}
+    prob = conf.get("resampling_fn_probabilities_kwargs") or {}
+    out = {
+        "data_order": int(data.get("order", 3)), "data_order_z": int(data.get("order_z", 0)),
+        "data_force_separate_z": data.get("force_separate_z"),
+        "prob_order": int(prob.get("order", 1)), "prob_order_z": int(prob.get("order_z", 0)),
+        "prob_force_separate_z": prob.get("force_separate_z"),
+    }  # fmt: skip
+    return out, "resample_data_or_seg_to_shape settings -> resampling (nnU-Net's recipe)"
+
+
 def _classes(dataset: dict, where: Path) -> tuple[list[dict[str, Any]], str, list[str]]:
     """Return ``(classes per output channel, activation, carried)`` from dataset.json labels."""
     labels = dataset.get("labels")
@@ -262,6 +281,7 @@ def run(src: Path, options: ImportOptions) -> ImportedModel:
     tensors = {
         f"folds.{i}.{k}": v for i, (sd, *_rest) in enumerate(per_fold) for k, v in sd.items()
     }
+    resampling, resampling_note = _resampling(conf)
     trainers = sorted({t for *_, t in per_fold})
     try:
         module = build_with_weights("nnunet.Network", n_in, len(classes), kwargs, tensors, files[0])
@@ -295,6 +315,7 @@ def run(src: Path, options: ImportOptions) -> ImportedModel:
         "mirror_axes": mirror_axes,
         "activation": activation,
         "crop_to_nonzero": True,
+        "resampling": resampling,
         "licence": dataset.get("licence") or dataset.get("license"),
     }
     card = ModelCard.from_dict(fields, source=plans_path)
@@ -308,13 +329,13 @@ def run(src: Path, options: ImportOptions) -> ImportedModel:
         f"{mirror_axes} (z, y, x)",
         "sliding window: overlap 0.5, nnU-Net's window steps and Gaussian, logits blended",
         "crop to the non-zero bounding box, background outside it (crop_to_nonzero)",
+        resampling_note,
         *carried,
         f"trainer {', '.join(trainers)}",
     ]
     notes = [
-        "nnU-Net resamples with third-order splines (separate z for anisotropic data) after "
-        "cropping to the non-zero box; geomed-seg resamples trilinearly, only when the spacing "
-        "differs by > 10 %, and crops on the resampled grid",
+        "inputs are resampled only when their spacing differs from the model's by > 10 % "
+        "(nnU-Net resamples whenever the shape changes)",
         "postprocessing (postprocessing.pkl, a pickle) is not read or applied",
         "a trainer that changes the network's forward pass without changing its weights "
         "cannot be detected; the weights fit the plans' network strictly",
