@@ -63,7 +63,6 @@ ALLOWED: dict[str, str] = {
     "geomed_seg.metrics.overlap:overlap_metrics": "streamed confusion-matrix options (public API)",
     "geomed_seg.metrics.brats:brats_metrics": "BraTS convention options (public API)",
     # others
-    "geomed_seg.batch.summary:write_summary": "85 lines after the batch STAC item (out-sidecars)",
     "geomed_seg.instances.maskrcnn:detect_tiled": "tiled detection settings (public API)",
     "geomed_seg.instances.maskrcnn:maskrcnn_file": "file front end mirroring the CLI options",
     "geomed_seg.models.card:ModelCard.to_stac_mlm": "STAC MLM fields (out-sidecars is editing)",

@@ -119,9 +119,9 @@ def write_summary(
     Raster tiles give ``mosaic.vrt`` (when on one grid), ``polygons.gpkg`` (``polygons``
     and the tiles have polygons: regions cut by tile edges joined,
     :func:`geomed_seg.batch.vectors.merge_polygons`) and ``mosaic.tif`` (``cog``:
-    :func:`geomed_seg.batch.mosaic.write_cog_mosaic`); volume tiles give none of them (a note says so). Class areas
-    (km²) or volumes (mL) are summed over every done tile of the manifest from its
-    ``report.json``; throughput (km²/s, volumes/h) counts only the tiles processed in this
+    :func:`geomed_seg.batch.mosaic.write_cog_mosaic`); volume tiles give none of them (a note
+    says so). Class areas (km²) or volumes (mL) are summed over every done tile of the
+    manifest from its ``report.json``; throughput (km²/s, volumes/h) counts only the tiles processed in this
     run (wall s of ``result``). Per-tile seconds p50/p95 are over the done tiles;
     ``peak_worker_rss_mb`` is the largest ``worker_peak_rss_mb`` of the tile records.
     ``thresholds`` (:func:`geomed_seg.batch.runner.run_batch`) says which classical
@@ -138,20 +138,52 @@ def write_summary(
         notes = [f"{t.volume_tiles} volume tiles: no VRT, COG or polygon mosaic (rasters only)"]
     else:
         outputs, notes = write_mosaics(out, t.labels, t.gpkgs, polygons=polygons, cog=cog)
-    if thresholds is not None and thresholds.get("scope") == "tile":
-        from geomed_seg.batch.thresholds import tile_scope_summary
+    _tile_thresholds(thresholds, t, notes)
+    summary = _summary(t, journal, stems, result, outputs, notes, thresholds)
+    with atomic_output(out / "summary.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+    outputs["summary"] = out / "summary.json"
+    with atomic_output(out / "summary.md", overwrite=True) as tmp:
+        tmp.write_text(_markdown(summary), encoding="utf-8")
+    outputs["summary_md"] = out / "summary.md"
+    from geomed_seg.pipelines.stac import write_batch_item
 
-        thresholds.update(tile_scope_summary(thresholds.get("method"), t.rows))
-        if thresholds["not_bimodal"]:
-            notes.append(f"threshold scope tile: {len(thresholds['not_bimodal'])} tiles have a "
-                         f"histogram that is not bimodal ({', '.join(thresholds['not_bimodal'])})"
-                         ": their Otsu thresholds are doubtful")  # fmt: skip
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=result.seconds or 0.0)
+    item = write_batch_item(out, t.items, outputs, started)
+    if item is not None:
+        outputs["stac"] = item
+    return outputs, notes
+
+
+def _tile_thresholds(thresholds: dict[str, Any] | None, t: _Tally, notes: list[str]) -> None:
+    """With threshold scope ``tile``: list each tile's threshold, note the non-bimodal ones."""
+    if thresholds is None or thresholds.get("scope") != "tile":
+        return
+    from geomed_seg.batch.thresholds import tile_scope_summary
+
+    thresholds.update(tile_scope_summary(thresholds.get("method"), t.rows))
+    bad = thresholds["not_bimodal"]
+    if bad:
+        notes.append(f"threshold scope tile: {len(bad)} tiles have a histogram that is not "
+                     f"bimodal ({', '.join(bad)}): their Otsu thresholds are doubtful")  # fmt: skip
+
+
+def _summary(
+    t: _Tally,
+    journal: Any,
+    stems: Sequence[str],
+    result: Any,
+    outputs: dict[str, Path],
+    notes: list[str],
+    thresholds: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The ``summary.json`` mapping: counts, class totals, throughput, per-tile rows."""
     secs = [r["seconds"] for r in t.rows if r["status"] in ("done", "skipped") and r["seconds"]]
     p50, p95 = _percentiles(secs)
     rss = [r["worker_peak_rss_mb"] for r in t.rows if r["worker_peak_rss_mb"] is not None]
     per_s = result.seconds or None
     per_km2, per_vol = (None, per_s) if t.volume_tiles else (per_s, None)
-    summary = {
+    return {
         "config_hash": (journal.header or {}).get("config_hash"),
         "finished": time.time(),
         "kind": "volume" if t.volume_tiles else ("raster" if t.labels else None),
@@ -176,19 +208,6 @@ def write_summary(
         "thresholds": thresholds,
         "per_tile": t.rows,
     }
-    with atomic_output(out / "summary.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
-    outputs["summary"] = out / "summary.json"
-    with atomic_output(out / "summary.md", overwrite=True) as tmp:
-        tmp.write_text(_markdown(summary), encoding="utf-8")
-    outputs["summary_md"] = out / "summary.md"
-    from geomed_seg.pipelines.stac import write_batch_item
-
-    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=result.seconds or 0.0)
-    item = write_batch_item(out, t.items, outputs, started)
-    if item is not None:
-        outputs["stac"] = item
-    return outputs, notes
 
 
 def _num(v: float | None, fmt: str) -> str:
