@@ -98,6 +98,23 @@ def test_band_count_mismatch_exit_2(tmp_path, landsat_path, checkpoints, capsys)
     assert not (tmp_path / "x.tif").exists()
 
 
+def test_output_larger_than_free_disk_exit_2(
+    tmp_path, landsat_path, checkpoints, capsys, monkeypatch
+):
+    from collections import namedtuple
+
+    from geomed_seg.inference import sinks
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(sinks.shutil, "disk_usage", lambda p: usage(2**40, 2**40, 1000))
+    out = tmp_path / "x.tif"
+    rc = main(["segment", str(landsat_path), "-m", str(checkpoints[6]), "-o", str(out)])
+    assert rc == 2
+    line = _one_error_line(capsys)
+    assert "x.tif" in line and "may need up to" in line and "GiB" in line
+    assert not out.exists()
+
+
 def test_volume_with_2d_model_exit_2(tmp_path, mni_t1_path, checkpoints, capsys):
     rc = main(
         ["segment", str(mni_t1_path), "-m", str(checkpoints[6]), "-o", str(tmp_path / "x.nii.gz")]

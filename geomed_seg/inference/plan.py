@@ -14,8 +14,9 @@ volumes, in pixels/voxels.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import product
 
 import numpy as np
@@ -113,6 +114,52 @@ def pad_widths(image_size: Sequence[int], roi_size: Sequence[int]) -> tuple[tupl
     return tuple(out)
 
 
+def _unravel(index: int, counts: Sequence[int]) -> list[int]:
+    """Return the C-order multi-index of flat ``index`` over axes of ``counts`` entries."""
+    out = [0] * len(counts)
+    for a in range(len(counts) - 1, -1, -1):
+        index, out[a] = divmod(index, counts[a])
+    return out
+
+
+class WindowGrid(Sequence[Window]):
+    """The windows of a plan as a lazy, read-only sequence (C order over per-axis starts).
+
+    Only the per-axis starts are stored, so a 200000² raster's million windows cost a few
+    kilobytes; ``grid[i]`` builds the slices of window ``i`` on demand.
+    """
+
+    def __init__(self, starts: Sequence[Sequence[int]], roi_size: Sequence[int]) -> None:
+        self.starts = tuple(tuple(int(v) for v in ax) for ax in starts)
+        self.roi_size = tuple(int(r) for r in roi_size)
+        self.counts = tuple(len(ax) for ax in self.starts)
+        self._len = math.prod(self.counts)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def index_of(self, index: int) -> list[int]:
+        """Return the per-axis start indices of window ``index`` (C order)."""
+        if not -self._len <= index < self._len:
+            raise IndexError(f"window {index} out of range ({self._len} windows)")
+        return _unravel(index % self._len, self.counts)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._len))]
+        js = self.index_of(int(index))
+        return tuple(
+            slice(ax[j], ax[j] + r) for ax, j, r in zip(self.starts, js, self.roi_size, strict=True)
+        )
+
+    def __iter__(self) -> Iterator[Window]:
+        for js in product(*(range(n) for n in self.counts)):
+            yield tuple(
+                slice(ax[j], ax[j] + r)
+                for ax, j, r in zip(self.starts, js, self.roi_size, strict=True)
+            )
+
+
 @dataclass(frozen=True)
 class WindowPlan:
     """Sliding windows over one image.
@@ -127,15 +174,20 @@ class WindowPlan:
         Padding before/after per axis (non-zero only where the image is smaller than the roi).
     interval : tuple of int
         Step between window starts.
-    windows : tuple of Window
-        Window slices in *padded* coordinates, in MONAI's order (C order over start grids).
+    starts : tuple of tuple of int
+        Window starts per axis in *padded* coordinates; the windows are their C-order product.
     """
 
     image_shape: tuple[int, ...]
     roi_size: tuple[int, ...]
     pad: tuple[tuple[int, int], ...]
     interval: tuple[int, ...]
-    windows: tuple[Window, ...] = field(repr=False)
+    starts: tuple[tuple[int, ...], ...] = field(repr=False)
+
+    @cached_property
+    def windows(self) -> WindowGrid:
+        """Window slices in padded coordinates, in MONAI's order (a lazy sequence)."""
+        return WindowGrid(self.starts, self.roi_size)
 
     @property
     def ndim(self) -> int:
@@ -147,7 +199,7 @@ class WindowPlan:
         return tuple(s + b + a for s, (b, a) in zip(self.image_shape, self.pad, strict=True))
 
     def __len__(self) -> int:
-        return len(self.windows)
+        return math.prod(len(ax) for ax in self.starts)
 
     def clip(self, index: int) -> tuple[Window, Window]:
         """Return ``(image_slices, window_slices)`` of window ``index``'s part inside the image.
@@ -155,11 +207,15 @@ class WindowPlan:
         ``image_slices`` index the unpadded image, ``window_slices`` the matching part of a
         ``roi_size`` window array (they differ only where the image was padded).
         """
+        js = self.windows.index_of(index)
         img, win = [], []
-        for s, (before, _), n in zip(self.windows[index], self.pad, self.image_shape, strict=True):
-            lo, hi = max(s.start - before, 0), min(s.stop - before, n)
+        for ax, j, r, (before, _), n in zip(
+            self.starts, js, self.roi_size, self.pad, self.image_shape, strict=True
+        ):
+            start = ax[j]
+            lo, hi = max(start - before, 0), min(start + r - before, n)
             img.append(slice(lo, hi))
-            win.append(slice(lo + before - s.start, hi + before - s.start))
+            win.append(slice(lo + before - start, hi + before - start))
         return tuple(img), tuple(win)
 
 
@@ -194,13 +250,12 @@ def plan_windows(
     step = scan_interval(padded, roi, overlap)
     if steps == "nnunet":
         ov = _per_axis(overlap, len(roi), "overlap")
-        starts = [nnunet_window_starts(n, r, o) for n, r, o in zip(padded, roi, ov, strict=True)]
+        starts = tuple(
+            nnunet_window_starts(n, r, o) for n, r, o in zip(padded, roi, ov, strict=True)
+        )
     else:
-        starts = [window_starts(n, r, i) for n, r, i in zip(padded, roi, step, strict=True)]
-    windows = tuple(
-        tuple(slice(s, s + r) for s, r in zip(st, roi, strict=True)) for st in product(*starts)
-    )
-    return WindowPlan(shape, roi, pad, step, windows)
+        starts = tuple(window_starts(n, r, i) for n, r, i in zip(padded, roi, step, strict=True))
+    return WindowPlan(shape, roi, pad, step, tuple(tuple(int(v) for v in ax) for ax in starts))
 
 
 def importance_map(

@@ -41,10 +41,18 @@ from geomed_seg.inference.device import (
 )
 from geomed_seg.inference.device_blend import ReduceRules
 from geomed_seg.inference.device_engine import run_windows_on_device
-from geomed_seg.inference.engine import Predictor, WindowJob, empty_windows, run_windows
+from geomed_seg.inference.engine import (
+    EngineStats,
+    Predictor,
+    WindowJob,
+    empty_windows,
+    run_windows,
+)
 from geomed_seg.inference.options import EngineOptions
 from geomed_seg.inference.plan import importance_map, plan_windows, regular_chunks, schedule_chunks
-from geomed_seg.inference.sinks import OutputSpec, Sink, sink_for
+from geomed_seg.inference.sinks import OutputSpec, Sink, check_disk_space, sink_for
+from geomed_seg.inference.tiled import tile_runs
+from geomed_seg.inference.tiles import is_tiled, tiled_window_count
 from geomed_seg.models.case_stats import case_normaliser
 
 log = logging.getLogger(__name__)
@@ -214,6 +222,9 @@ class EngineRun:
     device_model: DeviceModel | None = None
     #: How the device path turns a finished chunk into output.
     device_reduce: ReduceRules | None = None
+    #: Output chunks of the whole image; the run goes tile by tile when the plan is tiled
+    #: (:mod:`geomed_seg.inference.tiles`; ``job.schedule`` is then None).
+    chunks: tuple[tuple[int, ...], ...] | None = None
 
 
 def _prepare_input(image: Image, card: Any) -> tuple[Image, Callable[[np.ndarray], np.ndarray]]:
@@ -330,6 +341,7 @@ def resolve_run(
         classes = _probe_classes(predictor, image, plan.roi_size)
     out_sink = sink_for(sink, overwrite=opts.overwrite)
     spec, reduce, device_reduce = _output(full, classes, card, opts)
+    check_disk_space(out_sink, spec)  # refuse now, not after hours of windows
     if box is not None:
         fill = _outside_fill(opts.output, len(classes), getattr(card, "activation", "auto"))
         out_sink = CroppedSink(out_sink, box, fill)
@@ -348,9 +360,11 @@ def resolve_run(
     if batch_size is None:
         batch_size = auto_batch_size(device_model or predictor.model, image.n_channels,
                                      plan.roi_size)  # fmt: skip
+    chunks = _output_chunks(image, out_sink)
+    tiled = is_tiled(plan, chunks)  # then each tile gets its own schedule and empty windows
     job = WindowJob(
         plan=plan,
-        schedule=schedule_chunks(plan, _output_chunks(image, out_sink)),
+        schedule=None if tiled else schedule_chunks(plan, chunks),
         normalise=normalise,
         weight=weight,
         n_classes=len(classes),
@@ -358,9 +372,13 @@ def resolve_run(
         skip=_skip_rule(image, opts.skip, opts.foreground_threshold),
         background_skips=not isinstance(image.grid, GeoGrid),
         reduce=reduce,
-        known_empty=empty_windows(image, plan) if opts.skip == "auto" else frozenset(),
+        known_empty=(
+            empty_windows(image, plan) if opts.skip == "auto" and not tiled else frozenset()
+        ),
     )
-    return EngineRun(image, opts, dev, predictor, job, spec, out_sink, device_model, device_reduce)
+    return EngineRun(
+        image, opts, dev, predictor, job, spec, out_sink, device_model, device_reduce, chunks
+    )
 
 
 def run_stats(stats: Any, seconds: float, device: torch.device) -> dict[str, Any]:
@@ -386,19 +404,26 @@ def execute(run: EngineRun) -> SegmentResult:
         run.image.kind, dev, len(plan), plan.roi_size, opts.overlap, opts.mode,
         type(run.sink).__name__,
     )  # fmt: skip
-    reporter = ProgressReporter(len(plan), opts.quiet, opts.progress)
+    n_windows = len(plan) if run.chunks is None else tiled_window_count(plan, run.chunks)
+    reporter = ProgressReporter(n_windows, opts.quiet, opts.progress)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     run.sink.start(run.spec)
     try:
-        if run.device_model is not None:
-            stats = run_windows_on_device(
-                run.image, run.job, run.device_model, run.sink, run.device_reduce,
-                reporter,
-            )  # fmt: skip
-        else:
-            stats = run_windows(run.image, run.job, run.predictor, run.sink, reporter)
+        stats, n_tiles = EngineStats(), 0
+        tiles = tile_runs(run.image, run.job, run.sink, run.chunks, skip_empty=opts.skip == "auto")
+        for image, job, sink in tiles:
+            if run.device_model is not None:
+                part = run_windows_on_device(
+                    image, job, run.device_model, sink, run.device_reduce, reporter
+                )
+            else:
+                part = run_windows(image, job, run.predictor, sink, reporter)
+            stats.windows_total += part.windows_total
+            stats.windows_run += part.windows_run
+            stats.windows_skipped += part.windows_skipped
+            n_tiles += 1
         result_image = run.sink.finish()
     except BaseException:
         run.sink.abort()
@@ -413,6 +438,7 @@ def execute(run: EngineRun) -> SegmentResult:
     info = run_stats(stats, seconds, dev)
     info["batch_size"] = run.job.batch_size
     info["device_blend"] = run.device_model is not None
+    info["tiles"] = n_tiles
     return SegmentResult(result_image, run.sink.path, info)
 
 

@@ -9,6 +9,7 @@ lazily so this module stays import-light.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 from geomed_seg.core.grid import GeoGrid, Grid, VoxelGrid
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
-from geomed_seg.errors import InvalidInputError
+from geomed_seg.errors import InvalidInputError, WriteError
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,41 @@ class Sink:
 
     def abort(self) -> None:
         """Drop everything written so far (no partial file is left)."""
+
+    def disk_bytes(self, spec: OutputSpec) -> int:
+        """Return an upper bound of the disk space the output takes while written (bytes)."""
+        return 0
+
+
+def raw_bytes(spec: OutputSpec) -> int:
+    """Return the uncompressed size of the output (bytes), plus 1 % and 1 MiB of margin.
+
+    Compression never grows a tile by more than a fraction of a percent (deflate, zstd, lzw
+    on incompressible data), so this bounds a compressed file of the same samples.
+    """
+    raw = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+    return raw + raw // 100 + 2**20
+
+
+def check_disk_space(sink: Sink, spec: OutputSpec) -> None:
+    """Raise :class:`WriteError` before any work when ``sink``'s output may not fit its disk."""
+    need = sink.disk_bytes(spec)
+    if not need or sink.path is None:
+        return
+    folder = Path(sink.path).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise WriteError(
+            f"{sink.path}: the output ({' x '.join(map(str, spec.shape))} {np.dtype(spec.dtype)}"
+            f") may need up to {_gib(need)} while written, but {folder} has {_gib(free)} free; "
+            "write it to a larger disk (a .zarr output needs no COG copy)"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
 
 
 class MemorySink(Sink):
@@ -117,6 +153,9 @@ class ZarrSink(_WriterSink):
 
     chunk = 512
 
+    def disk_bytes(self, spec: OutputSpec) -> int:
+        return raw_bytes(spec)
+
     def start(self, spec: OutputSpec) -> None:
         from geomed_seg.io.zarr import ZarrBlockWriter
 
@@ -153,6 +192,12 @@ class GeoTIFFSink(_WriterSink):
         super().__init__(path, overwrite=overwrite)
         self.cog = cog
 
+    def disk_bytes(self, spec: OutputSpec) -> int:
+        """Uncompressed size, times 8/3 for a COG: the tiled part file, the COG with its
+        overviews (1/3 more) and GDAL's temporary overview file exist at the same time."""
+        raw = raw_bytes(spec)
+        return raw * 8 // 3 if self.cog else raw
+
     def start(self, spec: OutputSpec) -> None:
         from geomed_seg.io.geotiff import GeoTIFFBlockWriter
 
@@ -181,6 +226,9 @@ class NiftiSink(MemorySink):
 
         self.path = check_output(path, overwrite)
         self.overwrite = overwrite
+
+    def disk_bytes(self, spec: OutputSpec) -> int:
+        return raw_bytes(spec)
 
     def start(self, spec: OutputSpec) -> None:
         if not isinstance(spec.grid, VoxelGrid):
