@@ -44,7 +44,6 @@ DEFERRED_CYCLES: dict[frozenset[str], str] = {
 #: ``"module:qualified.name": reason`` of the functions allowed over the limits for now.
 ALLOWED: dict[str, str] = {
     # engine options (issue #16 item 1, arch-engine): EngineOptions replaces these lists
-    "geomed_seg.inference.blend:reduce_chunk": "moved as is from engine.py by arch-engine (blend.py)",
     "geomed_seg.inference.sliding:sliding_window_inference":
         "MONAI drop-in: MONAI's own signature, kept for parity (perf-monai)",
     # classical method registry (arch-classical): each method gets its own options model

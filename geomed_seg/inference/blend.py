@@ -10,7 +10,8 @@ model or a card's nodata label give the same labels whichever path computed them
 * :func:`activate_numpy`: softmax / sigmoid of blended logits (``blend: logits`` cards).
 * :func:`labels_from_probabilities`: threshold (one channel) or argmax (several), label
   lookup table, nodata.
-* :func:`reduce_chunk`: a finished chunk as the sink wants it (labels or probabilities).
+* :func:`reduce_chunk`: a finished chunk as the sink wants it (labels or probabilities),
+  by the :class:`ReduceRules` of the run.
 
 All arrays are channel-first, ``(K, *spatial)`` with spatial axes in array order
 (``(y, x)`` for rasters, ``(z, y, x)`` for volumes). Hand-written rather than MONAI's
@@ -20,6 +21,7 @@ All arrays are channel-first, ``(K, *spatial)`` with spatial axes in array order
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -236,42 +238,71 @@ def labels_from_probabilities(
     return labels
 
 
+@dataclass(frozen=True)
+class ReduceRules:
+    """How a finished chunk becomes output (:func:`reduce_chunk`, and its device twin).
+
+    Attributes
+    ----------
+    output : {"labels", "probabilities"}
+    lut : numpy.ndarray
+        Label value of each channel (int64, length K).
+    dtype : numpy.dtype
+        Label dtype (uint8/uint16) or float32 for probabilities.
+    nodata : float or None
+        Label of pixels without an answer (NaN for probabilities).
+    mask_invalid : bool
+        Invalid input pixels get nodata (rasters).
+    blend_logits : bool
+        Blended values are logits: activate once after blending.
+    threshold : float
+        Foreground probability of one-channel and region (sigmoid) models.
+    activation : {"auto", "sigmoid"}
+        "sigmoid": region channels, painted in channel order.
+    """
+
+    output: str
+    lut: np.ndarray
+    dtype: np.dtype
+    nodata: float | None
+    mask_invalid: bool
+    blend_logits: bool = False
+    threshold: float = DEFAULT_THRESHOLD
+    activation: str = "auto"
+
+
 def reduce_chunk(
-    prob: np.ndarray,
-    wsum: np.ndarray,
-    valid: np.ndarray,
-    *,
-    output: str,
-    lut: np.ndarray,
-    dtype: np.dtype,
-    nodata: float | None,
-    mask_invalid: bool,
-    threshold: float = DEFAULT_THRESHOLD,
-    activation: str = "auto",
+    prob: np.ndarray, wsum: np.ndarray, valid: np.ndarray, rules: ReduceRules
 ) -> np.ndarray:
     """Return the chunk to write: labels ``(1, *chunk)`` or probabilities ``(K, *chunk)``.
 
-    Pixels no run window covered (``wsum == 0``) and, when ``mask_invalid``, invalid input
-    pixels get ``nodata`` (labels, :func:`labels_from_probabilities`) or NaN (probabilities).
+    ``prob`` is the blended chunk ``(K, *chunk)`` (logits when ``rules.blend_logits``:
+    activated here, :func:`activate_numpy`). Pixels no run window covered (``wsum == 0``)
+    and, when ``rules.mask_invalid``, invalid input pixels (``valid`` False) get ``nodata``
+    (labels, :func:`labels_from_probabilities`) or NaN (probabilities).
     """
+    if rules.blend_logits:
+        prob = activate_numpy(prob, rules.activation)
     bad = wsum <= 0
-    if mask_invalid:
+    if rules.mask_invalid:
         bad |= ~valid
-    if output == "probabilities":
+    if rules.output == "probabilities":
         out = prob.astype(np.float32, copy=False)
         if bad.any():
             out[:, bad] = np.nan
         return out
-    nd = None if nodata is None else int(nodata)
+    nd = None if rules.nodata is None else int(rules.nodata)
     labels = labels_from_probabilities(
-        prob, lut, nd, invalid=bad, threshold=threshold, dtype=dtype, activation=activation
-    )
+        prob, rules.lut, nd, invalid=bad, threshold=rules.threshold, dtype=rules.dtype,
+        activation=rules.activation,
+    )  # fmt: skip
     return labels[None]
 
 
 __all__ = [
     "DEFAULT_THRESHOLD",
     "ChunkAccumulator",
+    "ReduceRules",
     "activate_numpy",
     "label_format",
     "labels_from_probabilities",

@@ -18,15 +18,12 @@ only at flush time.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from geomed_seg.inference.blend import DEFAULT_THRESHOLD, ReduceRules  # noqa: F401 - re-export
 from geomed_seg.inference.plan import ChunkSchedule, Window, WindowPlan
-
-#: Probability above which a one-channel (sigmoid) model's pixel is foreground.
-DEFAULT_THRESHOLD = 0.5
 
 
 def _overlap(img: Window, win: Window, bsl: Window) -> tuple[Window, Window, Window]:
@@ -150,39 +147,6 @@ def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
     if x.shape[0] == 1 or activation == "sigmoid":
         return torch.sigmoid(x)
     return torch.softmax(x, dim=0)
-
-
-@dataclass(frozen=True)
-class ReduceRules:
-    """How a finished chunk becomes output (the rules of the host's ``reduce_chunk``).
-
-    Attributes
-    ----------
-    output : {"labels", "probabilities"}
-    lut : numpy.ndarray
-        Label value of each channel (int64, length K).
-    dtype : numpy.dtype
-        Label dtype (uint8/uint16) or float32 for probabilities.
-    nodata : float or None
-        Label of pixels without an answer (NaN for probabilities).
-    mask_invalid : bool
-        Invalid input pixels get nodata (rasters).
-    blend_logits : bool
-        Blended values are logits: activate once after blending.
-    threshold : float
-        Foreground probability of one-channel and region (sigmoid) models.
-    activation : {"auto", "sigmoid"}
-        "sigmoid": region channels, painted in channel order.
-    """
-
-    output: str
-    lut: np.ndarray
-    dtype: np.dtype
-    nodata: float | None
-    mask_invalid: bool
-    blend_logits: bool = False
-    threshold: float = DEFAULT_THRESHOLD
-    activation: str = "auto"
 
 
 def reduce_chunk_device(

@@ -13,6 +13,7 @@ Three steps, each a function of its own:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -31,7 +32,7 @@ from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.core.resample_grid import spacing_differs
 from geomed_seg.errors import InvalidInputError, ModelError
-from geomed_seg.inference.blend import activate_numpy, label_format, reduce_chunk
+from geomed_seg.inference.blend import ReduceRules, label_format, reduce_chunk
 from geomed_seg.inference.crop import CroppedSink, nonzero_box
 from geomed_seg.inference.device import (
     DeviceModel,
@@ -39,7 +40,6 @@ from geomed_seg.inference.device import (
     auto_batch_size,
     torch_normaliser,
 )
-from geomed_seg.inference.device_blend import ReduceRules
 from geomed_seg.inference.device_engine import run_windows_on_device
 from geomed_seg.inference.engine import (
     EngineStats,
@@ -282,7 +282,7 @@ def _output(
     image: Image, classes: list[ClassInfo], card: Any, opts: EngineOptions
 ) -> tuple[OutputSpec, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], ReduceRules]:
     """Return the output spec, ``reduce(prob, wsum, valid)`` of a finished chunk on the host
-    and the same rules as keyword arguments of the device reduction."""
+    and its rules (which the device reduction applies too)."""
     lut = np.array([c.index for c in classes], dtype=np.int64)
     if opts.output == "labels":
         dtype, nodata = label_format(lut, getattr(card, "nodata_label", None))
@@ -291,23 +291,13 @@ def _output(
         dtype, nodata = np.dtype(np.float32), float("nan")
         count, band_names = len(classes), [c.name for c in classes]
     spec = OutputSpec(image.grid, count, dtype, nodata, classes, band_names, dict(image.attrs))
-    blend_logits = getattr(card, "blend", "probabilities") == "logits"
-    activation = getattr(card, "activation", "auto")
-    is_raster = isinstance(image.grid, GeoGrid)
-
-    def reduce(p: np.ndarray, wsum: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        if blend_logits:
-            p = activate_numpy(p, activation)
-        return reduce_chunk(
-            p, wsum, valid, output=opts.output, lut=lut, dtype=dtype, nodata=nodata,
-            mask_invalid=is_raster, threshold=opts.threshold, activation=activation,
-        )  # fmt: skip
-
-    device_reduce = ReduceRules(
-        output=opts.output, lut=lut, dtype=dtype, nodata=nodata, mask_invalid=is_raster,
-        blend_logits=blend_logits, threshold=opts.threshold, activation=activation,
+    rules = ReduceRules(
+        output=opts.output, lut=lut, dtype=dtype, nodata=nodata,
+        mask_invalid=isinstance(image.grid, GeoGrid),
+        blend_logits=getattr(card, "blend", "probabilities") == "logits",
+        threshold=opts.threshold, activation=getattr(card, "activation", "auto"),
     )  # fmt: skip
-    return spec, reduce, device_reduce
+    return spec, functools.partial(reduce_chunk, rules=rules), rules
 
 
 def resolve_run(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 from geomed_seg.errors import InvalidInputError
 from geomed_seg.inference.blend import (
     ChunkAccumulator,
+    ReduceRules,
     label_format,
     labels_from_probabilities,
     reduce_chunk,
@@ -172,10 +174,23 @@ def test_reduce_chunk_marks_uncovered_and_invalid_pixels():
     wsum[1, 2] = 0  # no window ran here
     valid = np.ones((2, 3), bool)
     valid[0, 2] = False
-    kw = dict(lut=np.array([1]), dtype=np.dtype(np.uint8), nodata=255)
-    lab = reduce_chunk(prob, wsum, valid, output="labels", mask_invalid=True, **kw)
+    rules = ReduceRules("labels", np.array([1]), np.dtype(np.uint8), 255, mask_invalid=True)
+    lab = reduce_chunk(prob, wsum, valid, rules)
     np.testing.assert_array_equal(lab, [[[0, 1, 255], [0, 1, 255]]])
-    lab = reduce_chunk(prob, wsum, valid, output="labels", mask_invalid=False, **kw)
+    lab = reduce_chunk(prob, wsum, valid, replace(rules, mask_invalid=False))
     np.testing.assert_array_equal(lab, [[[0, 1, 1], [0, 1, 255]]])
-    out = reduce_chunk(prob.copy(), wsum, valid, output="probabilities", mask_invalid=True, **kw)
+    out = reduce_chunk(prob.copy(), wsum, valid, replace(rules, output="probabilities"))
     assert np.isnan(out[0, :, 2]).all() and not np.isnan(out[0, :, :2]).any()
+
+
+def test_reduce_chunk_activates_blended_logits_once():
+    """``blend: logits`` cards: the chunk's blended logits are activated, then reduced."""
+    logits = np.array([[[2.0, -1.0]], [[0.0, 1.0]]], np.float32)  # (K=2, 1, 2)
+    wsum, valid = np.ones((1, 2), np.float32), np.ones((1, 2), bool)
+    rules = ReduceRules("probabilities", np.array([0, 1]), np.dtype(np.float32), None, False,
+                        blend_logits=True)  # fmt: skip
+    e = np.exp(logits - logits.max(0))
+    np.testing.assert_allclose(reduce_chunk(logits.copy(), wsum, valid, rules), e / e.sum(0),
+                               rtol=1e-6)  # fmt: skip
+    lab = reduce_chunk(logits, wsum, valid, replace(rules, output="labels", dtype=np.uint8))
+    np.testing.assert_array_equal(lab, [[[0, 1]]])
