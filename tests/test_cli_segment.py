@@ -165,3 +165,24 @@ def test_model_card_print_and_stac(tmp_path, checkpoints, capsys):
     assert read.datetime is not None  # the weights' date, not null without start/end
     assert read.properties["mlm:input"][0]["bands"] == []  # unnamed: no channel_0..5
 
+
+@pytest.mark.slow  # three CLI runs of the landsat scene (~20 s each on 2 busy cores)
+def test_segment_engine_flags_batch_auto_amp_give_the_same_labels(tmp_path, landsat_path,
+                                                                   checkpoints, capsys):  # fmt: skip
+    """--batch-size auto and --amp off/bf16 on CPU: the labels of the default run (bf16 may
+    flip near-ties only); a bad --amp or --batch-size is one error line, exit 2."""
+    base = ["segment", str(landsat_path), "-m", str(checkpoints[6]), "--roi", "64,64", "-q"]
+    outs = {}
+    for name, extra in (("default", []), ("auto", ["--batch-size", "auto", "--amp", "off"]),
+                        ("bf16", ["--amp", "bf16"])):  # fmt: skip
+        outs[name] = tmp_path / f"{name}.tif"
+        assert main([*base, "-o", str(outs[name]), *extra]) == 0, capsys.readouterr().err
+    with rasterio.open(outs["default"]) as a, rasterio.open(outs["auto"]) as b:
+        ref = a.read(1)
+        np.testing.assert_array_equal(ref, b.read(1))
+    with rasterio.open(outs["bf16"]) as c:
+        assert (c.read(1) == ref).mean() > 0.98
+    for bad in (["--amp", "fp8"], ["--batch-size", "many"]):
+        assert main([*base, "-o", str(tmp_path / "bad.tif"), *bad]) == 2
+        line = _one_error_line(capsys)
+        assert bad[0] in line and bad[1] in line

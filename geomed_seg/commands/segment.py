@@ -48,9 +48,15 @@ def segment_command(
         None, "--overlap", help="Window overlap 0..1 (card default)."
     ),
     mode: str | None = typer.Option(None, "--mode", help="Blending: gaussian or constant."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Windows per forward pass."),
+    batch_size: str = typer.Option(
+        "4", "--batch-size", help="Windows per forward pass, or 'auto' (from free GPU memory)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (flips)."),
+    amp: str = typer.Option(
+        "auto", "--amp", help="Autocast: auto (bf16/fp16 on CUDA), fp16, bf16, off."
+    ),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Write class probabilities."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     series: str | None = typer.Option(
@@ -74,8 +80,10 @@ def segment_command(
         raise InvalidInputError(f"--mode {mode!r}: choose 'gaussian' or 'constant'")
     from geomed_seg.pipelines.schema import engine_spec
 
+    batch = batch_size.strip().lower()
     spec = engine_spec(roi_size=parse_roi(roi), overlap=overlap, mode=mode,
-                       batch_size=batch_size, device=device, tta=tta)  # fmt: skip
+                       batch_size=batch, device=device, tta=tta,
+                       amp=amp, compile=compile_model)  # fmt: skip
     output_kind = "probabilities" if probabilities else "labels"
     options = spec.to_options(output=output_kind, overwrite=overwrite, quiet=is_quiet())
     result = segment_file(input_path, model, output, options, series=series, card=card,

@@ -124,10 +124,13 @@ class EngineSpec(_Strict):
     roi_size: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1, max_length=3)
     overlap: float | None = Field(None, ge=0, lt=1)
     mode: Literal["gaussian", "constant"] | None = None
-    batch_size: int = Field(4, ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 4
     device: str = "auto"
-    amp: bool = True
+    amp: bool | Literal["auto", "fp16", "bf16", "off"] = True
     tta: bool = False
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False
+    device_blend: bool | Literal["auto"] = "auto"
 
     def to_options(self, **extra: Any) -> Any:
         """Return these settings as an :class:`~geomed_seg.inference.options.EngineOptions`
@@ -136,15 +139,17 @@ class EngineSpec(_Strict):
         from geomed_seg.inference.options import EngineOptions
 
         roi = tuple(self.roi_size) if self.roi_size is not None else None
+        batch = None if self.batch_size == "auto" else self.batch_size
         return EngineOptions(
-            roi_size=roi, overlap=self.overlap, mode=self.mode, batch_size=self.batch_size,
-            device=self.device, amp=self.amp, tta=self.tta, **extra,
+            roi_size=roi, overlap=self.overlap, mode=self.mode, batch_size=batch,
+            device=self.device, amp=self.amp, tta=self.tta, channels_last=self.channels_last,
+            compile=self.compile, device_blend=self.device_blend, **extra,
         )  # fmt: skip
 
 
 #: CLI option of each engine setting, for errors about command-line values.
 ENGINE_OPTIONS = {"roi_size": "--roi", "overlap": "--overlap", "mode": "--mode",
-                  "batch_size": "--batch-size", "device": "--device"}  # fmt: skip
+                  "batch_size": "--batch-size", "device": "--device", "amp": "--amp"}  # fmt: skip
 
 
 def engine_spec(**values: Any) -> EngineSpec:
