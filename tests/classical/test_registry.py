@@ -203,3 +203,17 @@ def test_cli_option_reaches_any_method_option(tmp_path, capsys):
                      ("overwrite=true", "use --overwrite")):  # fmt: skip
         assert main([*args, "--option", bad, "-o", str(tmp_path / "x.tif")]) == 2
         assert msg in capsys.readouterr().err, bad
+
+
+def test_every_pipeline_method_is_a_registry_entry():
+    """``model.method``/``model.fallback`` values of the YAML schema map onto registry entries."""
+    from typing import get_args
+
+    from geomed_seg.pipelines.methods import CLASSICAL, SCENE_THRESHOLDS
+    from geomed_seg.pipelines.schema import ModelSpec
+
+    methods_ = set(get_args(ModelSpec.model_fields["method"].annotation)) - {"checkpoint"}
+    fallback = get_args(ModelSpec.model_fields["fallback"].annotation)[0]
+    assert methods_ == set(CLASSICAL) == set(get_args(fallback)) - {"none"}
+    assert all(get_method(CLASSICAL[m]).classes for m in CLASSICAL)  # tables from the catalog
+    assert set(SCENE_THRESHOLDS) == {m for m in CLASSICAL if get_method(CLASSICAL[m]).scene}
