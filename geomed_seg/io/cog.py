@@ -342,6 +342,10 @@ class GeoTIFFBlockWriter:
                     f"{self.path}: GDAL failed writing: {_errno_message(exc)}"
                 ) from exc
 
+    def _is_label_map(self) -> bool:
+        """True for one integer band of class values (the QGIS style and class items apply)."""
+        return self.count == 1 and self.dtype.kind in "iu"
+
     def _finish_part(self) -> None:
         dst = self._dst
         if self.band_names is not None:
@@ -357,7 +361,8 @@ class GeoTIFFBlockWriter:
         tags = {k: str(v) for k, v in self.tags.items()}
         if self.classes:
             tags[CLASSES_TAG] = _class_tag(self.classes)
-            dst.update_tags(1, **{f"{CLASS_ITEM}{c.index}": c.name for c in self.classes})
+            if self._is_label_map():
+                dst.update_tags(1, **{f"{CLASS_ITEM}{c.index}": c.name for c in self.classes})
         if tags:
             dst.update_tags(**tags)
         dst.close()
@@ -407,7 +412,8 @@ class GeoTIFFBlockWriter:
                     os.replace(self._part, tmp)
                     if self.classes:
                         os.replace(f"{self._part}.aux.xml", f"{tmp}.aux.xml")
-                write_sidecars(tmp, sidecar_texts(self.path, self.classes, "raster"))
+                if self._is_label_map():  # not class probabilities: QGIS would palette them
+                    write_sidecars(tmp, sidecar_texts(self.path, self.classes, "raster"))
         except GDAL_ERRORS as exc:
             raise WriteError(f"{self.path}: GDAL failed writing: {_errno_message(exc)}") from exc
         except OSError as exc:  # the PAM sidecar, written with pathlib

@@ -133,11 +133,14 @@ def slicer_color_table(classes: Sequence[ClassInfo], title: str = "labels") -> s
     """Return a 3D Slicer colour table (``.ctbl``) for ``classes``.
 
     Format (Slicer's ``vtkMRMLColorTableStorageNode``): comment lines start with ``#``, then
-    ``index name R G B A`` with 0..255 components, one line per class.
+    ``index name R G B A`` with 0..255 components, one line per class. Label 0 is the
+    volume's background: transparent (A 0), as in Slicer's own label colour tables and as
+    in the ITK-SNAP file.
     """
     lines = [f"# Color table file {title}", f"# {len(classes)} values"]
     for c in sorted(classes, key=lambda c: c.index):
         r, g, b, a = rgba(c)
+        a = 0 if c.index == 0 else a
         lines.append(f"{c.index} {slicer_name(c.name)} {r} {g} {b} {a}")
     return "\n".join(lines) + "\n"
 

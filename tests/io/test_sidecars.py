@@ -163,7 +163,8 @@ def test_label_nifti_gets_itksnap_and_slicer_tables(tmp_path: Path) -> None:
     assert values <= set(snap) and values <= set(slicer)
     for c in CLASSES:
         rgba = _expected_rgba(c)
-        assert slicer[c.index] == (c.name.replace(" ", "_"), *rgba)
+        alpha = 0 if c.index == 0 else 255  # the background is transparent, as in ITK-SNAP
+        assert slicer[c.index] == (c.name.replace(" ", "_"), *rgba[:3], alpha)
         r, g, b, a, vis, msh, label = snap[c.index]
         assert (r, g, b, label) == (*rgba[:3], c.name)
         assert (vis, msh, a) == ((0, 0, 0.0) if c.index == 0 else (1, 1, 1.0))
@@ -182,6 +183,15 @@ def test_no_sidecars_without_classes_or_for_float_volumes(tmp_path: Path) -> Non
     write_nifti(vol.with_data(vol.darray.astype(np.float32)), tmp_path / "p.nii.gz",
                 classes=CLASSES)  # fmt: skip
     assert sorted(os.listdir(tmp_path)) == ["p.nii.gz", "plain.tif"]
+
+
+def test_class_probabilities_get_no_palette_style(tmp_path: Path) -> None:
+    img = _labels_raster()
+    probs = Image.from_array(np.zeros((2, 40, 50), np.float32), img.grid)
+    write_geotiff(probs, tmp_path / "probabilities.tif", classes=CLASSES[:2])
+    assert not (tmp_path / "probabilities.qml").exists()
+    with rasterio.open(tmp_path / "probabilities.tif") as src:
+        assert not any(k.startswith("CLASS_") for k in src.tags(1))
 
 
 def test_overwrite_replaces_and_removes_stale_sidecars(tmp_path: Path) -> None:
