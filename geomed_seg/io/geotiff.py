@@ -335,17 +335,7 @@ def open_geotiff(path: str | os.PathLike, chunks: Any = None) -> Image:
     token = f"geotiff-{da.core.tokenize(_WindowReader(str(path), shape, dtype), chunks)}"
     reader = _WindowReader(str(path), shape, dtype)
     arr = da.from_array(reader, chunks=chunks, name=token, meta=np.empty((0, 0, 0), dtype))
-    mixed_nodata = len({("nan" if v is not None and np.isnan(v) else v) for v in nodatas}) > 1
-    has_mask = (
-        any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags) or mixed_nodata
-    )
-    mask = None
-    if has_mask:
-        mreader = _WindowReader(str(path), shape[1:], np.dtype(bool), mask=True)
-        marr = da.from_array(
-            mreader, chunks=arr.chunks[1:], name=f"{token}-mask", meta=np.empty((0, 0), bool)
-        )
-        mask = xr.DataArray(marr, dims=RASTER_DIMS[1:])
+    mask = _lazy_mask(path, shape, flags, nodatas, arr.chunks[1:], f"{token}-mask")
     coords_all: dict[str, Any] = {"band": attrs["band_names"]}
     coords_all.update({k: ("band", v) for k, v in coords.items()})
     # value metadata lives on the DataArray so that derived arrays do not inherit it
@@ -353,6 +343,22 @@ def open_geotiff(path: str | os.PathLike, chunks: Any = None) -> Image:
     data = xr.DataArray(arr, dims=RASTER_DIMS, coords=coords_all, attrs=data_attrs)
     log.debug("opened %s: %s chunks %s", path, shape, arr.chunksize)
     return Image(data, grid, nodata, mask, attrs)
+
+
+def _lazy_mask(
+    path: str | Path, shape: tuple[int, ...], flags: list, nodatas: list, chunks: Any, name: str
+) -> xr.DataArray | None:
+    """Lazy ``(y, x)`` validity mask (GDAL's dataset mask), or None when every sample counts.
+
+    A mask is needed with an internal mask / alpha band (``flags``: each band's
+    ``mask_flag_enums``) or when the bands' nodata values differ.
+    """
+    mixed_nodata = len({("nan" if v is not None and np.isnan(v) else v) for v in nodatas}) > 1
+    if not (any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags) or mixed_nodata):
+        return None
+    mreader = _WindowReader(str(path), shape[1:], np.dtype(bool), mask=True)
+    marr = da.from_array(mreader, chunks=chunks, name=name, meta=np.empty((0, 0), bool))
+    return xr.DataArray(marr, dims=RASTER_DIMS[1:])
 
 
 __all__ = ["GeoTIFFBlockWriter", "block_chunks", "open_geotiff", "write_geotiff"]
