@@ -173,6 +173,21 @@ def label_format(classes: Sequence[int] | np.ndarray, nodata: int | None) -> tup
     return dtype, int(nodata)
 
 
+def channel_argmax(prob: np.ndarray) -> np.ndarray:
+    """Return ``np.argmax(prob, axis=0)`` of ``prob (K, *spatial)`` (first channel on ties).
+
+    K element-wise passes over contiguous planes: ~5x faster than numpy's strided reduction
+    over the leading axis for the few channels of a segmentation model. No NaN in ``prob``.
+    """
+    best = prob[0].copy()
+    index = np.zeros(prob.shape[1:], np.intp)
+    for k in range(1, prob.shape[0]):
+        better = prob[k] > best
+        index[better] = k
+        np.maximum(best, prob[k], out=best)
+    return index
+
+
 def labels_from_probabilities(
     prob: np.ndarray,
     classes: Sequence[int] | np.ndarray,
@@ -230,7 +245,7 @@ def labels_from_probabilities(
             labels[prob[k] > threshold] = lut[k]
     else:
         p = np.where(np.isnan(prob), -np.inf, prob) if nan.any() else prob
-        labels = lut[np.argmax(p, axis=0)].astype(dtype)
+        labels = lut[channel_argmax(p)].astype(dtype)
     if nodata is not None:
         bad = nan if invalid is None else nan | invalid
         if bad.any():
@@ -304,6 +319,7 @@ __all__ = [
     "ChunkAccumulator",
     "ReduceRules",
     "activate_numpy",
+    "channel_argmax",
     "label_format",
     "labels_from_probabilities",
     "reduce_chunk",

@@ -222,3 +222,13 @@ def test_region_sigmoid_card_with_mirror_axes_equal_on_host_and_device(blend):
             np.testing.assert_allclose(d, h, atol=1e-5)
         else:
             assert (d == h).mean() > 0.999 and set(np.unique(d)) <= {0, 1, 2, 3}
+
+
+def test_host_channel_argmax_equals_numpy_argmax():
+    from geomed_seg.inference.blend import channel_argmax as host_argmax
+
+    rng = np.random.default_rng(4)
+    for k in (2, 3, 7):
+        p = rng.integers(0, 3, (k, 33, 17)).astype(np.float32)  # many ties
+        p[k - 1, :3] = -np.inf
+        np.testing.assert_array_equal(host_argmax(p), p.argmax(0))
