@@ -59,17 +59,27 @@ def make_sparse(path: Path, size: int, blocks: int) -> Path:
 
 
 def child(src: str, out: str) -> None:
-    """Run ``segment`` (in the child process)."""
+    """Run ``segment`` (in the child process); ``out == "discard"``: a sink that drops chunks."""
     import torch
 
     from geomed_seg import open_image, segment
+    from geomed_seg.inference.sinks import Sink
+
+    class Discard(Sink):
+        chunk, path = 512, None
+
+        def write(self, array, slices):  # noqa: ANN001 - Sink's signature
+            pass
+
+        def finish(self):  # noqa: ANN201
+            return None
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = torch.nn.Conv2d(4, 2, 1).eval()
     segment(
         open_image(src), model, roi_size=(256, 256), overlap=0.25, batch_size=16,
-        device="cpu", sink=out, overwrite=True,
+        device="cpu", sink=Discard() if out == "discard" else out, overwrite=True,
     )  # fmt: skip
 
 
@@ -78,7 +88,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=200_000)
     ap.add_argument("--blocks", type=int, default=64)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/geomed-huge"))
-    ap.add_argument("--output", default=None, help="default: WORKDIR/labels.zarr")
+    ap.add_argument(
+        "--output", default=None, help="default: WORKDIR/labels.zarr; 'discard': no file"
+    )
     ap.add_argument("--at", type=float, nargs="+", default=[60, 120, 240])
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()

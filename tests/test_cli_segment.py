@@ -115,6 +115,24 @@ def test_output_larger_than_free_disk_exit_2(
     assert not out.exists()
 
 
+def test_bad_devices_exit_2(tmp_path, landsat_path, checkpoints, capsys):
+    out = tmp_path / "x.tif"
+    rc = main(["segment", str(landsat_path), "-m", str(checkpoints[6]), "-o", str(out),
+               "--devices", "cpu,gpu0"])  # fmt: skip
+    assert rc == 2
+    assert "gpu0" in _one_error_line(capsys) and not out.exists()
+
+
+@pytest.mark.slow
+def test_two_cpu_devices_write_the_one_device_labels(tmp_path, landsat_path, checkpoints):
+    args = ["segment", str(landsat_path), "-m", str(checkpoints[6]), "--device", "cpu"]
+    assert main([*args, "-o", str(tmp_path / "one.tif")]) == 0
+    assert main([*args, "-o", str(tmp_path / "two.tif"), "--devices", "cpu,cpu"]) == 0
+    with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "two.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.transform == b.transform and a.crs == b.crs
+
+
 def test_volume_with_2d_model_exit_2(tmp_path, mni_t1_path, checkpoints, capsys):
     rc = main(
         ["segment", str(mni_t1_path), "-m", str(checkpoints[6]), "-o", str(tmp_path / "x.nii.gz")]

@@ -52,6 +52,12 @@ def segment_command(
         "4", "--batch-size", help="Windows per forward pass, or 'auto' (from free GPU memory)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    devices: str | None = typer.Option(
+        None,
+        "--devices",
+        help="Several devices for one scene: cuda:0,cuda:1, all (GPUs) or cpu,cpu "
+        "(one dask worker each; same labels as one device).",
+    ),  # fmt: skip
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (flips)."),
     amp: str = typer.Option(
         "auto", "--amp", help="Autocast: auto (bf16/fp16 on CUDA), fp16, bf16, off."
@@ -85,7 +91,9 @@ def segment_command(
                        batch_size=batch, device=device, tta=tta,
                        amp=amp, compile=compile_model)  # fmt: skip
     output_kind = "probabilities" if probabilities else "labels"
-    options = spec.to_options(output=output_kind, overwrite=overwrite, quiet=is_quiet())
+    options = spec.to_options(
+        output=output_kind, overwrite=overwrite, quiet=is_quiet(), devices=devices
+    )
     result = segment_file(input_path, model, output, options, series=series, card=card,
                           resample=resample, allow_complex=allow_complex)  # fmt: skip
     if not is_quiet():

@@ -79,6 +79,11 @@ class EngineOptions:
         No progress bar.
     progress : callable or None
         Called with ``(windows_done, windows_total)``.
+    devices : str, tuple of str or None
+        Several devices for one scene (``"cuda:0,cuda:1"``, ``"all"`` GPUs, ``"cpu,cpu"``):
+        one dask worker process per device, the scene cut into tiles
+        (:mod:`geomed_seg.inference.multi`); the result equals the one-device run. None: one
+        device (``device``).
     """
 
     roi_size: int | tuple[int | None, ...] | None = None
@@ -99,6 +104,7 @@ class EngineOptions:
     overwrite: bool = False
     quiet: bool = True
     progress: Callable[[int, int], None] | None = None
+    devices: str | tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.roi_size is not None:
@@ -125,6 +131,10 @@ class EngineOptions:
         if not (self.skip in (*SKIPS, None, False) or callable(self.skip)):
             raise InvalidInputError(f"skip must be 'auto', 'none' or a callable, got {self.skip!r}")
         object.__setattr__(self, "device", str(self.device))
+        if self.devices is not None:
+            from geomed_seg.inference.multi import resolve_devices
+
+            object.__setattr__(self, "devices", resolve_devices(self.devices))
 
     @classmethod
     def of(cls, options: EngineOptions | None = None, **changes: Any) -> EngineOptions:

@@ -395,6 +395,11 @@ def execute(run: EngineRun) -> SegmentResult:
         type(run.sink).__name__,
     )  # fmt: skip
     n_windows = len(plan) if run.chunks is None else tiled_window_count(plan, run.chunks)
+    if opts.devices:  # one dask worker per device, tiles shared out (inference/multi.py)
+        from geomed_seg.inference.multi import device_tiles, run_on_devices
+
+        dev_tiles = device_tiles(plan, run.chunks or (), len(opts.devices))
+        n_windows = sum(len(t.plan) for t in dev_tiles)
     reporter = ProgressReporter(n_windows, opts.quiet, opts.progress)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -402,7 +407,16 @@ def execute(run: EngineRun) -> SegmentResult:
     run.sink.start(run.spec)
     try:
         stats, n_tiles = EngineStats(), 0
-        tiles = tile_runs(run.image, run.job, run.sink, run.chunks, skip_empty=opts.skip == "auto")
+        if opts.devices:
+            stats, n_tiles = run_on_devices(
+                run.image, run.job, run.predictor, run.sink, dev_tiles, opts.devices,
+                skip_empty=opts.skip == "auto", on_progress=reporter,
+            )  # fmt: skip
+        tiles = (
+            ()
+            if opts.devices
+            else tile_runs(run.image, run.job, run.sink, run.chunks, skip_empty=opts.skip == "auto")
+        )
         for image, job, sink in tiles:
             if run.device_model is not None:
                 part = run_windows_on_device(
