@@ -9,14 +9,14 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch/torchvision with pip (where pip is configured to find them); then the other pins
-# with uv, falling back to pip (scripts/install_deps.sh says how and why)
+# torch/torchvision first, then the package and the other pins of requirements.lock; with
+# uv (given pip's indexes and find-links), falling back to pip: scripts/install_deps.sh
 UV_VERSION ?= 0.13.8
+TORCH := torch==2.14.1 torchvision==0.29.1
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	bash scripts/install_deps.sh $(PY) $(UV_VERSION)
+	bash scripts/install_deps.sh $(PY) $(UV_VERSION) $(TORCH)
 	touch $(STAMP)
 
 # the demo's runs, then the inputs the README's other commands use (tiles, tiny untrained models)
