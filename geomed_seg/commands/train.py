@@ -30,9 +30,7 @@ def train(
     if output is not None:  # a CLI path is relative to the working directory, not the config
         cfg = cfg.model_copy(update={"output": output})
     res = run_training(cfg, resume=resume, quiet=is_quiet())
-    if is_quiet():
-        return
-    typer.echo(
+    typer.echo(  # the one result line, also with -q (which only hides the progress display)
         f"best {res.best_score:.4f} at epoch {res.best_epoch}; checkpoints in {res.output} "
         f"({res.seconds:.0f} s)"
     )
