@@ -240,10 +240,53 @@ def _load_fold(path: Path, options: ImportOptions, conf_name: str) -> tuple[dict
     return tensors, mirror, trusted, trainer
 
 
+def _axes(plans: dict, conf: dict, where: Path) -> tuple[list[int], list[float], list[int]]:
+    """Return ``(transpose_forward, spacing mm, patch size)``, the last two in our (z, y, x)."""
+    transpose = [int(t) for t in plans.get("transpose_forward", [0, 1, 2])]
+    if sorted(transpose) != [0, 1, 2]:
+        raise ModelError(f"{where}: transpose_forward {transpose} is not a permutation of 0..2")
+    back = [transpose.index(i) for i in range(3)]  # plans order -> our (z, y, x) order
+    spacing = [float(conf["spacing"][b]) for b in back]
+    return transpose, spacing, [int(conf["patch_size"][b]) for b in back]
+
+
+def _network(
+    src: Path, files: list[Path], per_fold: list, kwargs: dict, n_in: int, n_out: int
+) -> tuple[Any, tuple | None, list[str]]:
+    """Return ``(ensemble with the folds' weights, mirroring axes, trainer names)``."""
+    from geomed_seg.models.importers.state_dict import build_with_weights
+
+    tensors = {f"folds.{i}.{k}": v for i, (sd, *_r) in enumerate(per_fold) for k, v in sd.items()}
+    trainers = sorted({t for *_, t in per_fold})
+    try:
+        module = build_with_weights("nnunet.Network", n_in, n_out, kwargs, tensors, files[0])
+    except ModelError as exc:
+        raise ModelError(
+            f"{exc} (trainer {', '.join(trainers)}: a custom trainer whose network differs from "
+            "the plans' architecture cannot be imported)"
+        ) from exc
+    mirrors = {tuple(m) if m is not None else None for _, m, _, _ in per_fold}
+    if len(mirrors) != 1:
+        raise ModelError(f"{src}: folds disagree on inference_allowed_mirroring_axes {mirrors}")
+    return module, mirrors.pop(), trainers
+
+
+def _notes(dataset: dict) -> list[str]:
+    notes = [
+        "inputs are resampled only when their spacing differs from the model's by > 10 % "
+        "(nnU-Net resamples whenever the shape changes)",
+        "postprocessing (postprocessing.pkl, a pickle) is not read or applied",
+        "a trainer that changes the network's forward pass without changing its weights "
+        "cannot be detected; the weights fit the plans' network strictly",
+    ]
+    if "ignore" in (dataset.get("labels") or {}):
+        notes.append(f"ignore label {dataset['labels']['ignore']} is training-only; not output")
+    return notes
+
+
 def run(src: Path, options: ImportOptions) -> ImportedModel:
     """Import the nnU-Net v2 results folder ``src`` (see module docstring)."""
     from geomed_seg.models.card import ModelCard
-    from geomed_seg.models.importers.state_dict import build_with_weights
 
     plans_path, dataset_path = src / "plans.json", src / "dataset.json"
     plans, dataset = read_json(plans_path), read_json(dataset_path)
@@ -254,21 +297,12 @@ def run(src: Path, options: ImportOptions) -> ImportedModel:
     if not isinstance(channels, dict) or not channels:
         raise ModelError(f"{dataset_path}: no channel_names")
     band_names = [str(channels[k]) for k in sorted(channels, key=int)]
-    n_in = len(band_names)
     classes, activation, carried = _classes(dataset, dataset_path)
-    if options.classes:
-        classes = options.classes
+    classes = options.classes or classes
     arch = conf.get("architecture") or {}
     if "network_class_name" not in arch:
         raise ModelError(f"{plans_path}: configuration {conf_name!r} has no architecture entry")
-    transpose = [int(t) for t in plans.get("transpose_forward", [0, 1, 2])]
-    if sorted(transpose) != [0, 1, 2]:
-        raise ModelError(
-            f"{plans_path}: transpose_forward {transpose} is not a permutation of 0..2"
-        )
-    back = [transpose.index(i) for i in range(3)]  # plans order -> our (z, y, x) order
-    spacing = [float(conf["spacing"][b]) for b in back]
-    roi = [int(conf["patch_size"][b]) for b in back]
+    transpose, spacing, roi = _axes(plans, conf, plans_path)
     files = _folds(src, options)
     per_fold = [_load_fold(f, options, conf_name) for f in files]
     kwargs = {
@@ -278,47 +312,25 @@ def run(src: Path, options: ImportOptions) -> ImportedModel:
         "n_folds": len(files),
         "transpose_forward": transpose,
     }
-    tensors = {
-        f"folds.{i}.{k}": v for i, (sd, *_rest) in enumerate(per_fold) for k, v in sd.items()
-    }
-    resampling, resampling_note = _resampling(conf)
-    trainers = sorted({t for *_, t in per_fold})
-    try:
-        module = build_with_weights("nnunet.Network", n_in, len(classes), kwargs, tensors, files[0])
-    except ModelError as exc:
-        raise ModelError(
-            f"{exc} (trainer {', '.join(trainers)}: a custom trainer whose network differs from "
-            "the plans' architecture cannot be imported)"
-        ) from exc
-    mirrors = {tuple(m) if m is not None else None for _, m, _, _ in per_fold}
-    if len(mirrors) != 1:
-        raise ModelError(f"{src}: folds disagree on inference_allowed_mirroring_axes {mirrors}")
-    mirror = mirrors.pop()
+    module, mirror, trainers = _network(src, files, per_fold, kwargs, len(band_names), len(classes))
     mirror_axes = sorted(transpose[int(a)] for a in mirror) if mirror else []
-    fields: dict[str, Any] = {
-        "name": options.name or f"{plans.get('dataset_name', src.name)}_{conf_name}",
-        "description": str(dataset.get("description", ""))[:2000],
-        "architecture": "nnunet.Network",
-        "architecture_kwargs": kwargs,
-        "spatial_dims": 3,
-        "in_channels": n_in,
-        "band_names": band_names,
-        "normalisation": _normalisation(conf, plans, n_in, plans_path),
-        "spacing": spacing,
-        "spacing_unit": "mm",
-        "axcodes": axcodes,
-        "classes": classes,
-        "roi_size": list(options.roi_size) if options.roi_size else roi,
-        "overlap": 0.5,
-        "mode": "nnunet",
-        "blend": "logits",
-        "mirror_axes": mirror_axes,
-        "activation": activation,
-        "crop_to_nonzero": True,
-        "resampling": resampling,
-        "licence": dataset.get("licence") or dataset.get("license"),
-    }
-    card = ModelCard.from_dict(fields, source=plans_path)
+    resampling, resampling_note = _resampling(conf)
+    licence = dataset.get("licence") or dataset.get("license")
+    card = ModelCard.from_dict(
+        {
+            "name": options.name or f"{plans.get('dataset_name', src.name)}_{conf_name}",
+            "description": str(dataset.get("description", ""))[:2000],
+            "architecture": "nnunet.Network", "architecture_kwargs": kwargs,
+            "spatial_dims": 3, "in_channels": len(band_names), "band_names": band_names,
+            "normalisation": _normalisation(conf, plans, len(band_names), plans_path),
+            "spacing": spacing, "spacing_unit": "mm", "axcodes": axcodes, "classes": classes,
+            "roi_size": list(options.roi_size) if options.roi_size else roi,
+            "overlap": 0.5, "mode": "nnunet", "blend": "logits", "mirror_axes": mirror_axes,
+            "activation": activation, "crop_to_nonzero": True, "resampling": resampling,
+            "licence": licence,
+        },
+        source=plans_path,
+    )  # fmt: skip
     carried = [
         f"configuration {conf_name}: {kwargs['network_class_name'].rsplit('.', 1)[-1]} "
         f"from the plans, {len(files)} fold(s) ({', '.join(f.parent.name for f in files)}), "
@@ -333,26 +345,10 @@ def run(src: Path, options: ImportOptions) -> ImportedModel:
         *carried,
         f"trainer {', '.join(trainers)}",
     ]
-    notes = [
-        "inputs are resampled only when their spacing differs from the model's by > 10 % "
-        "(nnU-Net resamples whenever the shape changes)",
-        "postprocessing (postprocessing.pkl, a pickle) is not read or applied",
-        "a trainer that changes the network's forward pass without changing its weights "
-        "cannot be detected; the weights fit the plans' network strictly",
-    ]
-    if "ignore" in (dataset.get("labels") or {}):
-        notes.append(f"ignore label {dataset['labels']['ignore']} is training-only; not output")
-    extra = (
-        [src / "dataset_fingerprint.json"] if (src / "dataset_fingerprint.json").is_file() else []
-    )
+    fingerprint = src / "dataset_fingerprint.json"
+    extra = [fingerprint] if fingerprint.is_file() else []
     return ImportedModel(
-        module,
-        card,
-        [plans_path, dataset_path, *extra, *files],
-        licence=fields["licence"],
-        authors=[],
+        module, card, [plans_path, dataset_path, *extra, *files], licence=licence, authors=[],
         version=str(dataset.get("release")) if dataset.get("release") else None,
-        carried=carried,
-        notes=notes,
-        trusted_code=any(t for _, _, t, _ in per_fold),
-    )
+        carried=carried, notes=_notes(dataset), trusted_code=any(t for _, _, t, _ in per_fold),
+    )  # fmt: skip
