@@ -46,7 +46,12 @@ from geomed_seg.io.atomic import _remove, atomic_output, check_output, scratch_p
 from geomed_seg.io.faults import fault_point
 from geomed_seg.io.georef import write_profile
 from geomed_seg.io.native import native_stderr_to_log
-from geomed_seg.io.sidecars import RASTER_SIDECARS, sidecar_texts, write_sidecars
+from geomed_seg.io.sidecars import (
+    RASTER_SIDECARS,
+    check_sidecars,
+    sidecar_texts,
+    write_sidecars,
+)
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +236,7 @@ class GeoTIFFBlockWriter:
         if not isinstance(grid, GeoGrid):
             raise InvalidInputError(f"{path}: GeoTIFF needs a GeoGrid, got {type(grid).__name__}")
         self.path = check_output(path, overwrite)
+        check_sidecars(self.path, overwrite)
         self.grid, self.count, self.dtype = grid, int(count), _gtiff_dtype(dtype)
         self.nodata, self.overwrite, self.cog = nodata, overwrite, cog
         self.classes = parse_classes(classes)

@@ -37,7 +37,12 @@ from geomed_seg.errors import (
     WriteError,
 )
 from geomed_seg.io.atomic import atomic_output, check_output
-from geomed_seg.io.sidecars import VOLUME_SIDECARS, sidecar_texts, write_sidecars
+from geomed_seg.io.sidecars import (
+    VOLUME_SIDECARS,
+    check_sidecars,
+    sidecar_texts,
+    write_sidecars,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -424,6 +429,7 @@ def write_nifti(
     if not isinstance(image.grid, VoxelGrid):
         raise InvalidInputError(f"{path}: NIfTI needs a volume Image, got a {image.kind}")
     path = check_output(path, overwrite)
+    check_sidecars(path, overwrite)
     src = image.darray
     out_dtype = np.dtype(dtype) if dtype is not None else src.dtype
     if out_dtype == np.bool_:

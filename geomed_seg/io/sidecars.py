@@ -33,6 +33,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from geomed_seg.core.labels import ClassInfo
+from geomed_seg.errors import OutputExistsError
 from geomed_seg.io.atomic import companion_path, data_stem
 
 #: Companion templates (see :func:`geomed_seg.io.atomic.companion_path`) of label rasters.
@@ -158,6 +159,33 @@ def sidecar_texts(
     return {ITKSNAP: itksnap_labels(classes), SLICER: slicer_color_table(classes, title)}
 
 
+def sidecars_for(path: str | os.PathLike) -> tuple[str, ...]:
+    """Return the companion templates a label output at ``path`` may get (by its suffix)."""
+    name = Path(path).name.lower()
+    if name.endswith((".tif", ".tiff", ".vrt")):
+        return RASTER_SIDECARS
+    if name.endswith((".nii", ".nii.gz")):
+        return VOLUME_SIDECARS
+    return ()
+
+
+def check_sidecars(path: str | os.PathLike, overwrite: bool) -> None:
+    """Raise :class:`OutputExistsError` if a sidecar ``path`` may get exists and not ``overwrite``.
+
+    A hand-made ``labels.qml`` beside a new ``labels.tif`` is an existing output like the
+    label file itself: it is replaced only with ``--overwrite``.
+    """
+    if overwrite:
+        return
+    for template in sidecars_for(path):
+        side = companion_path(path, template)
+        if side.exists():
+            raise OutputExistsError(
+                f"{side}: exists and would be replaced by the sidecar of {Path(path).name}; "
+                "pass overwrite=True (--overwrite) to replace it"
+            )
+
+
 def write_sidecars(tmp: str | os.PathLike, texts: dict[str, str]) -> list[Path]:
     """Write each text at its companion path of ``tmp`` (the staged output); return the paths."""
     out = []
@@ -169,6 +197,7 @@ def write_sidecars(tmp: str | os.PathLike, texts: dict[str, str]) -> list[Path]:
 
 
 __all__ = [
-    "ITKSNAP", "QML", "RASTER_SIDECARS", "SLICER", "VOLUME_SIDECARS", "data_stem",
+    "ITKSNAP", "QML", "RASTER_SIDECARS", "SLICER", "VOLUME_SIDECARS", "check_sidecars",
+    "data_stem", "sidecars_for",
     "itksnap_labels", "qgis_style", "sidecar_texts", "slicer_color_table", "write_sidecars",
 ]  # fmt: skip

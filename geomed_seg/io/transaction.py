@@ -40,6 +40,7 @@ from geomed_seg.io.atomic import (
     replace_into_place,
     write_error,
 )
+from geomed_seg.io.sidecars import check_sidecars
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class OutputTransaction:
         if not p.parent.exists() and not any(self._under(p, f) for f in self.folders):
             raise WriteError(f"{p}: folder {p.parent} does not exist")
         check_not_input(p, self.inputs)
+        check_sidecars(p, self.overwrite)  # a labels.qml there is an output too
         if p not in self.outputs:
             self.outputs.append(p)
         return p

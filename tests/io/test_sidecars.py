@@ -211,6 +211,22 @@ def test_overwrite_replaces_and_removes_stale_sidecars(tmp_path: Path) -> None:
     assert not (tmp_path / "labels.label.txt").exists() and not (tmp_path / "labels.ctbl").exists()
 
 
+def test_an_existing_style_is_an_output_too(tmp_path: Path) -> None:
+    """A hand-made labels.qml is replaced (or removed) only with overwrite, checked up front."""
+    (tmp_path / "labels.qml").write_text("mine")
+    (tmp_path / "seg.ctbl").write_text("mine")
+    with pytest.raises(OutputExistsError, match="labels.qml"):
+        write_geotiff(_labels_raster(), tmp_path / "labels.tif", classes=CLASSES)
+    with pytest.raises(OutputExistsError, match="seg.ctbl"):
+        write_nifti(_labels_volume(), tmp_path / "seg.nii.gz", classes=CLASSES)
+    with pytest.raises(OutputExistsError, match="labels.qml"):
+        OutputTransaction([tmp_path / "labels.tif"])  # before any computing
+    assert sorted(os.listdir(tmp_path)) == ["labels.qml", "seg.ctbl"]
+    assert (tmp_path / "labels.qml").read_text() == "mine"
+    write_geotiff(_labels_raster(), tmp_path / "labels.tif", classes=CLASSES, overwrite=True)
+    assert parse_qml(tmp_path / "labels.qml")[0]["label"] == "not water"
+
+
 def test_sidecars_commit_with_the_transaction_or_not_at_all(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with pytest.raises(RuntimeError):
