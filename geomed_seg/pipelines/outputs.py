@@ -130,7 +130,7 @@ def _volume_outputs(
     overwrite: bool,
 ) -> dict[str, Path]:
     """The quicklook (T1c slice when there is one) and the DICOM SEG of a volume run."""
-    from geomed_seg.pipelines import quicklook
+    from geomed_seg.pipelines import quicklook_volume
 
     o, written = cfg.outputs, {}
     if o.quicklook:
@@ -139,7 +139,7 @@ def _volume_outputs(
         title = f"{cfg.name}: {out.method}"
         if source.attrs.get("synthetic") or cfg.input.synthetic:
             title += " — SYNTHETIC phantom"
-        written["quicklook"] = quicklook.volume_quicklook(
+        written["quicklook"] = quicklook_volume.volume_quicklook(
             image,
             out.labels,
             classes,
@@ -147,6 +147,7 @@ def _volume_outputs(
             channel=ch,
             title=title,
             overwrite=overwrite,
+            convention=o.quicklook_convention,
         )
     dicom = _dicom_source(source)
     if o.dicom_seg == "auto" and dicom is not None:

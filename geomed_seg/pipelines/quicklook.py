@@ -15,6 +15,8 @@ What is drawn (matplotlib, Agg):
   the right direction; none (with a note) without a CRS;
 - a scale bar in true ground metres, the CRS name and the corner coordinates.
 
+Volume quicklooks: :mod:`geomed_seg.pipelines.quicklook_volume`.
+
 Large images are decimated (strided reads) to at most ``max_px`` on a side, so a quicklook
 never loads a whole scene. North arrow and scale bar are drawn by hand (matplotlib has
 neither; no extra dependency).
@@ -256,46 +258,6 @@ def raster_quicklook(
 ) -> Path:
     """Write the PNG of :func:`build_raster_figure`; return its path."""
     fig = build_raster_figure(image, labels, classes, title=title, max_px=max_px, rows=rows)
-    return _save(fig, path, overwrite)
-
-
-def volume_quicklook(
-    image: Image,
-    labels: Image,
-    classes: Sequence[ClassInfo],
-    path: str | os.PathLike,
-    *,
-    channel: int = 0,
-    title: str = "",
-    overwrite: bool = False,
-) -> Path:
-    """Write a PNG of three orthogonal slices of ``image[channel]`` with ``labels``; return path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    vol = np.asarray(image.darray[channel].compute(), np.float32)
-    lab = np.asarray(labels.darray[0].compute())
-    fg = np.argwhere(lab > 0)
-    centre = fg.mean(0).astype(int) if len(fg) else np.array(vol.shape) // 2
-    sz, sy, sx = image.grid.spacing_zyx
-    views = [  # (slice (rows, cols) with rows flipped for display, pixel size along cols)
-        ("axial", vol[centre[0]], lab[centre[0]], sx, sy / sx),
-        ("coronal", vol[:, centre[1]], lab[:, centre[1]], sx, sz / sx),
-        ("sagittal", vol[:, :, centre[2]], lab[:, :, centre[2]], sy, sz / sy),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 4.4))
-    for ax, (name, img2d, lab2d, px, aspect) in zip(axes, views, strict=True):
-        grey = _stretch(img2d[None])[0]
-        shown = _overlay(np.repeat(grey[..., None], 3, axis=2), lab2d, classes)
-        ax.imshow(shown, origin="lower", aspect=aspect, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
-        n_px, label = bar_label(px, shown.shape[1], "mm")
-        _scale_bar(ax, n_px, shown.shape[1], label)
-    fig.suptitle(title, fontsize=10)
-    _legend(fig, classes)
     return _save(fig, path, overwrite)
 
 

@@ -200,6 +200,11 @@ class OutputSpec(_Strict):
     polygons: bool = True
     polygon_tile: int = Field(1024, ge=16)
     quicklook: bool = True
+    quicklook_convention: Literal["radiological", "neurological"] = Field(
+        "radiological",
+        description="volume quicklooks: patient's right on the image's left (radiological) "
+        "or right (neurological)",
+    )
     report: bool = True
     stac: bool = Field(True, description="item.json: STAC Item of the outputs (pystac)")
     dicom_seg: Literal["auto", "never"] = "auto"
