@@ -201,8 +201,13 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def plot(result: EvaluationResult, path: str | os.PathLike) -> None:
-    """Save a PNG with the row-normalised confusion matrix and per-class Dice / IoU bars."""
+def confusion_figure(result: EvaluationResult, classes_source: str | None = None):
+    """Return the figure of :func:`plot`: confusion matrix and per-class Dice / IoU bars.
+
+    Axes are labelled ``"index name"``; each cell shows the row fraction and the sample
+    count; the title names where the class names come from. Rows are the reference,
+    columns the prediction (samples predicted outside the classes are counted in the label).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,24 +216,44 @@ def plot(result: EvaluationResult, path: str | os.PathLike) -> None:
 
     ov = result.overlap
     n = len(ov.labels)
+    ticks = [f"{i} {name}" for i, name in zip(ov.labels, ov.names, strict=True)]
     conf = ov.confusion[:, :n].astype(float)
     norm = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4.5))
+    side = max(4.5, 0.55 * n + 3)
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(2 * side + 1.5, side), layout="constrained")
     im = a0.imshow(norm, cmap="viridis", vmin=0, vmax=1)
-    a0.set_xticks(range(n), ov.names, rotation=45, ha="right")
-    a0.set_yticks(range(n), ov.names)
+    a0.set_xticks(range(n), ticks, rotation=45, ha="right", rotation_mode="anchor")
+    a0.set_yticks(range(n), ticks)
+    if n <= 12:
+        for r in range(n):
+            for c in range(n):
+                a0.text(c, r, f"{norm[r, c]:.2f}\n{int(conf[r, c])}", ha="center", va="center",
+                        fontsize=7, color="white" if norm[r, c] < 0.6 else "black")  # fmt: skip
     outside = int(ov.confusion[:, n:].sum())
     a0.set_xlabel("prediction" + (f" ({outside} samples outside the classes)" if outside else ""))
     a0.set_ylabel("reference")
-    a0.set_title("confusion (row-normalised)")
-    fig.colorbar(im, ax=a0)
+    source = classes_source or getattr(result, "classes_source", "") or "the labels"
+    a0.set_title(f"confusion (row-normalised; fraction and count)\nclass names from {source}",
+                 fontsize=9)  # fmt: skip
+    fig.colorbar(im, ax=a0, label="row fraction")
     x = np.arange(n)
     a1.bar(x - 0.2, [c.dice for c in ov.classes], 0.4, label="Dice")
     a1.bar(x + 0.2, [c.iou for c in ov.classes], 0.4, label="IoU")
-    a1.set_xticks(x, ov.names, rotation=45, ha="right")
+    a1.set_xticks(x, ticks, rotation=45, ha="right", rotation_mode="anchor")
     a1.set_ylim(0, 1)
+    a1.set_ylabel("score")
     a1.legend()
-    a1.set_title("per-class scores")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    a1.set_title("per-class scores", fontsize=9)
+    return fig
+
+
+def plot(result: EvaluationResult, path: str | os.PathLike) -> None:
+    """Save a PNG with the row-normalised confusion matrix and per-class Dice / IoU bars.
+
+    Saved with ``bbox_inches="tight"`` so long class names and axis labels are never clipped.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(result)
+    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
