@@ -63,11 +63,11 @@ def test_plus_one_comes_back_and_equals_monai(shape, roi, batch, overlap, mode):
     _close(got, monai_swi(x, roi, batch, lambda t: t + 1, overlap, mode=mode))
 
 
-@pytest.mark.parametrize(("shape", "roi", "batch", "overlap", "mode"), SHAPES[:4] + SHAPES[6:7])
+@pytest.mark.parametrize(
+    ("shape", "roi", "batch", "overlap", "mode"), [SHAPES[0], *SHAPES[2:4], SHAPES[6]]
+)  # torch has no 4D convolution: the 4D case runs with the +1 predictor only
 def test_real_net_equals_monai(shape, roi, batch, overlap, mode):
-    net = _net(len(shape) - 2) if len(shape) <= 5 else None
-    if net is None:
-        pytest.skip("no 4D convolution in torch")
+    net = _net(len(shape) - 2)
     x = torch.from_numpy(np.random.default_rng(0).random(shape, dtype=np.float32))
     with torch.no_grad():
         _close(

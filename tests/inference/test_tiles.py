@@ -125,3 +125,23 @@ def test_tiled_volume_with_padding_equals_untiled(monkeypatch):
     tiled = _probs(img, net, (16, 10, 8), "gaussian", 8)
     assert tiled.stats["tiles"] == 9
     np.testing.assert_allclose(tiled.image.compute(), whole.image.compute(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_huge_sparse_raster_rss_stays_flat(tmp_path):
+    """benchmarks/huge_sparse.py, shortened: a 100000² sparse GeoTIFF (8 tiles with data)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "huge_sparse.py"), "--size", "100000",
+         "--blocks", "8", "--workdir", str(tmp_path), "--output", "discard", "--at", "25", "50"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    rss = json.loads(out.stdout)["rss_mib"]
+    assert set(rss) == {"25s", "50s"}, out
+    assert max(rss.values()) < 1500
+    assert rss["50s"] < 1.25 * rss["25s"]  # flat, not growing with the windows done
