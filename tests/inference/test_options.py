@@ -74,3 +74,26 @@ def test_options_value_and_keywords_give_the_same_result():
     a = segment(img, loaded, EngineOptions(**kw)).image.compute()
     b = segment(img, loaded, **kw).image.compute()
     np.testing.assert_array_equal(a, b)
+
+
+def test_library_entry_points_import_neither_torch_nor_typer():
+    """``segment_file`` and the option values live in the library: no typer (CLI) import,
+    and torch only once a model runs."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "import geomed_seg as gs\n"
+        "gs.segment_file, gs.EngineOptions\n"
+        "import geomed_seg.batch.options\n"
+        "print(sorted(m for m in ('torch', 'typer') if m in sys.modules))"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
