@@ -52,6 +52,7 @@ ROI = 256
 OVERLAP = 0.25
 BATCH = 16
 BLOCK = 512
+PIXEL_M = 10.0  # ground sample distance of the scene (its transform), for km²/s
 MEAN = [2000.0, 2200.0, 1800.0, 3200.0]
 STD = [600.0] * 4
 COG_OPTS = dict(
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     from geomed_seg.inference.plan import plan_windows
 
     n_win = len(plan_windows((args.size, args.size), (ROI, ROI), OVERLAP))
-    lines = _table(results, cases, n_win)
+    lines = _table(results, cases, n_win, args.size)
     print("\n".join(lines))
     for text in profiles:
         print(text)
@@ -327,9 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _table(results: dict, cases: list[str], n_win: int) -> list[str]:
-    lines = ["| case | floor (s) | ours (s) | MONAI (s) | ours/floor | ours/MONAI | ours ms/window |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+def _table(results: dict, cases: list[str], n_win: int, size: int) -> list[str]:
+    km2 = (size * PIXEL_M / 1000) ** 2  # scene area at 10 m pixels
+    lines = ["| case | floor (s) | ours (s) | MONAI (s) | ours/floor | ours/MONAI | ours ms/window "
+             "| ours km²/s | MONAI km²/s |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for case in cases:
         f = results.get((case, "floor"), {}).get("seconds")
         o = results.get((case, "ours"), {}).get("seconds")
@@ -342,8 +344,11 @@ def _table(results: dict, cases: list[str], n_win: int) -> list[str]:
             return "—" if a is None or b is None else f"{a / b:.2f}×"
 
         per = None if o is None else 1000 * o / n_win
+        rate_o = None if o is None else km2 / o
+        rate_m = None if m is None else km2 / m
         lines.append(
-            f"| {case} | {fmt(f)} | {fmt(o)} | {fmt(m)} | {ratio(o, f)} | {ratio(o, m)} | {fmt(per, 1)} |"
+            f"| {case} | {fmt(f)} | {fmt(o)} | {fmt(m)} | {ratio(o, f)} | {ratio(o, m)} "
+            f"| {fmt(per, 1)} | {fmt(rate_o, 0)} | {fmt(rate_m, 0)} |"
         )
     od, on = results.get(("dense", "ours")), results.get(("nodata40", "ours"))
     if od and on:
