@@ -36,11 +36,13 @@ DEFAULT_THRESHOLD = 0.5
 FinishedChunk = tuple[tuple[int, ...], Window, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _overlap(img: Window, win: Window, bsl: Window) -> tuple[Window, Window, Window]:
+def window_overlap(img: Window, win: Window, bsl: Window) -> tuple[Window, Window, Window]:
     """Return ``(in_block, in_window, in_clip)`` slices of a window's part inside a block.
 
     ``img`` is the window's clip in image coordinates, ``win`` the matching part of the
-    ``roi_size`` window array, ``bsl`` the block's image slices.
+    ``roi_size`` window array, ``bsl`` the block's image slices. Shared by the host
+    (:class:`ChunkAccumulator`) and device
+    (:class:`~geomed_seg.inference.device_blend.DeviceChunkAccumulator`) accumulators.
     """
     inter = tuple(
         slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(img, bsl, strict=True)
@@ -125,7 +127,7 @@ class ChunkAccumulator:
         img, win = self.plan.clip(index)
         for block in self.schedule.touches[index]:
             bsl = self.schedule.block_slices(block)
-            in_block, in_win, in_clip = _overlap(img, win, bsl)
+            in_block, in_win, in_clip = window_overlap(img, win, bsl)
             acc, wsum, vbuf = self._buffers(block)
             w = self.weight[in_win]
             if prob is not None:
@@ -323,4 +325,5 @@ __all__ = [
     "label_format",
     "labels_from_probabilities",
     "reduce_chunk",
+    "window_overlap",
 ]

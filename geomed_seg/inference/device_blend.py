@@ -22,26 +22,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from geomed_seg.inference.blend import DEFAULT_THRESHOLD, ReduceRules  # noqa: F401 - re-export
+from geomed_seg.inference.blend import (  # noqa: F401 - DEFAULT_THRESHOLD re-exported
+    DEFAULT_THRESHOLD,
+    ReduceRules,
+    window_overlap,
+)
 from geomed_seg.inference.plan import ChunkSchedule, Window, WindowPlan
-
-
-def _overlap(img: Window, win: Window, bsl: Window) -> tuple[Window, Window, Window]:
-    """Return ``(in_block, in_window, in_clip)`` slices of a window's part inside a block."""
-    inter = tuple(
-        slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(img, bsl, strict=True)
-    )
-    in_block = tuple(
-        slice(i.start - b.start, i.stop - b.start) for i, b in zip(inter, bsl, strict=True)
-    )
-    in_win = tuple(
-        slice(w.start + i.start - a.start, w.start + i.stop - a.start)
-        for i, a, w in zip(inter, img, win, strict=True)
-    )
-    in_clip = tuple(
-        slice(i.start - a.start, i.stop - a.start) for i, a in zip(inter, img, strict=True)
-    )
-    return in_block, in_win, in_clip
 
 
 class DeviceChunkAccumulator:
@@ -112,7 +98,7 @@ class DeviceChunkAccumulator:
         img, win = self.plan.clip(index)
         for block in self.schedule.touches[index]:
             bsl = self.schedule.block_slices(block)
-            in_block, in_win, in_clip = _overlap(img, win, bsl)
+            in_block, in_win, in_clip = window_overlap(img, win, bsl)
             acc, wsum, vbuf = self._buffers(block)
             if wprob is not None:
                 acc[(slice(None), *in_block)] += wprob[(slice(None), *in_win)]
