@@ -131,10 +131,10 @@ class EngineOptions:
         if not (self.skip in (*SKIPS, None, False) or callable(self.skip)):
             raise InvalidInputError(f"skip must be 'auto', 'none' or a callable, got {self.skip!r}")
         object.__setattr__(self, "device", str(self.device))
-        if self.devices is not None:
-            from geomed_seg.inference.multi import resolve_devices
-
-            object.__setattr__(self, "devices", resolve_devices(self.devices))
+        if self.devices is not None:  # checked against torch's devices by the engine
+            spec = self.devices
+            items = spec.split(",") if isinstance(spec, str) else list(spec)
+            object.__setattr__(self, "devices", tuple(str(i).strip() for i in items))
 
     @classmethod
     def of(cls, options: EngineOptions | None = None, **changes: Any) -> EngineOptions:

@@ -306,6 +306,10 @@ def resolve_run(
     """Return the :class:`EngineRun` of ``model`` on ``image`` with ``options`` into ``sink``."""
     module, card = _unpack_model(model)
     opts = options.resolve(card)
+    if opts.devices:  # torch's view of the devices (options stay torch-free)
+        from geomed_seg.inference.multi import resolve_devices
+
+        opts = replace(opts, devices=resolve_devices(opts.devices))
     full = image = _match_bands(image, card) if card is not None else image
     box = _crop_box(image, card)
     if box is not None:  # nnU-Net: run the non-zero box only (inference/crop.py)
