@@ -31,6 +31,10 @@ sysdeps:
 	  (apt-get install -y -q dicom3tools >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dicom3tools >/dev/null 2>&1)); } || \
 	  echo "note: dicom3tools not installed; DICOM SEG validation tests will skip"
+	@# headless Chromium renders report.html in a test; best effort like dicom3tools
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null 2>&1 && \
+	  apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "note: chromium not installed; the report.html rendering test will skip"
 
 test: $(STAMP) sysdeps
 	$(PY) -m pytest -q

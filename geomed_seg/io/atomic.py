@@ -153,6 +153,14 @@ def scratch_path(final: str | os.PathLike, tag: str = "part") -> Path:
     return final.with_name(tmp_name(final, tag))
 
 
+def readable(final: str | os.PathLike) -> Path:
+    """Where ``final``'s content can be read now: its staged file inside an active
+    transaction (not yet renamed into place), else ``final`` itself."""
+    tx = ACTIVE_TRANSACTION.get()
+    staged = tx.staged(final) if tx is not None else None
+    return Path(staged) if staged is not None else Path(final)
+
+
 def data_stem(name: str) -> str:
     """Return ``name`` without its format suffix (``.nii.gz`` counts as one suffix)."""
     if name.lower().endswith(".nii.gz"):

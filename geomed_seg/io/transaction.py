@@ -210,6 +210,11 @@ class OutputTransaction:
             raise WriteError(f"{final}: written twice in one command")
         self._staged.append(_Staged(Path(tmp), Path(final), tuple(companions)))
 
+    def staged(self, final: str | os.PathLike) -> Path | None:
+        """The staged file that will become ``final`` (``None`` when none is staged)."""
+        target = _resolved(final)
+        return next((s.tmp for s in self._staged if _resolved(s.final) == target), None)
+
     # -- commit / rollback ---------------------------------------------------------------
     def _is_manifest(self, final: Path) -> bool:
         if self.manifest is not None:

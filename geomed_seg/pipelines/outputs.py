@@ -38,7 +38,7 @@ def planned_outputs(
     if kind != "raster" and o.dicom_seg == "auto" and source is not None and _dicom_source(source):
         names.append("seg.dcm")
     if o.report:
-        names += ["report.md", "report.json"]
+        names += ["report.md", "report.json", "report.html"]
     if o.stac:
         names.append("item.json")
     names.append("run.json")
@@ -48,7 +48,7 @@ def planned_outputs(
 #: Every file a run may write (any kind, any options): an older set's extras are replaced.
 RUN_OUTPUTS = ("labels.tif", "labels.nii.gz", "probabilities.zarr", "probabilities.tif",
                "polygons.gpkg", "quicklook.png", "seg.dcm", "report.md", "report.json",
-               "item.json")  # fmt: skip
+               "report.html", "item.json")  # fmt: skip
 
 
 def write_outputs(

@@ -210,3 +210,17 @@ def write_report(report: dict[str, Any], folder: Path, overwrite: bool) -> dict[
         "report (JSON)": write_json(report, folder / "report.json", overwrite),
         "report (Markdown)": md,
     }
+
+
+def write_html(
+    report: dict[str, Any],
+    provenance: dict[str, Any],
+    folder: Path,
+    outputs: dict[str, Any],
+    overwrite: bool,
+) -> Path:
+    """Write ``report.html`` (:mod:`geomed_seg.pipelines.report_html`) into ``folder``."""
+    from geomed_seg.pipelines import report_html
+
+    text = report_html.render_run(report, provenance, folder, outputs)
+    return report_html.write_html(text, folder / "report.html", overwrite)

@@ -296,5 +296,8 @@ def _write(
     if "block" in rep:
         provenance["block"] = rep["block"]
     result.outputs["provenance"] = report.write_json(provenance, folder / "run.json", overwrite)
+    if cfg.outputs.report:
+        result.outputs["report (HTML)"] = report.write_html(rep, provenance, folder, result.outputs,
+                                                            overwrite)  # fmt: skip
     result.report, result.seconds = rep, rep["seconds"]
     return result
