@@ -211,7 +211,7 @@ def test_overwrite_never_mixes_two_runs(cli, hostile, tmp_path):
     assert not (out / "polygons.gpkg").exists()  # the old set's polygons are not the new set's
     assert sorted(p.name for p in out.iterdir()) == [
         "item.json", "labels.qml", "labels.tif", "labels.tif.aux.xml", "quicklook.png",
-        "report.json", "report.md", "run.json",
+        "report.html", "report.json", "report.md", "run.json",
     ]  # fmt: skip
 
 
