@@ -125,14 +125,18 @@ def _dciodvfy_errors(path: Path) -> list[str]:
     return [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
 
 
-def test_seg_from_four_series_references_all_four(tmp_path):
-    folder, series = _dicom_case(tmp_path / "case")
-    cfg = {
+def dicom_case_config(folder: Path) -> dict:
+    """A T2-FLAIR baseline pipeline over the four DICOM series of :func:`_dicom_case`."""
+    return {
         "name": "t2f-dicom-case", "kind": "volume",
         "input": {"folder": str(folder), "sequences": {s: s for s in SEQ}},
         "model": {"method": "t2f_otsu"}, "outputs": {"quicklook": False},
     }  # fmt: skip
-    run = run_pipeline(cfg, output=tmp_path / "out")
+
+
+def test_seg_from_four_series_references_all_four(tmp_path):
+    folder, series = _dicom_case(tmp_path / "case")
+    run = run_pipeline(dicom_case_config(folder), output=tmp_path / "out")
     seg = pydicom.dcmread(run.outputs["DICOM SEG"])
     referenced = {
         s.SeriesInstanceUID: {i.ReferencedSOPInstanceUID for i in s.ReferencedInstanceSequence}

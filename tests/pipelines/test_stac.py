@@ -194,15 +194,10 @@ def test_dicom_dates_with_and_without_timezone():
 
 
 def test_volume_run_item_from_dicom_series(tmp_path):
-    from tests.pipelines.test_brats_case import SEQ, _dicom_case
+    from tests.pipelines.test_brats_case import _dicom_case, dicom_case_config
 
     folder, _ = _dicom_case(tmp_path / "case")
-    cfg = {
-        "name": "t2f-dicom-case", "kind": "volume",
-        "input": {"folder": str(folder), "sequences": {s: s for s in SEQ}},
-        "model": {"method": "t2f_otsu"}, "outputs": {"quicklook": False},
-    }  # fmt: skip
-    run = run_pipeline(cfg, output=tmp_path / "out")
+    run = run_pipeline(dicom_case_config(folder), output=tmp_path / "out")
     item = pystac.Item.from_file(str(run.outputs["STAC item"]))
     _resolves(item)
     assert item.geometry is None and item.bbox is None  # patient space is not on the Earth
