@@ -130,7 +130,9 @@ def write_summary(
     get a note (``thresholds`` is updated in place with them).
     ``item.json`` is the batch's STAC Item linking every done tile's item
     (:func:`geomed_seg.pipelines.stac.write_batch_item`).
-    Returns ``({"mosaic"|"polygons"|"cog"|"summary"|"summary_md"|"stac": path}, notes)``.
+    ``report.html`` is the batch's page (:func:`geomed_seg.pipelines.report_html.render_batch`).
+    Returns ``({"mosaic"|"polygons"|"cog"|"summary"|"summary_md"|"stac"|"report_html": path},
+    notes)``.
     """
     t = _tally(out, journal, stems, result)
     if t.volume_tiles:
@@ -152,7 +154,22 @@ def write_summary(
     item = write_batch_item(out, t.items, outputs, started)
     if item is not None:
         outputs["stac"] = item
+    outputs["report_html"] = _write_html(out, journal, stems, summary, outputs)
     return outputs, notes
+
+
+def _write_html(out: Path, journal: Any, stems: Sequence[str], summary: dict, outputs: dict) -> Path:
+    """``report.html`` of the batch, linking each done tile's own report.html."""
+    from geomed_seg.pipelines import report_html
+
+    pages = {}
+    for stem in stems:
+        files = journal.records.get(stem, {}).get("outputs", {})
+        rep = files.get("report.html") or files.get("report.json")
+        if rep and rep.get("path"):
+            pages[stem] = (out / rep["path"]).with_name("report.html")
+    text = report_html.render_batch(summary, outputs, out, pages)
+    return report_html.write_html(text, out / "report.html", overwrite=True)
 
 
 def _tile_thresholds(thresholds: dict[str, Any] | None, t: _Tally, notes: list[str]) -> None:

@@ -142,21 +142,41 @@ def render_run(
     return _page(title, body)
 
 
-def render_batch(summary: Mapping[str, Any], outputs: Mapping[str, Any], folder: Path) -> str:
-    """The HTML page of a batch (``summary.json`` mapping, its outputs, tiles' own reports)."""
+def _when(epoch: Any) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).isoformat(timespec="seconds")
+
+
+def render_batch(
+    summary: Mapping[str, Any],
+    outputs: Mapping[str, Any],
+    folder: Path,
+    tile_pages: Mapping[str, Path] | None = None,
+) -> str:
+    """The HTML page of a batch: totals, class totals, notes, one row per tile with a link
+    to its own ``report.html`` (``tile_pages``: stem -> path), links to the batch outputs."""
     title = "Batch report"
     body = [f"<h1>{title}</h1>"]
-    facts = [(_e(k), _e(v)) for k, v in summary.items() if not isinstance(v, dict | list)]
+    facts = [(_e(k), _e(_when(v) if k == "finished" else v)) for k, v in summary.items()
+             if v is not None and not isinstance(v, dict | list)]  # fmt: skip
     body += ["<h2>Totals</h2>", table(["", ""], facts)]
-    if isinstance(summary.get("classes"), list | dict):
-        body += ["<h2>Classes</h2>", _pre(summary["classes"])]
-    tiles = []
-    for row in summary.get("tiles", []) or []:
-        rep = folder / str(row.get("name", "")) / "report.html"
-        cell = link(rep, folder) if row.get("name") and readable(rep).is_file() else "–"
-        tiles.append((_e(row.get("name", "")), _e(row.get("status", "")), cell))
-    if tiles:
-        body += ["<h2>Tiles</h2>", table(["tile", "status", "report"], tiles)]
+    for key, unit in (("class_area_km2", "km²"), ("class_volume_ml", "ml")):
+        if summary.get(key):
+            body += ["<h2>Classes (all done tiles)</h2>",
+                     table(["class", unit], [(_e(k), float(v)) for k, v in summary[key].items()])]  # fmt: skip
+    body += [f"<p>note: {_e(n)}</p>" for n in summary.get("notes", [])]
+    pages = tile_pages or {}
+    rows = []
+    for r in summary.get("per_tile", []):
+        page = pages.get(r["stem"])
+        cell = link(page, folder) if page is not None and readable(page).is_file() else "–"
+        amount = r.get("area_km2", r.get("volume_ml"))
+        rows.append((_e(r["stem"]), _e(r["status"]), r.get("seconds"), amount, cell))
+    if rows:
+        unit = "ml" if summary.get("kind") == "volume" else "km²"
+        body += ["<h2>Tiles</h2>", table(["tile", "status", "seconds", f"classified {unit}",
+                                          "report"], rows)]  # fmt: skip
     body += ["<h2>Outputs</h2>", table(["output", "file"],
                                        [(_e(k), link(v, folder)) for k, v in outputs.items()])]  # fmt: skip
     return _page(title, body)

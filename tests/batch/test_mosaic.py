@@ -152,7 +152,7 @@ def test_volume_summary(tmp_path):
     assert s["tile_seconds_p50"] == pytest.approx(10.5)
     assert s["tile_seconds_p95"] == pytest.approx(1 + 0.95 * 19)
     assert s["peak_worker_rss_mb"] == 118.0
-    assert set(outputs) == {"summary", "summary_md"}
+    assert set(outputs) == {"summary", "summary_md", "report_html"}
     assert any("volume" in n for n in notes)
     assert not (out / "mosaic.vrt").exists() and not (out / "mosaic.tif").exists()
     md = (out / "summary.md").read_text()
@@ -217,11 +217,11 @@ def test_summary_notes_and_stale_outputs(tmp_path):
         (out / stale).write_text("from an earlier run")
     result = BatchResult(out, done=["t0", "t1"], seconds=2.0)
     outputs, notes = write_summary(out, _journal(out, records), ["t0", "t1"], result, cog=True)
-    assert set(outputs) == {"summary", "summary_md"}
+    assert set(outputs) == {"summary", "summary_md", "report_html"}
     assert any("CRS" in n and "no mosaic" in n for n in notes)
     assert any("no merged polygons" in n for n in notes)
     assert sorted(p.name for p in out.iterdir()) == [
-        "summary.json", "summary.md", "tiles"]  # fmt: skip
+        "report.html", "summary.json", "summary.md", "tiles"]  # fmt: skip
     assert json.loads((out / "summary.json").read_text())["notes"] == notes
 
 
