@@ -9,7 +9,8 @@
 #   2. tests:     pytest -m gpu tests/test_gpu.py (CUDA vs CPU vs MONAI)   -> tests.log, tests.xml
 #   3. overhead:  benchmarks/overhead.py on cuda, 8192², dense + 40 % nodata -> overhead.log
 #   4. throughput: bare fp16 channels_last loop vs ours vs MONAI (input and output on the GPU),
-#                 8192² smp Unet-resnet18; with 2+ GPUs ours is timed on cuda:0 and cuda:1 too
+#                 8192² smp Unet-resnet18; with 2+ GPUs ours on cuda:0, on cuda:1 and on both
+#                 at once (segment devices=..., target >= 1.8x one, labels equal)
 #                                                                           -> throughput.json
 #   5. train:     configs/train_water.yaml and configs/train_brats.yaml, 3 epochs, CUDA AMP +
 #                 GradScaler: loss decreases, checkpoint reloads, fp16 labels match fp32
