@@ -206,9 +206,8 @@ def volume_quicklook(
     title: str = "",
     overwrite: bool = False,
     convention: str = "radiological",
-    rows: Sequence[dict] | None = None,
 ) -> Path:
     """Write the PNG of :func:`build_volume_figure`; return its path."""
     fig = build_volume_figure(image, labels, classes, channel=channel, title=title,
-                              convention=convention, rows=rows)  # fmt: skip
+                              convention=convention)  # fmt: skip
     return _save(fig, path, overwrite)
