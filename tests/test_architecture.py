@@ -65,8 +65,6 @@ ALLOWED: dict[str, str] = {
     "geomed_seg.instances.maskrcnn:maskrcnn_file": "file front end mirroring the CLI options",
     "geomed_seg.models.card:ModelCard.to_stac_mlm": "STAC MLM fields (out-sidecars is editing)",
     "geomed_seg.models.card:_stac_item": "STAC item builder (out-sidecars is editing)",
-    "geomed_seg.pipelines.quicklook_volume:volume_quicklook":
-        "plot options (channel, title, overwrite...); out-visual is editing it",
     "geomed_seg.pipelines.stac:build_item": "STAC item fields (out-sidecars is editing)",
     "geomed_seg.train.sampling:PatchSampler.__init__": "sampler settings (MONAI-like options)",
 }  # fmt: skip
