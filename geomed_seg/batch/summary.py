@@ -158,7 +158,9 @@ def write_summary(
     return outputs, notes
 
 
-def _write_html(out: Path, journal: Any, stems: Sequence[str], summary: dict, outputs: dict) -> Path:
+def _write_html(
+    out: Path, journal: Any, stems: Sequence[str], summary: dict, outputs: dict
+) -> Path:
     """``report.html`` of the batch, linking each done tile's own report.html."""
     from geomed_seg.pipelines import report_html
 

@@ -77,7 +77,9 @@ def crs_name(grid: GeoGrid) -> str:
         return "no CRS (pixel coordinates)"
     import pyproj
 
-    pcrs = pyproj.CRS.from_user_input(grid.crs.to_wkt() if hasattr(grid.crs, "to_wkt") else grid.crs)
+    pcrs = pyproj.CRS.from_user_input(
+        grid.crs.to_wkt() if hasattr(grid.crs, "to_wkt") else grid.crs
+    )
     epsg = pcrs.to_epsg()
     return f"{pcrs.name} (EPSG:{epsg})" if epsg else pcrs.name
 
@@ -160,7 +162,9 @@ def format_area(row: dict[str, Any]) -> str:
     return ""
 
 
-def legend_lines(rows: Sequence[dict[str, Any]], classes: Sequence[ClassInfo]) -> list[tuple[ClassInfo, str]]:
+def legend_lines(
+    rows: Sequence[dict[str, Any]], classes: Sequence[ClassInfo]
+) -> list[tuple[ClassInfo, str]]:
     """``(class, "index name: area")`` for every coloured foreground class (rows of class_measures)."""
     by_index = {r["index"]: r for r in rows}
     out = []

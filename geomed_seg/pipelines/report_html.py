@@ -128,12 +128,17 @@ def render_run(
             body.append(f"<p>against <code>{_e(ev['reference'])}</code></p>")
         body.append(_metrics_table(report["metrics"]))
     if report.get("engine"):
-        body += ["<h2>Engine</h2>", table(["", ""], [(_e(k), _e(v)) for k, v in report["engine"].items()])]
+        body += [
+            "<h2>Engine</h2>",
+            table(["", ""], [(_e(k), _e(v)) for k, v in report["engine"].items()]),
+        ]
     body += ["<h2>Outputs</h2>",
              table(["output", "file"], [(_e(k), link(v, folder)) for k, v in outputs.items()])]  # fmt: skip
     body += ["<h2>Provenance</h2>"]
     inputs = provenance.get("inputs", {})
-    body.append(table(["input", "SHA-256"], [(_e(k), f"<code>{_e(v)}</code>") for k, v in inputs.items()]))
+    body.append(
+        table(["input", "SHA-256"], [(_e(k), f"<code>{_e(v)}</code>") for k, v in inputs.items()])
+    )
     versions = provenance.get("versions", {})
     body.append(table(["package", "version"], [(_e(k), _e(v)) for k, v in versions.items()]))
     body += ["<details><summary>model card</summary>", _pre(provenance.get("model_card")),

@@ -252,9 +252,7 @@ def _write(
     if cfg.outputs.labels:
         result.outputs["labels"] = _write_labels(out.labels, classes, folder, source, overwrite)
     # where the names came from (a classical method's table may equal the card's)
-    from_card = dataset is not None and (
-        state.relabelled or classes is not out.classes
-    )
+    from_card = dataset is not None and (state.relabelled or classes is not out.classes)
     names_from = f"dataset card {dataset.name}" if from_card else f"{out.method} (its classes)"
     evaluation, metrics = _evaluate(out.labels, cfg, classes, reference, names_from)
     result.outputs.update(write_outputs(cfg, img, source, out, classes, folder, overwrite))

@@ -46,7 +46,9 @@ def _zyx(a):
     return np.ascontiguousarray(a.transpose(2, 1, 0))
 
 
-@pytest.mark.parametrize("codes", [("R", "A", "S"), ("L", "P", "S"), ("P", "I", "R"), ("S", "L", "A")])
+@pytest.mark.parametrize(
+    "codes", [("R", "A", "S"), ("L", "P", "S"), ("P", "I", "R"), ("S", "L", "A")]
+)
 @pytest.mark.parametrize("convention", ["radiological", "neurological"])
 def test_markers_and_pixels_follow_the_anatomy(codes, convention):
     vol, lab = _phantom()
