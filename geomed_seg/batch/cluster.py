@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -166,6 +166,42 @@ def open_client(
         cm = _local_client(workers, threads or 1, memory_limit, processes, silence_logs)
     with cm as client:
         yield client
+
+
+def pin_devices(client: Any, devices: Sequence[str], timeout: float = 120) -> None:
+    """Pin each worker of ``client`` to one of ``devices`` (``batch --devices``).
+
+    The device is stored on the worker object, where
+    :func:`geomed_seg.inference.options.worker_device` finds it for every task that worker
+    runs (processes or threads alike). Workers are taken in address order; ``timeout``
+    is how long to wait (s) for one worker per device to connect.
+
+    Raises
+    ------
+    ConfigError
+        The cluster does not have one worker per device.
+    """
+    from distributed.exceptions import WorkerStartTimeoutError
+
+    from geomed_seg.inference.options import WORKER_DEVICE_ATTR
+
+    try:
+        client.wait_for_workers(len(devices), timeout=timeout)
+    except (TimeoutError, WorkerStartTimeoutError):
+        pass  # the count check below names the problem
+    workers = sorted(client.scheduler_info()["workers"])
+    if len(workers) != len(devices):
+        raise ConfigError(
+            f"--devices {','.join(devices)}: the cluster has {len(workers)} workers, "
+            f"need one per device"
+        )
+    for address, device in zip(workers, devices, strict=True):
+        client.run(_pin_worker, WORKER_DEVICE_ATTR, device, workers=[address])
+    log.info("cluster: workers pinned to %s", ", ".join(devices))
+
+
+def _pin_worker(attr: str, device: str, dask_worker: Any = None) -> None:
+    setattr(dask_worker, attr, device)
 
 
 def _connect_timeout() -> float:

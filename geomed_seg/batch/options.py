@@ -33,6 +33,10 @@ class ClusterOptions:
         Address of an existing scheduler (``tcp://host:port``) to use instead.
     jobqueue : {"slurm", "pbs"}, optional
         Start the workers as batch jobs through dask-jobqueue.
+    devices : tuple of str, optional
+        Local cluster only: one worker process per device (``("cuda:0", "cuda:1")``, or
+        ``("all",)`` for every visible GPU, resolved by ``run_batch``); each worker runs its tiles' models on its own
+        device, whatever the config's ``engine.device`` says.
     """
 
     workers: int | None = None
@@ -41,10 +45,35 @@ class ClusterOptions:
     scheduler: str | None = None
     jobqueue: str | None = None
     processes: bool = True
+    devices: tuple[str, ...] | None = None
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Return the keyword arguments of :func:`~geomed_seg.batch.cluster.open_client`."""
-        return asdict(self)
+        """Return the keyword arguments of :func:`~geomed_seg.batch.cluster.open_client`.
+
+        With ``devices`` the local cluster gets one single-threaded worker process per
+        device (the devices themselves are pinned by ``batch.cluster.pin_devices``).
+
+        Raises
+        ------
+        InvalidInputError
+            ``devices`` with ``scheduler`` or ``jobqueue``, or with a different ``workers``.
+        """
+        kw = asdict(self)
+        devices = kw.pop("devices")
+        if devices:
+            if self.scheduler or self.jobqueue:
+                raise InvalidInputError(
+                    "--devices starts one local worker per device; it cannot be combined with "
+                    "--scheduler or --jobqueue (start GPU workers on that cluster instead)"
+                )
+            if self.workers not in (None, len(devices)):
+                raise InvalidInputError(
+                    f"--workers {self.workers} with --devices {','.join(devices)}: "
+                    "one worker per device"
+                )
+            kw["workers"] = len(devices)
+            kw["threads"] = self.threads or 1
+        return kw
 
 
 @dataclass(frozen=True)

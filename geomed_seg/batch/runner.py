@@ -37,7 +37,7 @@ import dask
 from geomed_seg.batch.blocks import Block, aligned_block_size, plan_blocks
 from geomed_seg.batch.journal import Journal, config_hash, file_sha256
 from geomed_seg.batch.manifest import Job, build_jobs, default_halo
-from geomed_seg.batch.options import BatchOptions
+from geomed_seg.batch.options import BatchOptions, ClusterOptions
 from geomed_seg.batch.tasks import run_attempts
 from geomed_seg.batch.tasks import worker_config as _worker_config
 from geomed_seg.errors import ConfigError, InvalidInputError
@@ -285,7 +285,7 @@ def _run_passes(
     saved = dask.config.get("scheduler", None)
     try:
         with contextlib.ExitStack() as stack:
-            get_client = _lazy_client(stack, result, **opts.cluster.client_kwargs())
+            get_client = _lazy_client(stack, result, opts.cluster)
             pass1, batch_threshold, notes = batch_pass1(
                 cfg, jobs, journal, get_client, task_args, opts.retries, opts.threshold_scope
             )
@@ -303,10 +303,19 @@ def _run_passes(
     return pass1
 
 
-def _lazy_client(stack: contextlib.ExitStack, result: BatchResult, **kw: Any) -> Callable[[], Any]:
+def _lazy_client(
+    stack: contextlib.ExitStack, result: BatchResult, cluster: ClusterOptions
+) -> Callable[[], Any]:
     """Return ``get_client()``: the cluster is opened on first use (a resume with nothing
-    left to do opens none) and closed with ``stack``."""
-    from geomed_seg.batch.cluster import open_client
+    left to do opens none) and closed with ``stack``; with ``cluster.devices`` each worker
+    is pinned to its device."""
+    from geomed_seg.batch.cluster import open_client, pin_devices
+
+    if cluster.devices:
+        from geomed_seg.inference.multi import resolve_devices
+
+        cluster = replace(cluster, devices=resolve_devices(cluster.devices))
+    kw = cluster.client_kwargs()
 
     box: dict[str, Any] = {}
 
@@ -322,6 +331,8 @@ def _lazy_client(stack: contextlib.ExitStack, result: BatchResult, **kw: Any) ->
                 else logging.WARNING if log.isEnabledFor(logging.INFO) else logging.ERROR
             )  # fmt: skip
             box["client"] = stack.enter_context(open_client(silence_logs=quiet_logs, **kw))
+            if cluster.devices:
+                pin_devices(box["client"], cluster.devices)
             result.dashboard = box["client"].dashboard_link
         return box["client"]
 

@@ -74,6 +74,12 @@ def batch(
     jobqueue: str | None = typer.Option(
         None, "--jobqueue", help="Start workers as slurm or pbs jobs (dask-jobqueue config)."
     ),
+    devices: str | None = typer.Option(
+        None,
+        "--devices",
+        help="GPU workers: one local worker per device (cuda:0,cuda:1 or all); each runs "
+        "its tiles' models on its own device.",
+    ),
     retries: int = typer.Option(1, "--retries", help="Extra attempts for a failing tile."),
     restart: bool = typer.Option(False, "--restart", help="Discard journal and tile outputs."),
     set_: list[str] = typer.Option(
@@ -109,8 +115,10 @@ def batch(
     )
     status(f"opening {len(paths)} input(s) and starting dask workers")
     show = not quiet and sys.stdout.isatty()
-    cluster = ClusterOptions(workers=workers, threads=threads, memory_limit=memory_limit,
-                             scheduler=scheduler, jobqueue=jobqueue)  # fmt: skip
+    cluster = ClusterOptions(
+        workers=workers, threads=threads, memory_limit=memory_limit, scheduler=scheduler,
+        jobqueue=jobqueue, devices=tuple(d.strip() for d in devices.split(",")) if devices else None,
+    )  # fmt: skip
     with BatchProgress(enabled=show, quiet=quiet) as prog:
         options = BatchOptions(
             overrides=tuple(set_ or ()), retries=retries, restart=restart,

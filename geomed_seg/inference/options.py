@@ -188,3 +188,26 @@ def _roi_tuple(roi: Any) -> int | tuple[int | None, ...]:
 
 
 __all__ = ["DEFAULT_MODE", "DEFAULT_OVERLAP", "EngineOptions"]
+
+
+#: Attribute set on a dask worker by ``batch --devices`` (see ``batch.cluster.pin_devices``).
+WORKER_DEVICE_ATTR = "geomed_seg_device"
+
+
+def worker_device() -> str | None:
+    """Return the device this dask worker was pinned to by ``batch --devices``, else None.
+
+    Outside a dask worker (or when ``distributed`` was never imported) this is None, so
+    plain runs keep their configured device.
+    """
+    import sys
+
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not inside a worker task
+        return None
+    return getattr(worker, WORKER_DEVICE_ATTR, None)

@@ -20,6 +20,7 @@ from geomed_seg.classical.registry import MethodOptions, SceneThreshold, get_met
 from geomed_seg.core.image import Image
 from geomed_seg.core.labels import ClassInfo
 from geomed_seg.errors import ModelError
+from geomed_seg.inference.options import worker_device
 from geomed_seg.pipelines.schema import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,9 @@ def _checkpoint(img: Image, cfg: PipelineConfig) -> ModelOutput:
 
     foreground = 0.0 if cfg.preprocess.foreground == "nonzero" else None
     opts = e.to_options(foreground_threshold=foreground)
+    pinned = worker_device()  # batch --devices: this worker's own device
+    if pinned is not None and pinned != opts.device:
+        opts = replace(opts, device=pinned)
     probs = None
     from geomed_seg.inference.respaced import label_image
 
