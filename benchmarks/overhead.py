@@ -63,32 +63,15 @@ COG_OPTS = dict(
 
 # -- data ---------------------------------------------------------------------------------
 def write_scene(path: Path, size: int, nodata_fraction: float) -> None:
-    """Write a 4-band uint16 DEFLATE-tiled GeoTIFF, block by block, nodata 0 in a left strip."""
+    """Write a 4-band uint16 DEFLATE-tiled GeoTIFF, block by block, nodata 0 in a left strip
+    (sliding_window.py's scene, compressed), under a temporary name renamed when complete."""
     import rasterio
-    from rasterio.transform import from_origin
 
-    profile = dict(
-        driver="GTiff", width=size, height=size, count=4, dtype="uint16", crs="EPSG:32633",
-        transform=from_origin(500000, 5000000, 10, 10), tiled=True, blockxsize=BLOCK,
-        blockysize=BLOCK, nodata=0, compress="DEFLATE", predictor=2, BIGTIFF="IF_SAFER",
-    )  # fmt: skip
-    rng = np.random.default_rng(0)
-    edge = int(round(size * nodata_fraction))
-    yy, xx = np.mgrid[0:BLOCK, 0:BLOCK].astype(np.float32)
-    gain = np.array([1.0, 1.1, 0.9, 1.6], np.float32)[:, None, None]
+    from benchmarks.sliding_window import write_scene as write_tiles
+
     part = path.with_suffix(".part.tif")
-    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), rasterio.open(part, "w", **profile) as dst:
-        for r in range(0, size, BLOCK):
-            for c in range(0, size, BLOCK):
-                h, w = min(BLOCK, size - r), min(BLOCK, size - c)
-                base = 2000 + 800 * np.sin((yy[:h, :w] + r) / 97.0) * np.cos(
-                    (xx[:h, :w] + c) / 131.0
-                )
-                tile = base[None] + rng.normal(0, 150, size=(4, h, w)).astype(np.float32)
-                tile = np.clip(tile * gain, 1, 65535).astype(np.uint16)
-                if edge > c:
-                    tile[:, :, : max(0, min(w, edge - c))] = 0
-                dst.write(tile, window=((r, r + h), (c, c + w)))
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+        write_tiles(part, size, nodata_fraction, BLOCK, compress="DEFLATE", predictor=2)
     os.replace(part, path)
 
 

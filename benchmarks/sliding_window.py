@@ -50,8 +50,14 @@ def sizes(quick: bool) -> dict:
 
 
 # -- data -----------------------------------------------------------------------------------
-def write_scene(path: Path, size: int, nodata_fraction: float = 0.0, block: int = 512) -> None:
-    """Write a 4-band uint16 tiled GeoTIFF, block by block (bounded memory)."""
+def write_scene(
+    path: Path, size: int, nodata_fraction: float = 0.0, block: int = 512, **creation: object
+) -> None:
+    """Write a 4-band uint16 tiled GeoTIFF, block by block (bounded memory).
+
+    ``creation``: extra GTiff creation options (``compress="DEFLATE"``...); the pixels do not
+    depend on them (benchmarks/overhead.py writes the same scene compressed).
+    """
     import numpy as np
     import rasterio
     from rasterio.transform import from_origin
@@ -61,6 +67,7 @@ def write_scene(path: Path, size: int, nodata_fraction: float = 0.0, block: int 
         transform=from_origin(500000, 5000000, 10, 10), tiled=True, blockxsize=block,
         blockysize=block, nodata=0, BIGTIFF="IF_SAFER",
     )  # fmt: skip
+    profile.update(creation)
     rng = np.random.default_rng(0)
     edge = int(round(size * nodata_fraction))
     yy, xx = np.mgrid[0:block, 0:block].astype(np.float32)
